@@ -1,0 +1,6 @@
+"""fusedrnn: fused LSTM-family recurrent networks (LSTM variants, LN/BN-LSTM, GRU, RNN) for PyTorch."""
+from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
+from .spec import CellSpec
+
+__version__ = "0.1.0"
+__all__ = ["CellSpec", "LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "__version__"]
