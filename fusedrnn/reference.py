@@ -62,7 +62,8 @@ def batch_norm(v, gain, bias, running_mean, running_var, *, training: bool, mome
 
 def _norm(spec: CellSpec, p: dict, which: str, v, t: int, training: bool, active):
     """Normalize v with the `which` ("ih", "hh" or "cell") norm of the layer."""
-    gain, bias = p[f"g_{which}"], p.get(f"b_{which}")
+    # Only the cell norm has a shift; b_ih / b_hh are the gate biases, added once by the caller.
+    gain, bias = p[f"g_{which}"], (p["b_cell"] if which == "cell" else None)
     if spec.norm == "batch":
         slot = min(t, spec.max_bn_steps - 1)
         return batch_norm(v, gain, bias, p[f"rm_{which}"][slot], p[f"rv_{which}"][slot],
