@@ -153,10 +153,12 @@ class _RNNBase(nn.Module):
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
+        if self.proj_size != 0:  # torch.nn's order: proj_size right after hidden_size
+            s += f", proj_size={self.proj_size}"
         if self.num_layers != 1:
             s += f", num_layers={self.num_layers}"
         for name, default in (("bias", True), ("batch_first", False), ("dropout", 0.0),
-                              ("bidirectional", False), ("proj_size", 0)):
+                              ("bidirectional", False)):
             if getattr(self, name) != default:
                 s += f", {name}={getattr(self, name)}"
         if self.spec.family == "lstm" and self.spec.variant != "vanilla":
@@ -334,6 +336,22 @@ class _CellBase(nn.Module):
 
     def reset_parameters(self):
         init_parameters(self.spec, {r: getattr(self, n) for r, n in self._roles.items()}, self.hidden_size)
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"  # as torch.nn.*Cell, then fusedrnn's options
+        if self.bias is not True:
+            s += f", bias={self.bias}"
+        if getattr(self, "nonlinearity", "tanh") != "tanh":
+            s += f", nonlinearity={self.nonlinearity}"
+        if self.spec.family == "lstm" and self.spec.variant != "vanilla":
+            s += f", variant={self.spec.variant!r}"
+        if self.spec.norm != "none":
+            s += f", norm={self.spec.norm!r}"
+        if self.spec.norm == "batch":
+            s += f", max_bn_steps={self.spec.max_bn_steps}"
+        if self.backend != "auto":
+            s += f", backend={self.backend!r}"
+        return s
 
     def forward(self, input, hx=None, bn_step: int = 0):
         name = type(self).__name__
