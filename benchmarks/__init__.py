@@ -1,0 +1,1 @@
+"""fusedrnn benchmarks: `python -m benchmarks --help` (not part of the installed package)."""
