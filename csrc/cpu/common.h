@@ -1,0 +1,76 @@
+// Shared helpers of the CPU kernels: argument checks, optional-tensor pointers, per-thread
+// accumulators and the active-row test.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <string>
+#include <vector>
+
+namespace fusedrnn {
+namespace cpu {
+
+inline std::string shape_str(const at::Tensor& t) {
+  std::string s = "[";
+  for (int64_t d = 0; d < t.dim(); ++d) s += (d ? ", " : "") + std::to_string(t.size(d));
+  return s + "]";
+}
+
+// Checks a required tensor: dtype, CPU, contiguous, and shape.
+inline void check_tensor(const char* op, const char* name, const at::Tensor& t, at::ScalarType dtype,
+                         std::vector<int64_t> shape) {
+  TORCH_CHECK(t.defined(), op, ": ", name, " is required");
+  TORCH_CHECK(t.device().is_cpu(), op, ": ", name, " must be a CPU tensor, got device ", t.device());
+  TORCH_CHECK(t.scalar_type() == dtype, op, ": ", name, " must have dtype ", dtype, " (the dtype of x), got ",
+              t.scalar_type());
+  TORCH_CHECK(t.sizes() == at::IntArrayRef(shape), op, ": ", name, " must have shape ",
+              at::IntArrayRef(shape), ", got ", t.sizes());
+  TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous (got strides ", t.strides(), ")");
+}
+
+inline void check_opt(const char* op, const char* name, const c10::optional<at::Tensor>& t,
+                      at::ScalarType dtype, std::vector<int64_t> shape, bool required) {
+  if (required) {
+    TORCH_CHECK(t.has_value() && t->defined(), op, ": ", name, " is required by this cell, got None");
+  }
+  if (t.has_value() && t->defined()) check_tensor(op, name, *t, dtype, shape);
+}
+
+inline void check_lengths(const char* op, const c10::optional<at::Tensor>& lengths, int64_t B, int64_t T) {
+  if (!lengths.has_value() || !lengths->defined()) return;
+  const at::Tensor& l = *lengths;
+  TORCH_CHECK(l.device().is_cpu(), op, ": lengths must be on the CPU like x, got device ", l.device());
+  TORCH_CHECK(l.scalar_type() == at::kLong, op, ": lengths must be int64, got ", l.scalar_type());
+  TORCH_CHECK(l.dim() == 1 && l.size(0) == B, op, ": lengths must have shape [", B, "], got ", l.sizes());
+  TORCH_CHECK(l.is_contiguous(), op, ": lengths must be contiguous");
+  auto mn = l.min().item<int64_t>(), mx = l.max().item<int64_t>();
+  TORCH_CHECK(mn >= 0 && mx <= T, op, ": lengths must be in [0, T=", T, "], got min ", mn, " max ", mx);
+}
+
+template <typename T>
+inline const T* ptr(const c10::optional<at::Tensor>& t) {
+  return (t.has_value() && t->defined()) ? t->data_ptr<T>() : nullptr;
+}
+
+inline const int64_t* len_ptr(const c10::optional<at::Tensor>& t) {
+  return (t.has_value() && t->defined()) ? t->data_ptr<int64_t>() : nullptr;
+}
+
+inline bool active(const int64_t* lengths, int64_t b, int64_t t) { return !lengths || t < lengths[b]; }
+
+// Zeroed [threads, n] buffer: each thread of at::parallel_for accumulates into its own row,
+// then total() sums the rows (no races, deterministic for a fixed thread count).
+struct ThreadAcc {
+  at::Tensor buf;
+  ThreadAcc(int64_t n, const at::TensorOptions& opts) : buf(at::zeros({at::get_num_threads(), n}, opts)) {}
+  template <typename T>
+  T* row() { return buf.data_ptr<T>() + at::get_thread_num() * buf.size(1); }
+  at::Tensor total() const { return buf.sum(0); }
+};
+
+// Empty stand-in for an absent result of an op.
+inline at::Tensor none_like(const at::Tensor& x) { return at::empty({0}, x.options()); }
+
+}  // namespace cpu
+}  // namespace fusedrnn

@@ -1,0 +1,203 @@
+// CPU GRU forward/backward (torch.nn.GRU; norm layer = haste's LayerNormGRU placement).
+// Same engine shape as lstm.cpp: hoisted input GEMM, per-step recurrent product, one fused
+// row pass per step; backward in reverse time, weight GEMMs after the loop.
+#include <torch/library.h>
+
+#include "common.h"
+#include "fusedrnn/cell_math.h"
+#include "recurrent_gemm.h"
+
+namespace fusedrnn {
+namespace cpu {
+namespace {
+
+using A = double;
+constexpr const char* kFwd = "fusedrnn::gru_fwd";
+constexpr const char* kBwd = "fusedrnn::gru_bwd";
+
+void check_gru(const char* op, const at::Tensor& x, const c10::optional<at::Tensor>& lengths, const at::Tensor& h0,
+               const at::Tensor& w_ih, const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
+               const c10::optional<at::Tensor>& b_hh, const c10::optional<at::Tensor>& g_ih,
+               const c10::optional<at::Tensor>& g_hh, int64_t norm) {
+  TORCH_CHECK(norm == kNormNone || norm == kNormLayer, op, ": GRU norm must be 0 (none) or 1 (layer), got ", norm);
+  TORCH_CHECK(x.dim() == 3, op, ": x must be [T, B, I], got shape ", x.sizes());
+  auto dt = x.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble, op, ": x must be float32 or float64 on the CPU, got ", dt);
+  const int64_t T = x.size(0), B = x.size(1), I = x.size(2);
+  TORCH_CHECK(T >= 1, op, ": x must have at least one time step, got shape ", x.sizes());
+  check_tensor(op, "x", x, dt, {T, B, I});
+  TORCH_CHECK(w_hh.dim() == 2, op, ": w_hh must be [3H, H], got shape ", w_hh.sizes());
+  const int64_t H = w_hh.size(1);
+  check_tensor(op, "w_hh", w_hh, dt, {3 * H, H});
+  check_tensor(op, "w_ih", w_ih, dt, {3 * H, I});
+  check_tensor(op, "h0", h0, dt, {B, H});
+  check_lengths(op, lengths, B, T);
+  TORCH_CHECK(!(b_ih.has_value() && b_ih->defined()) == !(b_hh.has_value() && b_hh->defined()), op,
+              ": b_ih and b_hh must be given together");
+  check_opt(op, "b_ih", b_ih, dt, {3 * H}, false);
+  check_opt(op, "b_hh", b_hh, dt, {3 * H}, false);
+  check_opt(op, "g_ih", g_ih, dt, {3 * H}, norm == kNormLayer);
+  check_opt(op, "g_hh", g_hh, dt, {3 * H}, norm == kNormLayer);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_fwd_cpu(
+    const at::Tensor& x, const c10::optional<at::Tensor>& lengths, const at::Tensor& h0, const at::Tensor& w_ih,
+    const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
+    const c10::optional<at::Tensor>& g_ih, const c10::optional<at::Tensor>& g_hh, int64_t norm, double eps) {
+  check_gru(kFwd, x, lengths, h0, w_ih, w_hh, b_ih, b_hh, g_ih, g_hh, norm);
+  const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(1), GH = 3 * H;
+  const bool ln = norm == kNormLayer;
+  auto opts = x.options();
+  at::Tensor xw = at::matmul(x.reshape({T * B, I}), w_ih.t()).view({T, B, GH});
+  at::Tensor hw = ln ? at::empty({T, B, GH}, opts) : at::empty({B, GH}, opts);
+  at::Tensor y = at::empty({T, B, H}, opts), h = h0.clone();
+  at::Tensor acts = at::empty({T, B, GH}, opts), hn = at::empty({T, B, H}, opts);
+  at::Tensor stats = ln ? at::zeros({T, B, 4}, opts) : none_like(x);
+  const int64_t* L = len_ptr(lengths);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gru_fwd_cpu", [&] {
+    using T_ = scalar_t;
+    RecurrentGemm<T_> gemm(w_hh);
+    const T_ *bi = ptr<T_>(b_ih), *bh = ptr<T_>(b_hh), *gi = ptr<T_>(g_ih), *gh = ptr<T_>(g_hh);
+    T_* hp = h.data_ptr<T_>();
+    for (int64_t t = 0; t < T; ++t) {
+      const T_* xw_t = xw.data_ptr<T_>() + t * B * GH;
+      T_* hw_t = hw.data_ptr<T_>() + (ln ? t * B * GH : 0);
+      gemm.run(hp, B, hw_t);
+      T_* acts_t = acts.data_ptr<T_>() + t * B * GH;
+      T_* hn_t = hn.data_ptr<T_>() + t * B * H;
+      T_* y_t = y.data_ptr<T_>() + t * B * H;
+      T_* st = ln ? stats.data_ptr<T_>() + t * B * 4 : nullptr;
+      at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+        std::vector<T_> xs(GH), hs(GH);
+        for (int64_t b = b0; b < b1; ++b) {
+          T_* a = acts_t + b * GH;
+          if (!active(L, b, t)) {
+            for (int64_t k = 0; k < GH; ++k) a[k] = T_(0);
+            for (int64_t j = 0; j < H; ++j) { y_t[b * H + j] = T_(0); hn_t[b * H + j] = T_(0); }
+            continue;
+          }
+          const T_* xr = xw_t + b * GH;
+          const T_* hr = hw_t + b * GH;
+          if (ln) {
+            layer_norm_row_fwd<T_, A>(xr, GH, gi, nullptr, A(eps), xs.data(), st + b * 4, st + b * 4 + 1);
+            layer_norm_row_fwd<T_, A>(hr, GH, gh, nullptr, A(eps), hs.data(), st + b * 4 + 2, st + b * 4 + 3);
+          } else {
+            for (int64_t k = 0; k < GH; ++k) { xs[k] = xr[k]; hs[k] = hr[k]; }
+          }
+          if (bi)
+            for (int64_t k = 0; k < GH; ++k) { xs[k] += bi[k]; hs[k] += bh[k]; }
+          T_* hb = hp + b * H;
+          for (int64_t j = 0; j < H; ++j) {
+            T_ r, z, n, hv;
+            gru_cell_fwd(xs[j], xs[H + j], xs[2 * H + j], hs[j], hs[H + j], hs[2 * H + j], hb[j], &r, &z, &n, &hv);
+            a[j] = r; a[H + j] = z; a[2 * H + j] = n;
+            hn_t[b * H + j] = hs[2 * H + j];
+            y_t[b * H + j] = hv;
+            hb[j] = hv;
+          }
+        }
+      });
+    }
+  });
+  return {y, h, acts, hn, ln ? xw : none_like(x), ln ? hw : none_like(x), stats};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+gru_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& grad_h_n, const at::Tensor& x,
+            const c10::optional<at::Tensor>& lengths, const at::Tensor& h0, const at::Tensor& w_ih,
+            const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
+            const c10::optional<at::Tensor>& g_ih, const c10::optional<at::Tensor>& g_hh, const at::Tensor& y,
+            const at::Tensor& acts, const at::Tensor& hn, const at::Tensor& xw, const at::Tensor& hw,
+            const at::Tensor& stats, int64_t norm, double eps) {
+  check_gru(kBwd, x, lengths, h0, w_ih, w_hh, b_ih, b_hh, g_ih, g_hh, norm);
+  const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(1), GH = 3 * H;
+  const bool ln = norm == kNormLayer;
+  auto dt = x.scalar_type();
+  check_tensor(kBwd, "grad_y", grad_y, dt, {T, B, H});
+  check_tensor(kBwd, "grad_h_n", grad_h_n, dt, {B, H});
+  check_tensor(kBwd, "y", y, dt, {T, B, H});
+  check_tensor(kBwd, "acts", acts, dt, {T, B, GH});
+  check_tensor(kBwd, "hn", hn, dt, {T, B, H});
+  if (ln) {
+    check_tensor(kBwd, "xw", xw, dt, {T, B, GH});
+    check_tensor(kBwd, "hw", hw, dt, {T, B, GH});
+    check_tensor(kBwd, "stats", stats, dt, {T, B, 4});
+  }
+  auto opts = x.options();
+  const int64_t* L = len_ptr(lengths);
+  at::Tensor dh = grad_h_n.clone(), dh_direct = at::zeros({B, H}, opts), dh_new = at::empty({B, H}, opts);
+  at::Tensor dxs = at::zeros({T, B, GH}, opts), dhs = at::zeros({T, B, GH}, opts);
+  at::Tensor dxw = ln ? at::zeros({T, B, GH}, opts) : dxs, dhw = ln ? at::zeros({T, B, GH}, opts) : dhs;
+  ThreadAcc acc(2 * GH, opts);
+  AT_DISPATCH_FLOATING_TYPES(dt, "gru_bwd_cpu", [&] {
+    using T_ = scalar_t;
+    const T_ *gi = ptr<T_>(g_ih), *gh = ptr<T_>(g_hh);
+    T_* dhp = dh.data_ptr<T_>();
+    T_* ddp = dh_direct.data_ptr<T_>();
+    for (int64_t t = T - 1; t >= 0; --t) {
+      const T_* a_t = acts.data_ptr<T_>() + t * B * GH;
+      const T_* hn_t = hn.data_ptr<T_>() + t * B * H;
+      const T_* dy_t = grad_y.data_ptr<T_>() + t * B * H;
+      const T_* hprev_t = t > 0 ? y.data_ptr<T_>() + (t - 1) * B * H : h0.data_ptr<T_>();
+      T_* dxs_t = dxs.data_ptr<T_>() + t * B * GH;
+      T_* dhs_t = dhs.data_ptr<T_>() + t * B * GH;
+      at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+        T_* dg = ln ? acc.row<T_>() : nullptr;
+        for (int64_t b = b0; b < b1; ++b) {
+          if (!active(L, b, t)) continue;
+          const T_* a = a_t + b * GH;
+          T_* dx_b = dxs_t + b * GH;
+          T_* dh_b = dhs_t + b * GH;
+          for (int64_t j = 0; j < H; ++j) {
+            T_ dhv = dhp[b * H + j] + dy_t[b * H + j];
+            T_ dxr, dxz, dxn, dhn, dd;
+            gru_cell_bwd(dhv, a[j], a[H + j], a[2 * H + j], hn_t[b * H + j], hprev_t[b * H + j], &dxr, &dxz, &dxn,
+                         &dhn, &dd);
+            dx_b[j] = dxr; dx_b[H + j] = dxz; dx_b[2 * H + j] = dxn;
+            dh_b[j] = dxr; dh_b[H + j] = dxz; dh_b[2 * H + j] = dhn;
+            ddp[b * H + j] = dd;
+          }
+          if (ln) {
+            const T_* sb = stats.data_ptr<T_>() + (t * B + b) * 4;
+            const int64_t off = (t * B + b) * GH;
+            layer_norm_row_bwd<T_, A>(xw.data_ptr<T_>() + off, dx_b, GH, gi, sb[0], sb[1],
+                                      dxw.data_ptr<T_>() + off, dg, nullptr);
+            layer_norm_row_bwd<T_, A>(hw.data_ptr<T_>() + off, dh_b, GH, gh, sb[2], sb[3],
+                                      dhw.data_ptr<T_>() + off, dg + GH, nullptr);
+          }
+        }
+      });
+      at::mm_out(dh_new, dhw[t], w_hh);
+      const T_* dn = dh_new.data_ptr<T_>();
+      for (int64_t b = 0; b < B; ++b) {
+        if (!active(L, b, t)) continue;
+        for (int64_t j = 0; j < H; ++j) dhp[b * H + j] = ddp[b * H + j] + dn[b * H + j];
+      }
+    }
+  });
+  at::Tensor dxw2 = dxw.view({T * B, GH}), dhw2 = dhw.view({T * B, GH});
+  at::Tensor dx = at::mm(dxw2, w_ih).view({T, B, I});
+  at::Tensor dw_ih = at::mm(dxw2.t(), x.reshape({T * B, I}));
+  at::Tensor h_prev = at::cat({h0.unsqueeze(0), y.narrow(0, 0, T - 1)}, 0).view({T * B, H});
+  at::Tensor dw_hh = at::mm(dhw2.t(), h_prev);
+  bool has_bias = b_ih.has_value() && b_ih->defined();
+  at::Tensor db_ih = has_bias ? dxs.sum({0, 1}) : none_like(x);
+  at::Tensor db_hh = has_bias ? dhs.sum({0, 1}) : none_like(x);
+  at::Tensor dg_ih = none_like(x), dg_hh = none_like(x);
+  if (ln) {
+    at::Tensor tot = acc.total();
+    dg_ih = tot.narrow(0, 0, GH);
+    dg_hh = tot.narrow(0, GH, GH);
+  }
+  return {dx, dh, dw_ih, dw_hh, db_ih, db_hh, dg_ih, dg_hh};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fusedrnn, CPU, m) {
+  m.impl("gru_fwd", &gru_fwd_cpu);
+  m.impl("gru_bwd", &gru_bwd_cpu);
+}
+
+}  // namespace cpu
+}  // namespace fusedrnn

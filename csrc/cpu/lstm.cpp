@@ -1,0 +1,680 @@
+// CPU LSTM forward/backward (every variant and norm) and the batch-norm running-stat update.
+//
+// Forward: x W_ih^T for all steps is one GEMM; per step h W_hh^T (and a W_fgr^T for FGR), then
+// fused passes over batch rows: normalization, biases, gates, cell update, output, masking.
+// Batch norm needs statistics across rows, so its step is: column statistics of the
+// projections, row pass A (gates, c_t), column statistics of c_t, row pass B (h_t).
+// Backward mirrors it in reverse time; dW_ih, dW_hh, dW_fgr, dx and the biases' gradients are
+// large GEMMs / reductions after the loop.
+#include <torch/library.h>
+
+#include "common.h"
+#include "fusedrnn/cell_math.h"
+#include "fusedrnn/params.h"
+#include "recurrent_gemm.h"
+
+namespace fusedrnn {
+namespace cpu {
+namespace {
+
+using A = double;  // accumulation type of every statistic
+
+constexpr const char* kFwd = "fusedrnn::lstm_fwd";
+constexpr const char* kBwd = "fusedrnn::lstm_bwd";
+
+// Sizes of the per-row / per-step statistics record of each norm (see params.h).
+inline int64_t stats_width(int norm, int64_t G, int64_t H) {
+  switch (norm) {
+    case kNormLayer: return 6;
+    case kNormLayerPerGate: return 2 * G + 2;
+    case kNormBatch: return 2 * (2 * G * H + H);
+    default: return 0;
+  }
+}
+
+// Column statistics of v [B, N] (row-major) over the rows active at step t, for columns
+// [k0, k1). Training: batch mean and biased variance; eval: the running slot.
+template <typename T>
+void bn_column_stats(const T* v, int64_t B, int64_t N, const int64_t* lengths, int64_t t, bool training,
+                     const T* rm_slot, const T* rv_slot, T* mean, T* var) {
+  at::parallel_for(0, N, 64, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      if (!training) {
+        mean[k] = rm_slot[k];
+        var[k] = rv_slot[k];
+        continue;
+      }
+      A s = 0;
+      int64_t n = 0;
+      for (int64_t b = 0; b < B; ++b)
+        if (active(lengths, b, t)) { s += A(v[b * N + k]); ++n; }
+      A m = n ? s / A(n) : A(0), q = 0;
+      for (int64_t b = 0; b < B; ++b)
+        if (active(lengths, b, t)) { A d = A(v[b * N + k]) - m; q += d * d; }
+      mean[k] = T(m);
+      var[k] = n ? T(q / A(n)) : T(0);
+    }
+  });
+}
+
+// Backward through a batch norm of column block v [B, N] for columns [0, N): dy (gradient of the
+// normalized output, before gain) -> dv; accumulates dgain (and dbias if non-null).
+template <typename T>
+void bn_column_bwd(const T* v, const T* dy, T* dv, int64_t B, int64_t N, const int64_t* lengths, int64_t t,
+                   bool training, const T* mean, const T* rstd, const T* gain, T* dgain, T* dbias) {
+  at::parallel_for(0, N, 64, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      A s1 = 0, s2 = 0;
+      int64_t n = 0;
+      for (int64_t b = 0; b < B; ++b) {
+        if (!active(lengths, b, t)) continue;
+        T vhat = (v[b * N + k] - mean[k]) * rstd[k];
+        T g = dy[b * N + k];
+        s1 += A(g * gain[k]);
+        s2 += A(g * gain[k] * vhat);
+        dgain[k] += g * vhat;
+        if (dbias) dbias[k] += g;
+        ++n;
+      }
+      if (n == 0) continue;
+      T m1 = T(s1 / A(n)), m2 = T(s2 / A(n));
+      for (int64_t b = 0; b < B; ++b) {
+        if (!active(lengths, b, t)) continue;
+        T vhat = (v[b * N + k] - mean[k]) * rstd[k];
+        T dyg = dy[b * N + k] * gain[k];
+        dv[b * N + k] = training ? norm_bwd(dyg, vhat, rstd[k], m1, m2) : rstd[k] * dyg;
+      }
+    }
+  });
+}
+
+// ----------------------------------------------------------------------------- forward
+
+template <typename T, int NORM>
+void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at::Tensor& hw_all,
+                  const at::Tensor& w_hh, const c10::optional<at::Tensor>& w_fgr) {
+  const int64_t Tn = p.steps, B = p.batch, H = p.hidden, G = p.gates, GH = G * H;
+  const LstmFlags fl = p.flags;
+  const int64_t* L = p.lengths;
+  auto opts = xw_all.options();
+  // carried state
+  at::Tensor h = at::from_blob(const_cast<T*>(p.h0), {B, H}, opts).clone();
+  at::Tensor c = at::from_blob(const_cast<T*>(p.c0), {B, H}, opts).clone();
+  at::Tensor a = fl.fgr ? at::from_blob(const_cast<T*>(p.a0), {B, 3 * H}, opts).clone() : at::Tensor();
+  at::Tensor a_rec = fl.fgr ? at::empty({B, 3 * H}, opts) : at::Tensor();
+  RecurrentGemm<T> gemm(w_hh);
+  // batch norm: per-step rstd of the ih, hh and cell columns
+  const int64_t NB = 2 * GH + H;
+  std::vector<T> bn_rstd(NORM == kNormBatch ? NB : 0);
+  const int64_t SW = stats_width(NORM, G, H);
+  T* hp = h.data_ptr<T>();
+  T* cp = c.data_ptr<T>();
+  T* ap = fl.fgr ? a.data_ptr<T>() : nullptr;
+
+  for (int64_t t = 0; t < Tn; ++t) {
+    T* xw_t = xw_all.data_ptr<T>() + t * B * GH;
+    T* hw_t = hw_all.data_ptr<T>() + (hw_all.dim() == 3 ? t * B * GH : 0);
+    gemm.run(hp, B, hw_t);
+    if (fl.fgr) at::mm_out(a_rec, a, w_fgr->t());
+    const T* arp = fl.fgr ? a_rec.data_ptr<T>() : nullptr;
+    T* st = p.stats ? p.stats + (NORM == kNormBatch ? t * SW : t * B * SW) : nullptr;
+    const int64_t slot = std::min<int64_t>(p.t0 + t, p.bn_slots - 1);
+    if (NORM == kNormBatch) {
+      bn_column_stats(xw_t, B, GH, L, t, p.training, p.rm_ih + slot * GH, p.rv_ih + slot * GH, st, st + NB);
+      bn_column_stats(hw_t, B, GH, L, t, p.training, p.rm_hh + slot * GH, p.rv_hh + slot * GH, st + GH,
+                      st + NB + GH);
+      for (int64_t k = 0; k < 2 * GH; ++k) bn_rstd[k] = norm_rstd<T, A>(A(st[NB + k]), A(p.eps));
+    }
+    T* acts_t = p.acts + t * B * GH;
+    T* cs_t = p.cs + t * B * H;
+    T* y_t = p.y + t * B * H;
+
+    // Row pass A: gate pre-activations, gates, c_t; and (unless batch norm) pass B: h_t.
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      std::vector<T> pre(GH), tmp(GH), cn(H);
+      for (int64_t b = b0; b < b1; ++b) {
+        T* acts_b = acts_t + b * GH;
+        T* cs_b = cs_t + b * H;
+        T* y_b = y_t + b * H;
+        if (!active(L, b, t)) {
+          for (int64_t k = 0; k < GH; ++k) acts_b[k] = T(0);
+          for (int64_t j = 0; j < H; ++j) { cs_b[j] = cp[b * H + j]; y_b[j] = T(0); }
+          if (st && NORM != kNormBatch) for (int64_t k = 0; k < SW; ++k) st[b * SW + k] = T(0);
+          continue;
+        }
+        const T* xr = xw_t + b * GH;
+        const T* hr = hw_t + b * GH;
+        if (NORM == kNormNone) {
+          for (int64_t k = 0; k < GH; ++k)
+            pre[k] = xr[k] + hr[k] + (p.b_ih ? p.b_ih[k] : T(0)) + (p.b_hh ? p.b_hh[k] : T(0));
+        } else if (NORM == kNormLayer) {
+          T* sb = st + b * SW;
+          layer_norm_row_fwd<T, A>(xr, GH, p.g_ih, nullptr, A(p.eps), pre.data(), sb + 0, sb + 1);
+          layer_norm_row_fwd<T, A>(hr, GH, p.g_hh, nullptr, A(p.eps), tmp.data(), sb + 2, sb + 3);
+          for (int64_t k = 0; k < GH; ++k)
+            pre[k] += tmp[k] + (p.b_ih ? p.b_ih[k] : T(0)) + (p.b_hh ? p.b_hh[k] : T(0));
+        } else if (NORM == kNormLayerPerGate) {
+          T* vr = xw_t + b * GH;  // saved: x W_ih^T + h W_hh^T, normalized per gate
+          for (int64_t k = 0; k < GH; ++k) vr[k] += hr[k];
+          T* sb = st + b * SW;
+          for (int64_t g = 0; g < G; ++g)
+            layer_norm_row_fwd<T, A>(vr + g * H, H, p.g_gates + g * H, p.b_gates + g * H, A(p.eps),
+                                     pre.data() + g * H, sb + 2 * g, sb + 2 * g + 1);
+        } else {  // batch
+          for (int64_t k = 0; k < GH; ++k)
+            pre[k] = norm_apply(xr[k], st[k], bn_rstd[k], p.g_ih[k], T(0)) +
+                     norm_apply(hr[k], st[GH + k], bn_rstd[GH + k], p.g_hh[k], T(0)) +
+                     (p.b_ih ? p.b_ih[k] : T(0)) + (p.b_hh ? p.b_hh[k] : T(0));
+        }
+        if (fl.fgr) {
+          const T* ar = arp + b * 3 * H;
+          for (int64_t j = 0; j < H; ++j) {
+            pre[fl.gi * H + j] += ar[j];
+            pre[fl.gf * H + j] += ar[H + j];
+            pre[fl.go * H + j] += ar[2 * H + j];
+          }
+        }
+        T* c_b = cp + b * H;
+        for (int64_t j = 0; j < H; ++j) {
+          T i, f, g, o, cnew;
+          lstm_cell_fwd(fl, fl.gi >= 0 ? pre[fl.gi * H + j] : T(0), fl.gf >= 0 ? pre[fl.gf * H + j] : T(0),
+                        pre[fl.gg * H + j], fl.go >= 0 ? pre[fl.go * H + j] : T(0), c_b[j],
+                        fl.pi >= 0 ? p.w_peep[fl.pi * H + j] : T(0), fl.pf >= 0 ? p.w_peep[fl.pf * H + j] : T(0),
+                        fl.po >= 0 ? p.w_peep[fl.po * H + j] : T(0), &i, &f, &g, &o, &cnew);
+          if (fl.gi >= 0) acts_b[fl.gi * H + j] = i;
+          if (fl.gf >= 0) acts_b[fl.gf * H + j] = f;
+          acts_b[fl.gg * H + j] = g;
+          if (fl.go >= 0) acts_b[fl.go * H + j] = o;
+          cs_b[j] = cnew;
+          if (fl.fgr) {
+            ap[b * 3 * H + j] = i;
+            ap[b * 3 * H + H + j] = f;
+            ap[b * 3 * H + 2 * H + j] = o;
+          }
+        }
+        if (NORM == kNormBatch) continue;  // pass B after the column statistics of c_t
+        const T* cnp = cs_b;
+        if (NORM != kNormNone) {
+          T* sb = st + b * SW + SW - 2;
+          layer_norm_row_fwd<T, A>(cs_b, H, p.g_cell, p.b_cell, A(p.eps), cn.data(), sb, sb + 1);
+          cnp = cn.data();
+        }
+        for (int64_t j = 0; j < H; ++j) {
+          T o = fl.go >= 0 ? acts_b[fl.go * H + j] : T(1);
+          T hv = lstm_out_fwd(fl, o, cnp[j]);
+          y_b[j] = hv;
+          hp[b * H + j] = hv;
+          c_b[j] = cs_b[j];
+        }
+      }
+    });
+
+    if (NORM == kNormBatch) {
+      T* mc = st + 2 * GH;
+      T* vc = st + NB + 2 * GH;
+      bn_column_stats(cs_t, B, H, L, t, p.training, p.rm_cell + slot * H, p.rv_cell + slot * H, mc, vc);
+      for (int64_t j = 0; j < H; ++j) bn_rstd[2 * GH + j] = norm_rstd<T, A>(A(vc[j]), A(p.eps));
+      at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          if (!active(L, b, t)) continue;
+          const T* acts_b = acts_t + b * GH;
+          const T* cs_b = cs_t + b * H;
+          for (int64_t j = 0; j < H; ++j) {
+            T o = fl.go >= 0 ? acts_b[fl.go * H + j] : T(1);
+            T cnv = norm_apply(cs_b[j], mc[j], bn_rstd[2 * GH + j], p.g_cell[j], p.b_cell[j]);
+            T hv = lstm_out_fwd(fl, o, cnv);
+            y_t[b * H + j] = hv;
+            hp[b * H + j] = hv;
+            cp[b * H + j] = cs_b[j];
+          }
+        }
+      });
+    }
+  }
+  std::copy(hp, hp + B * H, p.h_n);
+  std::copy(cp, cp + B * H, p.c_n);
+  if (fl.fgr) std::copy(ap, ap + B * 3 * H, p.a_n);
+}
+
+struct LstmArgs {
+  at::Tensor x;
+  c10::optional<at::Tensor> lengths;
+  at::Tensor h0, c0;
+  c10::optional<at::Tensor> a0;
+  at::Tensor w_ih, w_hh;
+  c10::optional<at::Tensor> b_ih, b_hh, w_peep, w_fgr, g_ih, g_hh, g_cell, b_cell, g_gates, b_gates;
+};
+
+// Validates every argument against x and the variant/norm; returns (T, B, I, H, G).
+void check_lstm(const char* op, const LstmArgs& a, const LstmFlags& fl, int64_t norm, int64_t variant) {
+  TORCH_CHECK(variant >= 0 && variant <= kFGR, op, ": variant must be in [0, 8], got ", variant);
+  TORCH_CHECK(norm >= 0 && norm <= kNormBatch, op, ": norm must be in [0, 3], got ", norm);
+  TORCH_CHECK(a.x.dim() == 3, op, ": x must be [T, B, I], got shape ", a.x.sizes());
+  auto dt = a.x.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble, op, ": x must be float32 or float64 on the CPU, got ", dt);
+  const int64_t T = a.x.size(0), B = a.x.size(1), I = a.x.size(2);
+  TORCH_CHECK(T >= 1, op, ": x must have at least one time step, got shape ", a.x.sizes());
+  check_tensor(op, "x", a.x, dt, {T, B, I});
+  TORCH_CHECK(a.w_hh.dim() == 2, op, ": w_hh must be [GH, H], got shape ", a.w_hh.sizes());
+  const int64_t H = a.w_hh.size(1), G = fl.num_gates, GH = G * H;
+  check_tensor(op, "w_hh", a.w_hh, dt, {GH, H});
+  check_tensor(op, "w_ih", a.w_ih, dt, {GH, I});
+  check_tensor(op, "h0", a.h0, dt, {B, H});
+  check_tensor(op, "c0", a.c0, dt, {B, H});
+  check_lengths(op, a.lengths, B, T);
+  check_opt(op, "a0", a.a0, dt, {B, 3 * H}, fl.fgr);
+  TORCH_CHECK(!(a.b_ih.has_value() && a.b_ih->defined()) == !(a.b_hh.has_value() && a.b_hh->defined()), op,
+              ": b_ih and b_hh must be given together");
+  check_opt(op, "b_ih", a.b_ih, dt, {GH}, false);
+  check_opt(op, "b_hh", a.b_hh, dt, {GH}, false);
+  check_opt(op, "w_peep", a.w_peep, dt, {fl.num_peep, H}, fl.num_peep > 0);
+  check_opt(op, "w_fgr", a.w_fgr, dt, {3 * H, 3 * H}, fl.fgr);
+  bool two = norm == kNormLayer || norm == kNormBatch;
+  check_opt(op, "g_ih", a.g_ih, dt, {GH}, two);
+  check_opt(op, "g_hh", a.g_hh, dt, {GH}, two);
+  check_opt(op, "g_cell", a.g_cell, dt, {H}, norm != kNormNone);
+  check_opt(op, "b_cell", a.b_cell, dt, {H}, norm != kNormNone);
+  check_opt(op, "g_gates", a.g_gates, dt, {GH}, norm == kNormLayerPerGate);
+  check_opt(op, "b_gates", a.b_gates, dt, {GH}, norm == kNormLayerPerGate);
+}
+
+template <typename T>
+void fill_common(LstmFwdParams<T>& p, const LstmArgs& a, const LstmFlags& fl, int64_t norm, double eps) {
+  p.steps = a.x.size(0); p.batch = a.x.size(1); p.input = a.x.size(2);
+  p.hidden = a.w_hh.size(1); p.gates = fl.num_gates;
+  p.flags = fl; p.norm = norm; p.eps = eps;
+  p.x = a.x.data_ptr<T>(); p.lengths = len_ptr(a.lengths);
+  p.h0 = a.h0.data_ptr<T>(); p.c0 = a.c0.data_ptr<T>(); p.a0 = ptr<T>(a.a0);
+  p.w_ih = a.w_ih.data_ptr<T>(); p.w_hh = a.w_hh.data_ptr<T>();
+  p.b_ih = ptr<T>(a.b_ih); p.b_hh = ptr<T>(a.b_hh); p.w_peep = ptr<T>(a.w_peep); p.w_fgr = ptr<T>(a.w_fgr);
+  p.g_ih = ptr<T>(a.g_ih); p.g_hh = ptr<T>(a.g_hh); p.g_cell = ptr<T>(a.g_cell); p.b_cell = ptr<T>(a.b_cell);
+  p.g_gates = ptr<T>(a.g_gates); p.b_gates = ptr<T>(a.b_gates);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+           at::Tensor>
+lstm_fwd_cpu(const at::Tensor& x, const c10::optional<at::Tensor>& lengths, const at::Tensor& h0,
+             const at::Tensor& c0, const c10::optional<at::Tensor>& a0, const at::Tensor& w_ih,
+             const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
+             const c10::optional<at::Tensor>& w_peep, const c10::optional<at::Tensor>& w_fgr,
+             const c10::optional<at::Tensor>& g_ih, const c10::optional<at::Tensor>& g_hh,
+             const c10::optional<at::Tensor>& g_cell, const c10::optional<at::Tensor>& b_cell,
+             const c10::optional<at::Tensor>& g_gates, const c10::optional<at::Tensor>& b_gates,
+             const c10::optional<at::Tensor>& rm_ih, const c10::optional<at::Tensor>& rv_ih,
+             const c10::optional<at::Tensor>& rm_hh, const c10::optional<at::Tensor>& rv_hh,
+             const c10::optional<at::Tensor>& rm_cell, const c10::optional<at::Tensor>& rv_cell,
+             int64_t variant, int64_t norm, bool training, int64_t t0, double eps) {
+  LstmArgs args{x, lengths, h0, c0, a0, w_ih, w_hh, b_ih, b_hh, w_peep, w_fgr, g_ih, g_hh, g_cell, b_cell,
+                g_gates, b_gates};
+  TORCH_CHECK(variant >= 0 && variant <= kFGR, kFwd, ": variant must be in [0, 8], got ", variant);
+  const LstmFlags fl = lstm_flags(static_cast<int>(variant));
+  check_lstm(kFwd, args, fl, norm, variant);
+  const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(1), G = fl.num_gates, GH = G * H;
+  auto dt = x.scalar_type();
+  int64_t S = 0;
+  if (norm == kNormBatch) {
+    TORCH_CHECK(rm_ih.has_value() && rm_ih->defined(), kFwd, ": batch norm needs the running statistics");
+    S = rm_ih->size(0);
+    TORCH_CHECK(S >= 1, kFwd, ": running statistics need at least one slot, got ", rm_ih->sizes());
+    check_opt(kFwd, "rm_ih", rm_ih, dt, {S, GH}, true);
+    check_opt(kFwd, "rv_ih", rv_ih, dt, {S, GH}, true);
+    check_opt(kFwd, "rm_hh", rm_hh, dt, {S, GH}, true);
+    check_opt(kFwd, "rv_hh", rv_hh, dt, {S, GH}, true);
+    check_opt(kFwd, "rm_cell", rm_cell, dt, {S, H}, true);
+    check_opt(kFwd, "rv_cell", rv_cell, dt, {S, H}, true);
+  }
+  TORCH_CHECK(t0 >= 0, kFwd, ": t0 must be >= 0, got ", t0);
+  auto opts = x.options();
+  at::Tensor xw = at::matmul(x.reshape({T * B, I}), w_ih.t()).view({T, B, GH});
+  bool two = norm == kNormLayer || norm == kNormBatch;
+  at::Tensor hw = two ? at::empty({T, B, GH}, opts) : at::empty({B, GH}, opts);
+  at::Tensor y = at::empty({T, B, H}, opts), h_n = at::empty({B, H}, opts), c_n = at::empty({B, H}, opts);
+  at::Tensor a_n = fl.fgr ? at::empty({B, 3 * H}, opts) : none_like(x);
+  at::Tensor acts = at::empty({T, B, GH}, opts), cs = at::empty({T, B, H}, opts);
+  at::Tensor stats = norm == kNormNone ? none_like(x)
+                     : norm == kNormBatch ? at::empty({T, 2, 2 * GH + H}, opts)
+                                          : at::empty({T, B, stats_width(norm, G, H)}, opts);
+  AT_DISPATCH_FLOATING_TYPES(dt, "lstm_fwd_cpu", [&] {
+    LstmFwdParams<scalar_t> p{};
+    fill_common(p, args, fl, norm, eps);
+    p.bn_slots = static_cast<int>(S);
+    p.training = training;
+    p.t0 = static_cast<int>(t0);
+    p.rm_ih = ptr<scalar_t>(rm_ih); p.rv_ih = ptr<scalar_t>(rv_ih);
+    p.rm_hh = ptr<scalar_t>(rm_hh); p.rv_hh = ptr<scalar_t>(rv_hh);
+    p.rm_cell = ptr<scalar_t>(rm_cell); p.rv_cell = ptr<scalar_t>(rv_cell);
+    p.y = y.data_ptr<scalar_t>(); p.h_n = h_n.data_ptr<scalar_t>(); p.c_n = c_n.data_ptr<scalar_t>();
+    p.a_n = fl.fgr ? a_n.data_ptr<scalar_t>() : nullptr;
+    p.acts = acts.data_ptr<scalar_t>(); p.cs = cs.data_ptr<scalar_t>();
+    p.stats = norm == kNormNone ? nullptr : stats.data_ptr<scalar_t>();
+    switch (norm) {
+      case kNormNone: lstm_forward<scalar_t, kNormNone>(p, xw, hw, w_hh, w_fgr); break;
+      case kNormLayer: lstm_forward<scalar_t, kNormLayer>(p, xw, hw, w_hh, w_fgr); break;
+      case kNormLayerPerGate: lstm_forward<scalar_t, kNormLayerPerGate>(p, xw, hw, w_hh, w_fgr); break;
+      default: lstm_forward<scalar_t, kNormBatch>(p, xw, hw, w_hh, w_fgr); break;
+    }
+  });
+  // Save only what backward reads: no projections without norm, one sum for layer_per_gate.
+  if (norm == kNormNone) xw = none_like(x);
+  if (!two) hw = none_like(x);
+  return {y, h_n, c_n, a_n, acts, cs, xw, hw, stats};
+}
+
+// ----------------------------------------------------------------------------- backward
+
+template <typename T, int NORM>
+void lstm_backward(const LstmBwdParams<T>& p, const at::Tensor& w_hh, const c10::optional<at::Tensor>& w_fgr,
+                   ThreadAcc& acc_peep, ThreadAcc& acc_gates, at::Tensor& dg_ih, at::Tensor& dg_hh,
+                   at::Tensor& dg_cell, at::Tensor& db_cell) {
+  const int64_t Tn = p.steps, B = p.batch, H = p.hidden, G = p.gates, GH = G * H;
+  const LstmFlags fl = p.flags;
+  const int64_t* L = p.lengths;
+  auto opts = w_hh.options();
+  const int64_t SW = stats_width(NORM, G, H), NB = 2 * GH + H;
+  // carried gradients
+  T* dh = p.dh0;
+  T* dc = p.dc0;
+  T* da = p.da0;
+  std::copy(p.dh_n, p.dh_n + B * H, dh);
+  std::copy(p.dc_n, p.dc_n + B * H, dc);
+  if (fl.fgr) std::copy(p.da_n, p.da_n + B * 3 * H, da);
+  at::Tensor d_o = at::empty({B, H}, opts), d_cn = at::empty({B, H}, opts), dh_new = at::empty({B, H}, opts);
+  at::Tensor da_new = fl.fgr ? at::empty({B, 3 * H}, opts) : at::Tensor();
+  T* dop = d_o.data_ptr<T>();
+  T* dcnp = d_cn.data_ptr<T>();
+  std::vector<T> bn_rstd(NORM == kNormBatch ? NB : 0);
+  T* dgc = dg_cell.defined() && dg_cell.numel() ? dg_cell.data_ptr<T>() : nullptr;
+  T* dbc = db_cell.defined() && db_cell.numel() ? db_cell.data_ptr<T>() : nullptr;
+
+  for (int64_t t = Tn - 1; t >= 0; --t) {
+    const T* acts_t = p.acts + t * B * GH;
+    const T* cs_t = p.cs + t * B * H;
+    const T* dy_t = p.dy + t * B * H;
+    const T* st = p.stats ? p.stats + (NORM == kNormBatch ? t * SW : t * B * SW) : nullptr;
+    if (NORM == kNormBatch)
+      for (int64_t k = 0; k < NB; ++k) bn_rstd[k] = norm_rstd<T, A>(A(st[NB + k]), A(p.eps));
+    T* dpre_t = p.dpre + t * B * GH;
+
+    // Pass 1 (rows): dh -> d_o, d_cn; for norm none / layer norm of c also dc through the norm.
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      std::vector<T> cn(H);
+      T* dgc_row = (NORM == kNormLayer || NORM == kNormLayerPerGate) ? acc_gates.row<T>() : nullptr;
+      for (int64_t b = b0; b < b1; ++b) {
+        if (!active(L, b, t)) continue;
+        const T* acts_b = acts_t + b * GH;
+        const T* cs_b = cs_t + b * H;
+        if (NORM == kNormNone) {
+          for (int64_t j = 0; j < H; ++j) cn[j] = cs_b[j];
+        } else if (NORM == kNormBatch) {
+          for (int64_t j = 0; j < H; ++j)
+            cn[j] = norm_apply(cs_b[j], st[2 * GH + j], bn_rstd[2 * GH + j], p.g_cell[j], p.b_cell[j]);
+        } else {
+          const T* sb = st + b * SW + SW - 2;
+          for (int64_t j = 0; j < H; ++j) cn[j] = norm_apply(cs_b[j], sb[0], sb[1], p.g_cell[j], p.b_cell[j]);
+        }
+        for (int64_t j = 0; j < H; ++j) {
+          T o = fl.go >= 0 ? acts_b[fl.go * H + j] : T(1);
+          T dhv = dh[b * H + j] + dy_t[b * H + j];
+          lstm_out_bwd(fl, dhv, o, cn[j], &dop[b * H + j], &dcnp[b * H + j]);
+        }
+        if (NORM == kNormLayer || NORM == kNormLayerPerGate) {
+          // dgc_row layout: [dg_cell H | db_cell H | dg_ih/dg_gates GH | dg_hh/db_gates GH]
+          const T* sb = st + b * SW + SW - 2;
+          layer_norm_row_bwd<T, A>(cs_b, dcnp + b * H, H, p.g_cell, sb[0], sb[1], dcnp + b * H, dgc_row,
+                                   dgc_row + H);
+        }
+      }
+    });
+    if (NORM == kNormBatch) {
+      // d_cn -> dc through BN(c) (columns); d_cn is [B, H] with the cell columns of the stats.
+      bn_column_bwd(cs_t, dcnp, dcnp, B, H, L, t, p.training, st + 2 * GH, bn_rstd.data() + 2 * GH, p.g_cell,
+                    dgc, dbc);
+    }
+
+    // Pass 2 (rows): gates backward -> dpre, dc carry, peepholes; row norms of the gates.
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      T* dpeep = fl.num_peep ? acc_peep.row<T>() : nullptr;
+      T* dgr = (NORM == kNormLayer || NORM == kNormLayerPerGate) ? acc_gates.row<T>() + 2 * H : nullptr;
+      for (int64_t b = b0; b < b1; ++b) {
+        if (!active(L, b, t)) continue;
+        const T* acts_b = acts_t + b * GH;
+        const T* cs_b = cs_t + b * H;
+        const T* cprev = t > 0 ? p.cs + (t - 1) * B * H + b * H : p.c0 + b * H;
+        T* dpre_b = dpre_t + b * GH;
+        for (int64_t j = 0; j < H; ++j) {
+          T i = fl.gi >= 0 ? acts_b[fl.gi * H + j] : T(1);
+          T f = fl.cifg ? T(1) - i : (fl.gf >= 0 ? acts_b[fl.gf * H + j] : T(1));
+          T g = acts_b[fl.gg * H + j];
+          T o = fl.go >= 0 ? acts_b[fl.go * H + j] : T(1);
+          T dai = fl.fgr ? da[b * 3 * H + j] : T(0);
+          T daf = fl.fgr ? da[b * 3 * H + H + j] : T(0);
+          T dao = fl.fgr ? da[b * 3 * H + 2 * H + j] : T(0);
+          T dpi, dpf, dpg, dpo, dcp, dwi, dwf, dwo;
+          lstm_cell_bwd(fl, dop[b * H + j] + dao, dcnp[b * H + j] + dc[b * H + j], dai, daf, i, f, g, o, cprev[j],
+                        cs_b[j], fl.pi >= 0 ? p.w_peep[fl.pi * H + j] : T(0),
+                        fl.pf >= 0 ? p.w_peep[fl.pf * H + j] : T(0), fl.po >= 0 ? p.w_peep[fl.po * H + j] : T(0),
+                        &dpi, &dpf, &dpg, &dpo, &dcp, &dwi, &dwf, &dwo);
+          if (fl.gi >= 0) dpre_b[fl.gi * H + j] = dpi;
+          if (fl.gf >= 0) dpre_b[fl.gf * H + j] = dpf;
+          dpre_b[fl.gg * H + j] = dpg;
+          if (fl.go >= 0) dpre_b[fl.go * H + j] = dpo;
+          dc[b * H + j] = dcp;
+          if (fl.pi >= 0) dpeep[fl.pi * H + j] += dwi;
+          if (fl.pf >= 0) dpeep[fl.pf * H + j] += dwf;
+          if (fl.po >= 0) dpeep[fl.po * H + j] += dwo;
+        }
+        const T* sb = st ? st + b * SW : nullptr;
+        if (NORM == kNormLayer) {
+          const T* xr = p.xw + (t * B + b) * GH;
+          const T* hr = p.hw + (t * B + b) * GH;
+          layer_norm_row_bwd<T, A>(xr, dpre_b, GH, p.g_ih, sb[0], sb[1], p.dxw + (t * B + b) * GH, dgr, nullptr);
+          layer_norm_row_bwd<T, A>(hr, dpre_b, GH, p.g_hh, sb[2], sb[3], p.dhw + (t * B + b) * GH, dgr + GH,
+                                   nullptr);
+        } else if (NORM == kNormLayerPerGate) {
+          const T* vr = p.xw + (t * B + b) * GH;
+          T* dv = p.dxw + (t * B + b) * GH;
+          for (int64_t g = 0; g < G; ++g)
+            layer_norm_row_bwd<T, A>(vr + g * H, dpre_b + g * H, H, p.g_gates + g * H, sb[2 * g], sb[2 * g + 1],
+                                     dv + g * H, dgr + g * H, dgr + GH + g * H);
+        }
+      }
+    });
+    if (NORM == kNormBatch) {
+      const T* xr = p.xw + t * B * GH;
+      const T* hr = p.hw + t * B * GH;
+      bn_column_bwd(xr, dpre_t, p.dxw + t * B * GH, B, GH, L, t, p.training, st, bn_rstd.data(), p.g_ih,
+                    dg_ih.data_ptr<T>(), static_cast<T*>(nullptr));
+      bn_column_bwd(hr, dpre_t, p.dhw + t * B * GH, B, GH, L, t, p.training, st + GH, bn_rstd.data() + GH,
+                    p.g_hh, dg_hh.data_ptr<T>(), static_cast<T*>(nullptr));
+    }
+
+    // Recurrent gradients: dh_{t-1} = dhw_t W_hh, da_{t-1} = dpre_ifo W_fgr (active rows only).
+    at::Tensor dhw_t = at::from_blob(p.dhw + t * B * GH, {B, GH}, opts);
+    at::mm_out(dh_new, dhw_t, w_hh);
+    if (fl.fgr) {
+      at::Tensor dpre_tt = at::from_blob(dpre_t, {B, GH}, opts);
+      at::Tensor dpre_ifo = at::cat({dpre_tt.narrow(1, fl.gi * H, H), dpre_tt.narrow(1, fl.gf * H, H),
+                                     dpre_tt.narrow(1, fl.go * H, H)}, 1);
+      at::mm_out(da_new, dpre_ifo, *w_fgr);
+    }
+    const T* dhn = dh_new.data_ptr<T>();
+    const T* dan = fl.fgr ? da_new.data_ptr<T>() : nullptr;
+    for (int64_t b = 0; b < B; ++b) {
+      if (!active(L, b, t)) continue;
+      std::copy(dhn + b * H, dhn + (b + 1) * H, dh + b * H);
+      if (fl.fgr) std::copy(dan + b * 3 * H, dan + (b + 1) * 3 * H, da + b * 3 * H);
+    }
+  }
+}
+
+using T16 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                       at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                       at::Tensor, at::Tensor>;
+
+T16 lstm_bwd_cpu(
+    const at::Tensor& grad_y, const at::Tensor& grad_h_n, const at::Tensor& grad_c_n, const at::Tensor& grad_a_n,
+    const at::Tensor& x, const c10::optional<at::Tensor>& lengths, const at::Tensor& h0, const at::Tensor& c0,
+    const c10::optional<at::Tensor>& a0, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
+    const c10::optional<at::Tensor>& w_peep, const c10::optional<at::Tensor>& w_fgr,
+    const c10::optional<at::Tensor>& g_ih, const c10::optional<at::Tensor>& g_hh,
+    const c10::optional<at::Tensor>& g_cell, const c10::optional<at::Tensor>& b_cell,
+    const c10::optional<at::Tensor>& g_gates, const c10::optional<at::Tensor>& b_gates, const at::Tensor& y,
+    const at::Tensor& acts, const at::Tensor& cs, const at::Tensor& xw, const at::Tensor& hw,
+    const at::Tensor& stats, int64_t variant, int64_t norm, bool training, double eps) {
+  LstmArgs args{x, lengths, h0, c0, a0, w_ih, w_hh, b_ih, b_hh, w_peep, w_fgr, g_ih, g_hh, g_cell, b_cell,
+                g_gates, b_gates};
+  TORCH_CHECK(variant >= 0 && variant <= kFGR, kBwd, ": variant must be in [0, 8], got ", variant);
+  const LstmFlags fl = lstm_flags(static_cast<int>(variant));
+  check_lstm(kBwd, args, fl, norm, variant);
+  const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(1), G = fl.num_gates, GH = G * H;
+  auto dt = x.scalar_type();
+  bool two = norm == kNormLayer || norm == kNormBatch;
+  check_tensor(kBwd, "grad_y", grad_y, dt, {T, B, H});
+  check_tensor(kBwd, "grad_h_n", grad_h_n, dt, {B, H});
+  check_tensor(kBwd, "grad_c_n", grad_c_n, dt, {B, H});
+  if (fl.fgr) check_tensor(kBwd, "grad_a_n", grad_a_n, dt, {B, 3 * H});
+  check_tensor(kBwd, "y", y, dt, {T, B, H});
+  check_tensor(kBwd, "acts", acts, dt, {T, B, GH});
+  check_tensor(kBwd, "cs", cs, dt, {T, B, H});
+  if (norm != kNormNone) check_tensor(kBwd, "xw", xw, dt, {T, B, GH});
+  if (two) check_tensor(kBwd, "hw", hw, dt, {T, B, GH});
+  if (norm != kNormNone)
+    check_tensor(kBwd, "stats", stats, dt,
+                 norm == kNormBatch ? std::vector<int64_t>{T, 2, 2 * GH + H}
+                                    : std::vector<int64_t>{T, B, stats_width(norm, G, H)});
+  auto opts = x.options();
+  at::Tensor dh0 = at::empty({B, H}, opts), dc0 = at::empty({B, H}, opts);
+  at::Tensor da0 = fl.fgr ? at::empty({B, 3 * H}, opts) : none_like(x);
+  at::Tensor dpre = at::zeros({T, B, GH}, opts);
+  at::Tensor dxw = norm == kNormNone ? dpre : at::zeros({T, B, GH}, opts);
+  at::Tensor dhw = two ? at::zeros({T, B, GH}, opts) : dxw;
+  ThreadAcc acc_peep(fl.num_peep * H, opts), acc_gates(2 * H + 2 * GH, opts);
+  at::Tensor dg_ih = norm == kNormBatch ? at::zeros({GH}, opts) : at::Tensor();
+  at::Tensor dg_hh = norm == kNormBatch ? at::zeros({GH}, opts) : at::Tensor();
+  at::Tensor dg_cell = norm == kNormBatch ? at::zeros({H}, opts) : at::Tensor();
+  at::Tensor db_cell = norm == kNormBatch ? at::zeros({H}, opts) : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(dt, "lstm_bwd_cpu", [&] {
+    LstmBwdParams<scalar_t> p{};
+    fill_common(p, args, fl, norm, eps);
+    p.training = training;
+    p.y = const_cast<scalar_t*>(y.data_ptr<scalar_t>());
+    p.acts = acts.data_ptr<scalar_t>(); p.cs = cs.data_ptr<scalar_t>();
+    p.xw = norm != kNormNone ? xw.data_ptr<scalar_t>() : nullptr;
+    p.hw = two ? hw.data_ptr<scalar_t>() : nullptr;
+    p.stats = norm != kNormNone ? stats.data_ptr<scalar_t>() : nullptr;
+    p.dy = grad_y.data_ptr<scalar_t>(); p.dh_n = grad_h_n.data_ptr<scalar_t>();
+    p.dc_n = grad_c_n.data_ptr<scalar_t>(); p.da_n = fl.fgr ? grad_a_n.data_ptr<scalar_t>() : nullptr;
+    p.dh0 = dh0.data_ptr<scalar_t>(); p.dc0 = dc0.data_ptr<scalar_t>();
+    p.da0 = fl.fgr ? da0.data_ptr<scalar_t>() : nullptr;
+    p.dpre = dpre.data_ptr<scalar_t>(); p.dxw = dxw.data_ptr<scalar_t>(); p.dhw = dhw.data_ptr<scalar_t>();
+    switch (norm) {
+      case kNormNone:
+        lstm_backward<scalar_t, kNormNone>(p, w_hh, w_fgr, acc_peep, acc_gates, dg_ih, dg_hh, dg_cell, db_cell);
+        break;
+      case kNormLayer:
+        lstm_backward<scalar_t, kNormLayer>(p, w_hh, w_fgr, acc_peep, acc_gates, dg_ih, dg_hh, dg_cell, db_cell);
+        break;
+      case kNormLayerPerGate:
+        lstm_backward<scalar_t, kNormLayerPerGate>(p, w_hh, w_fgr, acc_peep, acc_gates, dg_ih, dg_hh, dg_cell,
+                                                   db_cell);
+        break;
+      default:
+        lstm_backward<scalar_t, kNormBatch>(p, w_hh, w_fgr, acc_peep, acc_gates, dg_ih, dg_hh, dg_cell, db_cell);
+        break;
+    }
+  });
+  // Hoisted GEMMs and reductions over all steps.
+  at::Tensor dxw2 = dxw.view({T * B, GH}), dhw2 = dhw.view({T * B, GH});
+  at::Tensor dx = at::mm(dxw2, w_ih).view({T, B, I});
+  at::Tensor dw_ih = at::mm(dxw2.t(), x.reshape({T * B, I}));
+  at::Tensor h_prev = at::cat({h0.unsqueeze(0), y.narrow(0, 0, T - 1)}, 0).view({T * B, H});
+  at::Tensor dw_hh = at::mm(dhw2.t(), h_prev);
+  bool has_bias = b_ih.has_value() && b_ih->defined();
+  at::Tensor db = has_bias ? dpre.sum({0, 1}) : none_like(x);
+  at::Tensor dw_fgr = none_like(x);
+  if (fl.fgr) {
+    auto ifo = [&](const at::Tensor& v) {
+      return at::cat({v.narrow(2, fl.gi * H, H), v.narrow(2, fl.gf * H, H), v.narrow(2, fl.go * H, H)}, 2);
+    };
+    at::Tensor a_prev = at::cat({a0->unsqueeze(0), ifo(acts.narrow(0, 0, T - 1))}, 0).view({T * B, 3 * H});
+    dw_fgr = at::mm(ifo(dpre).view({T * B, 3 * H}).t(), a_prev);
+  }
+  at::Tensor dw_peep = fl.num_peep ? acc_peep.total().view({fl.num_peep, H}) : none_like(x);
+  at::Tensor e = none_like(x);
+  at::Tensor r_dg_ih = e, r_dg_hh = e, r_dg_cell = e, r_db_cell = e, r_dg_gates = e, r_db_gates = e;
+  if (norm == kNormBatch) {
+    r_dg_ih = dg_ih; r_dg_hh = dg_hh; r_dg_cell = dg_cell; r_db_cell = db_cell;
+  } else if (norm != kNormNone) {
+    at::Tensor tot = acc_gates.total();
+    r_dg_cell = tot.narrow(0, 0, H);
+    r_db_cell = tot.narrow(0, H, H);
+    if (norm == kNormLayer) {
+      r_dg_ih = tot.narrow(0, 2 * H, GH);
+      r_dg_hh = tot.narrow(0, 2 * H + GH, GH);
+    } else {
+      r_dg_gates = tot.narrow(0, 2 * H, GH);
+      r_db_gates = tot.narrow(0, 2 * H + GH, GH);
+    }
+  }
+  return T16{dx, dh0, dc0, da0, dw_ih, dw_hh, db, has_bias ? db.clone() : e, dw_peep, dw_fgr,
+             r_dg_ih, r_dg_hh, r_dg_cell, r_db_cell, r_dg_gates, r_db_gates};
+}
+
+// ----------------------------------------------------------------------------- BN running stats
+
+void bn_update_cpu(at::Tensor& rm_ih, at::Tensor& rv_ih, at::Tensor& rm_hh, at::Tensor& rv_hh, at::Tensor& rm_cell,
+                   at::Tensor& rv_cell, const at::Tensor& stats, const c10::optional<at::Tensor>& lengths,
+                   int64_t batch, int64_t t0, double momentum) {
+  const char* op = "fusedrnn::bn_update_";
+  TORCH_CHECK(stats.dim() == 3 && stats.size(1) == 2, op, ": stats must be [T, 2, 2GH + H], got ", stats.sizes());
+  TORCH_CHECK(rm_ih.dim() == 2 && rm_cell.dim() == 2, op, ": running statistics must be [S, GH] / [S, H]");
+  const int64_t T = stats.size(0), S = rm_ih.size(0), GH = rm_ih.size(1), H = rm_cell.size(1);
+  auto dt = stats.scalar_type();
+  check_tensor(op, "stats", stats, dt, {T, 2, 2 * GH + H});
+  check_tensor(op, "rm_ih", rm_ih, dt, {S, GH});
+  check_tensor(op, "rv_ih", rv_ih, dt, {S, GH});
+  check_tensor(op, "rm_hh", rm_hh, dt, {S, GH});
+  check_tensor(op, "rv_hh", rv_hh, dt, {S, GH});
+  check_tensor(op, "rm_cell", rm_cell, dt, {S, H});
+  check_tensor(op, "rv_cell", rv_cell, dt, {S, H});
+  check_lengths(op, lengths, batch, T);
+  const int64_t* L = len_ptr(lengths);
+  AT_DISPATCH_FLOATING_TYPES(dt, "bn_update_cpu", [&] {
+    using T_ = scalar_t;
+    const T_* st = stats.data_ptr<T_>();
+    T_* rm[3] = {rm_ih.data_ptr<T_>(), rm_hh.data_ptr<T_>(), rm_cell.data_ptr<T_>()};
+    T_* rv[3] = {rv_ih.data_ptr<T_>(), rv_hh.data_ptr<T_>(), rv_cell.data_ptr<T_>()};
+    const int64_t width[3] = {GH, GH, H}, off[3] = {0, GH, 2 * GH};
+    const int64_t NB = 2 * GH + H;
+    const T_ m = T_(momentum);
+    for (int64_t t = 0; t < T; ++t) {
+      int64_t n = 0;
+      for (int64_t b = 0; b < batch; ++b) n += active(L, b, t);
+      if (n <= 1) continue;  // a single active sequence normalizes but does not update
+      const int64_t slot = std::min<int64_t>(t0 + t, S - 1);
+      const T_ unbias = T_(double(n) / double(n - 1));
+      for (int w = 0; w < 3; ++w) {
+        const T_* mean = st + t * 2 * NB + off[w];
+        const T_* var = mean + NB;
+        T_* rmw = rm[w] + slot * width[w];
+        T_* rvw = rv[w] + slot * width[w];
+        for (int64_t k = 0; k < width[w]; ++k) {
+          rmw[k] = (T_(1) - m) * rmw[k] + m * mean[k];
+          rvw[k] = (T_(1) - m) * rvw[k] + m * (var[k] * unbias);
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fusedrnn, CPU, m) {
+  m.impl("lstm_fwd", &lstm_fwd_cpu);
+  m.impl("lstm_bwd", &lstm_bwd_cpu);
+  m.impl("bn_update_", &bn_update_cpu);
+}
+
+}  // namespace cpu
+}  // namespace fusedrnn

@@ -1,0 +1,127 @@
+// CPU Elman RNN forward/backward (torch.nn.RNN, tanh or relu). Saves nothing but y: h_t is
+// the output, and the activation derivative is a function of h_t.
+#include <torch/library.h>
+
+#include "common.h"
+#include "fusedrnn/cell_math.h"
+#include "recurrent_gemm.h"
+
+namespace fusedrnn {
+namespace cpu {
+namespace {
+
+constexpr const char* kFwd = "fusedrnn::rnn_fwd";
+constexpr const char* kBwd = "fusedrnn::rnn_bwd";
+
+void check_rnn(const char* op, const at::Tensor& x, const c10::optional<at::Tensor>& lengths, const at::Tensor& h0,
+               const at::Tensor& w_ih, const at::Tensor& w_hh, int64_t kind) {
+  TORCH_CHECK(kind == kRnnTanh || kind == kRnnRelu, op, ": kind must be 0 (tanh) or 1 (relu), got ", kind);
+  TORCH_CHECK(x.dim() == 3, op, ": x must be [T, B, I], got shape ", x.sizes());
+  auto dt = x.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble, op, ": x must be float32 or float64 on the CPU, got ", dt);
+  const int64_t T = x.size(0), B = x.size(1), I = x.size(2);
+  TORCH_CHECK(T >= 1, op, ": x must have at least one time step, got shape ", x.sizes());
+  check_tensor(op, "x", x, dt, {T, B, I});
+  TORCH_CHECK(w_hh.dim() == 2, op, ": w_hh must be [H, H], got shape ", w_hh.sizes());
+  const int64_t H = w_hh.size(1);
+  check_tensor(op, "w_hh", w_hh, dt, {H, H});
+  check_tensor(op, "w_ih", w_ih, dt, {H, I});
+  check_tensor(op, "h0", h0, dt, {B, H});
+  check_lengths(op, lengths, B, T);
+}
+
+std::tuple<at::Tensor, at::Tensor> rnn_fwd_cpu(const at::Tensor& x, const c10::optional<at::Tensor>& lengths,
+                                               const at::Tensor& h0, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                                               const c10::optional<at::Tensor>& b_ih,
+                                               const c10::optional<at::Tensor>& b_hh, int64_t kind) {
+  check_rnn(kFwd, x, lengths, h0, w_ih, w_hh, kind);
+  const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(1);
+  auto dt = x.scalar_type();
+  TORCH_CHECK(!(b_ih.has_value() && b_ih->defined()) == !(b_hh.has_value() && b_hh->defined()), kFwd,
+              ": b_ih and b_hh must be given together");
+  check_opt(kFwd, "b_ih", b_ih, dt, {H}, false);
+  check_opt(kFwd, "b_hh", b_hh, dt, {H}, false);
+  auto opts = x.options();
+  at::Tensor xw = at::matmul(x.reshape({T * B, I}), w_ih.t()).view({T, B, H});
+  at::Tensor hw = at::empty({B, H}, opts), y = at::empty({T, B, H}, opts), h = h0.clone();
+  const int64_t* L = len_ptr(lengths);
+  AT_DISPATCH_FLOATING_TYPES(dt, "rnn_fwd_cpu", [&] {
+    using T_ = scalar_t;
+    RecurrentGemm<T_> gemm(w_hh);
+    const T_ *bi = ptr<T_>(b_ih), *bh = ptr<T_>(b_hh);
+    T_* hp = h.data_ptr<T_>();
+    T_* hwp = hw.data_ptr<T_>();
+    for (int64_t t = 0; t < T; ++t) {
+      gemm.run(hp, B, hwp);
+      const T_* xw_t = xw.data_ptr<T_>() + t * B * H;
+      T_* y_t = y.data_ptr<T_>() + t * B * H;
+      at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          if (!active(L, b, t)) {
+            for (int64_t j = 0; j < H; ++j) y_t[b * H + j] = T_(0);
+            continue;
+          }
+          for (int64_t j = 0; j < H; ++j) {
+            T_ pre = xw_t[b * H + j] + hwp[b * H + j] + (bi ? bi[j] + bh[j] : T_(0));
+            T_ hv = rnn_cell_fwd(static_cast<int>(kind), pre);
+            y_t[b * H + j] = hv;
+            hp[b * H + j] = hv;
+          }
+        }
+      });
+    }
+  });
+  return {y, h};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_bwd_cpu(
+    const at::Tensor& grad_y, const at::Tensor& grad_h_n, const at::Tensor& x, const c10::optional<at::Tensor>& lengths,
+    const at::Tensor& h0, const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& y, int64_t kind,
+    bool has_bias) {
+  check_rnn(kBwd, x, lengths, h0, w_ih, w_hh, kind);
+  const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(1);
+  auto dt = x.scalar_type();
+  check_tensor(kBwd, "grad_y", grad_y, dt, {T, B, H});
+  check_tensor(kBwd, "grad_h_n", grad_h_n, dt, {B, H});
+  check_tensor(kBwd, "y", y, dt, {T, B, H});
+  auto opts = x.options();
+  const int64_t* L = len_ptr(lengths);
+  at::Tensor dh = grad_h_n.clone(), dh_new = at::empty({B, H}, opts), dpre = at::zeros({T, B, H}, opts);
+  AT_DISPATCH_FLOATING_TYPES(dt, "rnn_bwd_cpu", [&] {
+    using T_ = scalar_t;
+    T_* dhp = dh.data_ptr<T_>();
+    for (int64_t t = T - 1; t >= 0; --t) {
+      const T_* y_t = y.data_ptr<T_>() + t * B * H;
+      const T_* dy_t = grad_y.data_ptr<T_>() + t * B * H;
+      T_* dp = dpre.data_ptr<T_>() + t * B * H;
+      at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          if (!active(L, b, t)) continue;
+          for (int64_t j = 0; j < H; ++j)
+            dp[b * H + j] = rnn_cell_bwd(static_cast<int>(kind), dhp[b * H + j] + dy_t[b * H + j], y_t[b * H + j]);
+        }
+      });
+      at::mm_out(dh_new, dpre[t], w_hh);
+      const T_* dn = dh_new.data_ptr<T_>();
+      for (int64_t b = 0; b < B; ++b)
+        if (active(L, b, t)) std::copy(dn + b * H, dn + (b + 1) * H, dhp + b * H);
+    }
+  });
+  at::Tensor dpre2 = dpre.view({T * B, H});
+  at::Tensor dx = at::mm(dpre2, w_ih).view({T, B, I});
+  at::Tensor dw_ih = at::mm(dpre2.t(), x.reshape({T * B, I}));
+  at::Tensor h_prev = at::cat({h0.unsqueeze(0), y.narrow(0, 0, T - 1)}, 0).view({T * B, H});
+  at::Tensor dw_hh = at::mm(dpre2.t(), h_prev);
+  at::Tensor db = has_bias ? dpre.sum({0, 1}) : none_like(x);
+  return {dx, dh, dw_ih, dw_hh, db, has_bias ? db.clone() : none_like(x)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fusedrnn, CPU, m) {
+  m.impl("rnn_fwd", &rnn_fwd_cpu);
+  m.impl("rnn_bwd", &rnn_bwd_cpu);
+}
+
+}  // namespace cpu
+}  // namespace fusedrnn
