@@ -110,6 +110,18 @@ struct RnnStepBwd {
   T *dpre, *dh_direct;
 };
 
+// Batch-norm running statistics from the per-step statistics of lstm_fwd (the bn_update_ op):
+// slot min(t0 + t, S - 1) of every running tensor, for each step with more than one active
+// sequence, running = (1 - momentum) running + momentum batch (unbiased variance), in step order.
+template <typename T>
+struct BnUpdate {
+  int steps, batch, slots, t0, gh, hidden;  // T, B, S, t0, GH, H
+  double momentum;
+  const int64_t* lengths;  // [B] or null
+  const T* stats;          // [T, 2, 2GH + H]
+  T *rm_ih, *rv_ih, *rm_hh, *rv_hh, *rm_cell, *rv_cell;  // [S, GH] / [S, H]
+};
+
 // ----------------------------------------------------------------------------- helpers
 
 __device__ __forceinline__ bool row_active(const StepDims& d, int b) {
@@ -670,6 +682,36 @@ __global__ void rnn_bwd_kernel(RnnStepBwd<T> p) {
   }
 }
 
+// ----------------------------------------------------------------------------- batch-norm update
+
+// One thread per statistics column, serial over the steps (their order matters for slot S - 1).
+template <typename T>
+__global__ void bn_update_kernel(BnUpdate<T> p) {
+  using A = typename AccOf<T>::type;
+  const long NB = 2L * p.gh + p.hidden;
+  const long k = blockIdx.x * long(blockDim.x) + threadIdx.x;
+  if (k >= NB) return;
+  const int which = k < p.gh ? 0 : k < 2L * p.gh ? 1 : 2;
+  T* rm = which == 0 ? p.rm_ih : which == 1 ? p.rm_hh : p.rm_cell;
+  T* rv = which == 0 ? p.rv_ih : which == 1 ? p.rv_hh : p.rv_cell;
+  const long col = k - long(which) * p.gh, width = which == 2 ? p.hidden : p.gh;
+  const A mom = A(p.momentum);
+  for (int t = 0; t < p.steps; ++t) {
+    int n = p.batch;
+    if (p.lengths) {
+      n = 0;
+      for (int b = 0; b < p.batch; ++b) n += t < p.lengths[b];
+    }
+    if (n <= 1) continue;  // a single active sequence normalizes but does not update
+    const int slot = p.t0 + t < p.slots - 1 ? p.t0 + t : p.slots - 1;
+    const A mean = A(p.stats[2L * NB * t + k]), var = A(p.stats[2L * NB * t + NB + k]);
+    T* m = rm + long(slot) * width + col;
+    T* v = rv + long(slot) * width + col;
+    *m = T((A(1) - mom) * A(*m) + mom * mean);
+    *v = T((A(1) - mom) * A(*v) + mom * var * A(n) / A(n - 1));
+  }
+}
+
 // ----------------------------------------------------------------------------- launchers
 // One launch each; the caller checks it (C10_CUDA_KERNEL_LAUNCH_CHECK on the GPU).
 
@@ -744,6 +786,13 @@ template <typename T>
 inline void rnn_step_bwd(const RnnStepBwd<T>& p, cudaStream_t stream) {
   const int threads = 256;
   simt::launch(rnn_bwd_kernel<T>, dim3(flat_blocks(long(p.d.B) * p.d.H, threads)), dim3(threads), 0, stream, p);
+}
+
+template <typename T>
+inline void bn_update(const BnUpdate<T>& p, cudaStream_t stream) {
+  const int threads = 256;
+  const long n = 2L * p.gh + p.hidden;
+  simt::launch(bn_update_kernel<T>, dim3(int((n + threads - 1) / threads)), dim3(threads), 0, stream, p);
 }
 
 }  // namespace cuda

@@ -1,0 +1,143 @@
+"""The CUDA backend's host code executed on the CPU: csrc/cuda/rnn_cuda.cu built by g++.
+
+tests/simt/emulated_ops.cpp compiles rnn_cuda.cu with FUSEDRNN_EMULATED: the same op
+functions (argument checks, input-projection GEMM, per-step recurrent GEMMs, buffer
+management, reverse-time backward, final GEMMs and parameter-gradient reductions) on CPU
+tensors, with the pointwise kernels running under the SIMT emulator. They are registered as
+torch.ops.fusedrnn_emulated.* with the argument order of the fusedrnn op schemas, and compared
+here with fusedrnn.reference for every cell x variant x norm, forward and backward (and the
+batch-norm running-statistics update). One C++ translation unit with ATen headers: about a
+minute to build on a 2-core machine, once per session.
+"""
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from fusedrnn import reference
+from fusedrnn.spec import LSTM_VARIANTS, NORMS, CellSpec
+from conftest import ALL_SPECS, assert_close, spec_id
+from test_cuda_emulated import make_case
+
+ROOT = Path(__file__).resolve().parents[1]
+_BN = ("rm_ih", "rv_ih", "rm_hh", "rv_hh", "rm_cell", "rv_cell")
+_LSTM_ROLES = ("b_ih", "b_hh", "w_peep", "w_fgr", "g_ih", "g_hh", "g_cell", "b_cell", "g_gates", "b_gates")
+
+pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="no g++ on PATH to build the emulated ops")
+
+
+@pytest.fixture(scope="module")
+def ops(tmp_path_factory):
+    from torch.utils.cpp_extension import load
+    build = tmp_path_factory.mktemp("emulated_ops")
+    os.environ.setdefault("MAX_JOBS", "2")
+    load(name="fusedrnn_emulated_ops", sources=[str(ROOT / "tests" / "simt" / "emulated_ops.cpp")],
+         extra_include_paths=[str(ROOT / "csrc" / "include")],
+         extra_cflags=["-std=c++20", "-O1", "-g0", "-pthread"], extra_ldflags=["-pthread"],
+         build_directory=str(build), is_python_module=False, verbose=False)
+    return torch.ops.fusedrnn_emulated
+
+
+def _c(t):
+    return None if t is None else t.contiguous()
+
+
+def emulated_layer(ops, spec, x, state, p, lens, training, t0, grads):
+    """Forward op, bn_update_, backward op: what fusedrnn/_ops.py does around the real ops."""
+    if spec.family == "lstm":
+        fgr, bn = spec.full_gate_recurrence, spec.norm == "batch"
+        args = (x, lens, state[0], state[1], state[2] if fgr else None, p["w_ih"], p["w_hh"],
+                *(p.get(r) for r in _LSTM_ROLES))
+        code = (LSTM_VARIANTS.index(spec.variant), NORMS.index(spec.norm), training)
+        out = ops.lstm_fwd(*args, *(p[r] if bn else None for r in _BN), *code, t0, spec.eps)
+        if bn and training:
+            ops.bn_update_(*(p[r] for r in _BN), out[8], lens, x.shape[1], t0, spec.bn_momentum)
+        ga = grads[3] if fgr else x.new_zeros(0)
+        g = ops.lstm_bwd(grads[0], grads[1], grads[2], ga, *args, out[0], *out[4:9], *code, spec.eps)
+        names = ["x", "h", "c", "a", "w_ih", "w_hh", *_LSTM_ROLES]
+        final = (out[1], out[2], out[3]) if fgr else (out[1], out[2])
+    elif spec.family == "gru":
+        norm = NORMS.index(spec.norm)
+        args = (x, lens, state[0], p["w_ih"], p["w_hh"], p.get("b_ih"), p.get("b_hh"), p.get("g_ih"), p.get("g_hh"))
+        out = ops.gru_fwd(*args, norm, spec.eps)
+        g = ops.gru_bwd(grads[0], grads[1], *args, out[0], *out[2:7], norm, spec.eps)
+        names = ["x", "h", "w_ih", "w_hh", "b_ih", "b_hh", "g_ih", "g_hh"]
+        final = (out[1],)
+    else:
+        kind = 0 if spec.family == "rnn_tanh" else 1
+        out = ops.rnn_fwd(x, lens, state[0], p["w_ih"], p["w_hh"], p.get("b_ih"), p.get("b_hh"), kind)
+        g = ops.rnn_bwd(grads[0], grads[1], x, lens, state[0], p["w_ih"], p["w_hh"], out[0], kind, "b_ih" in p)
+        names = ["x", "h", "w_ih", "w_hh", "b_ih", "b_hh"]
+        final = (out[1],)
+    return out[0], final, dict(zip(names, g))
+
+
+def check_ops(ops, spec, T, B, I, H, dtype, lengths, training, t0=0):
+    x, state, p, lens = make_case(spec, T, B, I, H, dtype, lengths)
+    roles = [k for k in p if k not in _BN]
+    rp = {k: v.clone().requires_grad_(k in roles) for k, v in p.items()}
+    rx, rstate = x.clone().requires_grad_(), tuple(s.clone().requires_grad_() for s in state)
+    y_ref, final_ref = reference.run_layer(spec, rx, rstate, rp, lengths=lens, training=training, t0=t0)
+    gen = torch.Generator().manual_seed(1)
+    grads = [torch.randn(y_ref.shape, generator=gen, dtype=dtype)] + \
+            [torch.randn(f.shape, generator=gen, dtype=dtype) for f in final_ref]
+    torch.autograd.backward([y_ref, *final_ref], grads)
+
+    ep = {k: v.clone() for k, v in p.items()}
+    y, final, g = emulated_layer(ops, spec, x, state, ep, lens, training, t0, grads)
+    tag = f"{spec_id(spec)} {dtype} lengths={lengths} training={training}"
+    assert_close(y, y_ref.detach(), msg=f"y {tag}")
+    for k, name in enumerate(spec.state_names):
+        assert_close(final[k], final_ref[k].detach(), msg=f"final {name} {tag}")
+        assert_close(g[name], rstate[k].grad, msg=f"d{name}0 {tag}")
+    assert_close(g["x"], rx.grad, msg=f"dx {tag}")
+    for k in roles:
+        assert_close(g[k], rp[k].grad, msg=f"d{k} {tag}")
+    for k in _BN:
+        if k in p:
+            assert_close(ep[k], rp[k], msg=f"running statistic {k} {tag}")
+    for k, v in g.items():  # absent roles come back as empty tensors
+        if k not in roles and k not in ("x", *spec.state_names):
+            assert v.numel() == 0, f"gradient of absent role {k} should be empty ({tag})"
+
+
+@pytest.mark.parametrize("spec", ALL_SPECS, ids=spec_id)
+def test_emulated_ops_match_reference(ops, spec):
+    check_ops(ops, spec, T=3, B=3, I=4, H=5, dtype=torch.float64, lengths=[3, 1, 2], training=True)
+    check_ops(ops, spec, T=2, B=2, I=3, H=33, dtype=torch.float32, lengths=None, training=False)
+
+
+@pytest.mark.parametrize("spec", [CellSpec("lstm", "vanilla", "batch", max_bn_steps=2),
+                                  CellSpec("lstm", "fgr", "batch", max_bn_steps=2)], ids=spec_id)
+def test_emulated_ops_batchnorm_late_steps(ops, spec):
+    check_ops(ops, spec, T=4, B=3, I=3, H=4, dtype=torch.float64, lengths=[4, 2, 3], training=True, t0=1)
+    check_ops(ops, spec, T=4, B=3, I=3, H=4, dtype=torch.float64, lengths=None, training=False, t0=1)
+
+
+def test_emulated_ops_bias_free(ops):
+    for spec in (CellSpec("lstm", "peephole"), CellSpec("gru", norm="layer"), CellSpec("rnn_tanh")):
+        x, state, p, lens = make_case(spec, 2, 2, 3, 4, torch.float64, None)
+        p = {k: v for k, v in p.items() if k not in ("b_ih", "b_hh")}
+        ref_p = {k: v.clone().requires_grad_() for k, v in p.items()}
+        y_ref, _ = reference.run_layer(spec, x, state, ref_p)
+        y, _, _ = emulated_layer(ops, spec, x, state, p, lens, False, 0,
+                                 [torch.ones_like(y_ref)] + [torch.ones_like(s) for s in state])
+        assert_close(y, y_ref.detach(), msg=f"bias-free {spec_id(spec)}")
+
+
+def test_emulated_ops_check_arguments(ops):
+    spec = CellSpec("lstm", "peephole", "layer")
+    x, state, p, _ = make_case(spec, 2, 2, 3, 4, torch.float64, None)
+    args = lambda **o: [o.get(k, v) for k, v in (  # noqa: E731
+        ("x", x), ("lengths", None), ("h0", state[0]), ("c0", state[1]), ("a0", None), ("w_ih", p["w_ih"]),
+        ("w_hh", p["w_hh"]), *((r, p.get(r)) for r in _LSTM_ROLES), *((r, None) for r in _BN))]
+    with pytest.raises(RuntimeError, match=r"w_ih must have shape \[16, 3\], got \[16, 2\]"):
+        ops.lstm_fwd(*args(w_ih=p["w_ih"][:, :2].contiguous()), 1, 1, False, 0, 1e-5)
+    with pytest.raises(RuntimeError, match="w_peep of shape .* is required by this cell"):
+        ops.lstm_fwd(*args(w_peep=None), 1, 1, False, 0, 1e-5)
+    with pytest.raises(RuntimeError, match="must have dtype"):
+        ops.lstm_fwd(*args(h0=state[0].float()), 1, 1, False, 0, 1e-5)
+    with pytest.raises(RuntimeError, match="lengths must be int64"):
+        ops.lstm_fwd(*args(lengths=torch.tensor([2, 1], dtype=torch.int32)), 1, 1, False, 0, 1e-5)
