@@ -5,7 +5,11 @@ Builds standalone C++ programs with g++ in a temp dir (no torch headers, a few s
     shuffles, atomics, dynamic shared memory, cooperative grid sync, NaN-filled fresh shared
     memory) and misuse that must raise instead of hang;
   * tests/simt/race.cpp under ThreadSanitizer: the kernel with its __syncthreads() removed
-    must be reported as a data race, the correct kernel must not.
+    must be reported as a data race, the correct kernel must not;
+  * tests/simt/pointwise_tsan.cpp under ThreadSanitizer: every CUDA pointwise kernel of
+    csrc/cuda/pointwise.cuh is race-free, and a copy with one real barrier removed is not.
+ThreadSanitizer runs in standalone binaries because it does not work well inside Python with
+torch's OpenMP runtime.
 """
 import os
 import shutil
@@ -77,3 +81,32 @@ def test_tsan_catches_missing_syncthreads(tmp_path):
     assert "mismatches: 0" in res_good.stdout
     assert "WARNING: ThreadSanitizer: data race" in res_broken.stderr, res_broken.stdout + res_broken.stderr[-4000:]
     assert "neighbour_diff" in res_broken.stderr
+
+
+POINTWISE_BARRIER = "  __syncthreads();  // below, threads read dpre columns that other threads wrote\n"
+
+
+def test_tsan_pointwise_kernels_race_free_and_barrier_needed(tmp_path):
+    """Every CUDA pointwise kernel under TSan: no race as written; a race once one barrier goes."""
+    ok, why = _tsan_available(tmp_path)
+    if not ok:
+        pytest.skip(why)
+    flags = ["-fsanitize=thread", f"-I{ROOT / 'csrc' / 'include'}"]
+    good = build(SIMT_TESTS / "pointwise_tsan.cpp", tmp_path / "pointwise_good", *flags)
+    res = run(good, timeout=300)
+    assert res.returncode == 0 and "launched" in res.stdout, res.stdout + res.stderr[-4000:]
+    assert "ThreadSanitizer" not in res.stderr, res.stderr[-6000:]
+
+    # The same sources with the barrier before the LSTM backward's cross-thread dpre reads removed.
+    src = (ROOT / "csrc" / "cuda" / "pointwise.cuh").read_text()
+    assert src.count(POINTWISE_BARRIER) == 1, "the barrier this test removes is no longer in pointwise.cuh"
+    mutant = tmp_path / "mutant"
+    (mutant / "csrc" / "cuda").mkdir(parents=True)
+    (mutant / "tests" / "simt").mkdir(parents=True)
+    shutil.copytree(ROOT / "csrc" / "simt", mutant / "csrc" / "simt")
+    (mutant / "csrc" / "cuda" / "pointwise.cuh").write_text(src.replace(POINTWISE_BARRIER, ""))
+    shutil.copy(SIMT_TESTS / "pointwise_tsan.cpp", mutant / "tests" / "simt")
+    broken = build(mutant / "tests" / "simt" / "pointwise_tsan.cpp", tmp_path / "pointwise_broken", *flags)
+    res = run(broken, timeout=300)
+    assert "WARNING: ThreadSanitizer: data race" in res.stderr, res.stdout + res.stderr[-4000:]
+    assert "lstm_bwd_rows_kernel" in res.stderr or "lstm_unit_bwd" in res.stderr

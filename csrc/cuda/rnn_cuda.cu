@@ -24,17 +24,20 @@
 #define FUSEDRNN_LAUNCH_CHECK()
 #define FUSEDRNN_DISPATCH(TYPE, NAME, ...) AT_DISPATCH_FLOATING_TYPES(TYPE, NAME, __VA_ARGS__)
 #else
-#include <ATen/cuda/CUDAContext.h>
+// c10/cuda only: ATen/cuda/CUDAContext.h pulls in cuSPARSE headers, and the GEMMs go
+// through ATen (current stream and cuBLAS handle) anyway.
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #define FUSEDRNN_DEVICE_GUARD(t) const c10::cuda::CUDAGuard fusedrnn_device_guard_((t).device())
-#define FUSEDRNN_STREAM() at::cuda::getCurrentCUDAStream().stream()
+#define FUSEDRNN_STREAM() c10::cuda::getCurrentCUDAStream().stream()
 #define FUSEDRNN_LAUNCH_CHECK() C10_CUDA_KERNEL_LAUNCH_CHECK()
 #define FUSEDRNN_DISPATCH(TYPE, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::ScalarType::Half, at::ScalarType::BFloat16, TYPE, NAME, __VA_ARGS__)
 #endif
 
 #include "pointwise.cuh"
+#include "persistent_launch.h"  // issue 5: persistent forward, selected by FUSEDRNN_PERSISTENT
 
 namespace fusedrnn {
 namespace cuda {
@@ -182,7 +185,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   Tensor h_buf = at::empty({2, B, H}, opts), a_buf = fl.fgr ? at::empty({2, B, 3 * H}, opts) : Tensor();
   Tensor fgr = fl.fgr ? at::empty({B, 3 * H}, opts) : Tensor();
   cudaStream_t stream = FUSEDRNN_STREAM();
-  FUSEDRNN_DISPATCH(x.scalar_type(), "fusedrnn_lstm_fwd_cuda", [&] {
+  // One persistent launch for all steps when selected and it fits (persistent_launch.h).
+  const bool persistent = persistent_lstm_fwd(
+      x, L, h0, c0, a0, w_hh, w_fgr, b_ih, b_hh, w_peep, g_ih, g_hh, g_cell, b_cell, g_gates, b_gates, rm_ih, rv_ih,
+      rm_hh, rv_hh, rm_cell, rv_cell, S, variant, norm, training, t0, eps, xw, hw, y, acts, cs, h_n, a_n, stats);
+  if (!persistent) FUSEDRNN_DISPATCH(x.scalar_type(), "fusedrnn_lstm_fwd_cuda", [&] {
     using T_ = scalar_t;
     Tensor h_prev = h0, a_prev = fl.fgr ? *a0 : Tensor();
     for (int64_t t = 0; t < T; ++t) {
