@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# One command for a lent GPU machine (e.g. H100, torch 2.11, Python 3.12, nvcc 13, no internet):
+#   1. build the extension with CUDA (pip install --no-build-isolation -e ., sm_90 only),
+#   2. pytest -m cuda (tests/test_cuda.py and every other cuda-marked test),
+#   3. compute-sanitizer memcheck, racecheck and synccheck on tests/cuda_sanitize_ops.py.
+# Every step runs even if an earlier one failed; logs go to $OUT (or a temp dir), and a summary
+# of step exit codes is printed at the end (and written to $OUT/summary.txt). Exit status: 0 only
+# if every step passed. Budget: about 10 minutes in all; each step has its own time limit.
+# Environment: PYTHON (default python3), MAX_JOBS (16), TORCH_CUDA_ARCH_LIST (9.0),
+# GPU_CHECK_SKIP_BUILD=1 to reuse an existing build.
+set -x
+cd "$(dirname "$0")/.." || exit 2
+OUT="${OUT:-$(mktemp -d)}"
+mkdir -p "$OUT"
+PY="${PYTHON:-python3}"
+export MAX_JOBS="${MAX_JOBS:-16}" TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" FUSEDRNN_CUDA=1
+SUMMARY="$OUT/summary.txt"
+: > "$SUMMARY"
+failed=0
+
+BUDGET_S="${GPU_CHECK_BUDGET_S:-570}"  # the whole script stays under the 10-minute command limit
+
+step() {  # step NAME TIMEOUT_S CMD...: run with a time limit, log to $OUT/NAME.log, record the exit code
+  local name="$1" limit="$2"
+  shift 2
+  local left=$((BUDGET_S - SECONDS))
+  if [ $left -lt 20 ]; then
+    failed=1
+    echo "$name: SKIPPED (time budget of $BUDGET_S s used up)" | tee -a "$SUMMARY"
+    return 0
+  fi
+  [ "$limit" -le "$left" ] || limit=$left
+  local start=$SECONDS
+  timeout --kill-after=10 "$limit" "$@" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  [ $rc -eq 0 ] || failed=1
+  echo "$name: rc=$rc ($((SECONDS - start)) s)$([ $rc -eq 124 ] && echo ', TIMED OUT')" | tee -a "$SUMMARY"
+  tail -n 15 "$OUT/$name.log"
+  return 0
+}
+
+step env 60 bash -c "nvidia-smi; nvcc --version; $PY -c 'import torch, sys; print(sys.version); print(torch.__version__, torch.version.cuda, torch.cuda.is_available(), torch.cuda.get_device_name(0))'"
+
+if [ "${GPU_CHECK_SKIP_BUILD:-0}" != 1 ]; then
+  step build 300 "$PY" -m pip install --no-build-isolation --no-deps -v -e .
+fi
+step import 60 "$PY" -c "import fusedrnn, fusedrnn._ops as o; print('HAS_CUDA', o.HAS_CUDA, o.LOAD_ERROR); assert o.HAS_CUDA"
+
+step pytest_cuda 300 "$PY" -m pytest -m cuda -q -x --no-header -p no:cacheprovider tests/test_cuda.py
+# other cuda-marked tests (e.g. the persistent kernels); pytest's "no tests collected" (5) is a pass
+step pytest_cuda_other 120 bash -c "$PY -m pytest -m cuda -q --no-header -p no:cacheprovider tests \
+  --ignore=tests/test_cuda.py; rc=\$?; [ \$rc -eq 5 ] && exit 0; exit \$rc"
+
+SAN="$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer")"
+FILTER=()
+if "$SAN" --help 2>&1 | grep -q -- '--kernel-name'; then
+  FILTER=(--kernel-name kns=fusedrnn)  # only our kernels: cuBLAS/ATen kernels are not checked (and slow)
+fi
+for tool in memcheck racecheck synccheck; do
+  step "sanitizer_$tool" 150 "$SAN" --tool "$tool" "${FILTER[@]}" --error-exitcode 1 \
+    "$PY" tests/cuda_sanitize_ops.py
+done
+
+set +x
+echo "==================== gpu_check summary (logs in $OUT)"
+cat "$SUMMARY"
+exit $failed
