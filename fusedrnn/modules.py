@@ -97,6 +97,51 @@ def _register(module: nn.Module, spec: CellSpec, input_size: int, hidden_size: i
     return roles
 
 
+def _check_packed(name: str, packed: PackedSequence) -> None:
+    """A PackedSequence built by hand can be inconsistent; say how instead of failing deep inside."""
+    bs, data = packed.batch_sizes, packed.data
+    if bs.dim() != 1 or bs.dtype != torch.int64 or bs.device.type != "cpu":
+        raise ValueError(f"{name}: PackedSequence.batch_sizes must be a 1-D int64 CPU tensor, got "
+                         f"{bs.dim()}-D {bs.dtype} on {bs.device}")
+    if data.dim() != 2:
+        raise ValueError(f"{name}: PackedSequence.data must be 2-D [sum(lengths), input_size], got shape "
+                         f"{tuple(data.shape)}")
+    if bs.numel() == 0 or bool((bs <= 0).any()) or bool((bs[1:] > bs[:-1]).any()):
+        raise ValueError(f"{name}: PackedSequence.batch_sizes must be positive and non-increasing (every "
+                         f"length >= 1), got {bs.tolist()}")
+    if int(bs.sum()) != data.shape[0]:
+        raise ValueError(f"{name}: PackedSequence.data has {data.shape[0]} rows but batch_sizes sum to "
+                         f"{int(bs.sum())}")
+
+
+_CELL_KEY = "fusedrnn_cell"
+
+
+def _cell_name(spec: CellSpec) -> str:
+    return f"family={spec.family!r} variant={spec.variant!r} norm={spec.norm!r}"
+
+
+def _save_cell_name(module, state_dict, prefix, local_metadata):
+    """state_dict hook: record which cell the tensors belong to (in the state_dict's metadata)."""
+    local_metadata[_CELL_KEY] = _cell_name(module.spec)
+
+
+def _check_cell_name(module, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
+    """load_state_dict pre-hook: refuse a fusedrnn checkpoint of another cell. Some variants have
+    identical parameter shapes (peephole / niaf / noaf, nig / nfg), so shapes alone would load
+    one into the other silently. torch.nn checkpoints carry no entry and load as before; to load
+    another cell's tensors on purpose, pass a plain dict (dict(state_dict) drops the metadata)."""
+    saved = local_metadata.get(_CELL_KEY)
+    if saved is not None and saved != _cell_name(module.spec):
+        errors.append(f"fusedrnn: the checkpoint holds a cell with {saved}, this module's cell has "
+                      f"{_cell_name(module.spec)}")
+
+
+def _attach_checkpoint_hooks(module: nn.Module) -> None:
+    module.register_state_dict_post_hook(_save_cell_name)
+    module.register_load_state_dict_pre_hook(_check_cell_name)
+
+
 class _RNNBase(nn.Module):
     """Shared engine of LSTM, GRU and RNN: parameters per layer-direction, input checks,
     PackedSequence / batch_first / unbatched handling; the loop itself is reference.rnn."""
@@ -136,6 +181,7 @@ class _RNNBase(nn.Module):
             for d in range(num_dirs):
                 suffix = f"_l{layer}" + ("_reverse" if d else "")
                 self._roles.append(_register(self, spec, layer_in, hidden_size, bias, suffix, factory))
+        _attach_checkpoint_hooks(self)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -217,6 +263,7 @@ class _RNNBase(nn.Module):
         packed = isinstance(input, PackedSequence)
         lengths = None
         if packed:
+            _check_packed(name, input)
             x, packed_lengths = pad_packed_sequence(input, batch_first=False)
             lengths = packed_lengths
             batched = True
@@ -235,9 +282,10 @@ class _RNNBase(nn.Module):
         state = self._initial_state(hx, x, B, batched)
         if T == 0:
             raise ValueError(f"{name}: input has zero time steps (shape {tuple(x.shape)})")
-        if B == 0:
+        if B == 0:  # as torch.nn: empty outputs that still require grad (all gradients are zero)
+            anchor = sum(t.sum() for t in (x, *state, *self.parameters())) * 0
             out = x.new_zeros(T, 0, (self.proj_size or self.hidden_size) * (2 if self.bidirectional else 1))
-            y, final = out, state
+            y, final = out + anchor, tuple(s + anchor for s in state)
         else:
             if self.spec.norm == "batch" and self.training and B == 1:
                 raise ValueError(f"{name}: batch norm in training needs more than 1 sequence per batch "
@@ -332,6 +380,7 @@ class _CellBase(nn.Module):
         self.last_backend = None
         self._roles = _register(self, spec, input_size, hidden_size, bias, "",
                                 {"device": device, "dtype": dtype})
+        _attach_checkpoint_hooks(self)
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -355,10 +404,20 @@ class _CellBase(nn.Module):
 
     def forward(self, input, hx=None, bn_step: int = 0):
         name = type(self).__name__
+        if not isinstance(input, torch.Tensor):
+            raise TypeError(f"{name}: input must be a Tensor, got {type(input).__name__}")
         if input.dim() not in (1, 2):
-            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D")
+            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D input of shape "
+                             f"{tuple(input.shape)}")
         batched = input.dim() == 2
         x = input if batched else input.unsqueeze(0)
+        if not x.is_floating_point():
+            raise TypeError(f"{name}: input must be a floating-point tensor, got dtype {x.dtype}")
+        if x.dtype != self.weight_ih.dtype:
+            raise TypeError(f"{name}: input dtype {x.dtype} does not match the parameters' dtype "
+                            f"{self.weight_ih.dtype}")
+        if x.device != self.weight_ih.device:
+            raise RuntimeError(f"{name}: input is on {x.device} but the parameters are on {self.weight_ih.device}")
         if x.shape[-1] != self.input_size:
             raise ValueError(f"{name}: input has inconsistent input_size: got {x.shape[-1]} "
                              f"expected {self.input_size}")
@@ -372,10 +431,17 @@ class _CellBase(nn.Module):
             entries = (hx,) if isinstance(hx, torch.Tensor) else tuple(hx)
             if len(entries) != len(sizes):
                 raise ValueError(f"{name}: expected a state of {len(sizes)} tensor(s) {self.spec.state_names}")
+            for label, s, n in zip(self.spec.state_names, entries, sizes):
+                if not isinstance(s, torch.Tensor):
+                    raise TypeError(f"{name}: state {label!r} must be a Tensor, got {type(s).__name__}")
+                expected = (B, n) if batched else (n,)
+                if tuple(s.shape) != expected:
+                    raise ValueError(f"{name}: expected state {label!r} of shape {expected}, got {tuple(s.shape)}")
+                if s.dtype != x.dtype:
+                    raise TypeError(f"{name}: state {label!r} has dtype {s.dtype}, input has {x.dtype}")
+                if s.device != x.device:
+                    raise RuntimeError(f"{name}: state {label!r} is on {s.device}, input on {x.device}")
             state = tuple(s if batched else s.unsqueeze(0) for s in entries)
-            for label, s, n in zip(self.spec.state_names, state, sizes):
-                if tuple(s.shape) != (B, n):
-                    raise ValueError(f"{name}: expected state {label!r} of shape {(B, n)}, got {tuple(s.shape)}")
         if self.spec.norm == "batch" and self.training and B == 1:
             raise ValueError(f"{name}: batch norm in training needs more than 1 sample, got batch size 1")
         params = {r: getattr(self, n) for r, n in self._roles.items()}
