@@ -186,8 +186,8 @@ gru_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& grad_h_n, const at::Tens
   at::Tensor dg_ih = none_like(x), dg_hh = none_like(x);
   if (ln) {
     at::Tensor tot = acc.total();
-    dg_ih = tot.narrow(0, 0, GH);
-    dg_hh = tot.narrow(0, GH, GH);
+    dg_ih = tot.narrow(0, 0, GH).clone();
+    dg_hh = tot.narrow(0, GH, GH).clone();
   }
   return {dx, dh, dw_ih, dw_hh, db_ih, db_hh, dg_ih, dg_hh};
 }

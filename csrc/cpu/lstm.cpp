@@ -601,23 +601,24 @@ T16 lstm_bwd_cpu(
     dw_fgr = at::mm(ifo(dpre).view({T * B, 3 * H}).t(), a_prev);
   }
   at::Tensor dw_peep = fl.num_peep ? acc_peep.total().view({fl.num_peep, H}) : none_like(x);
-  at::Tensor e = none_like(x);
-  at::Tensor r_dg_ih = e, r_dg_hh = e, r_dg_cell = e, r_db_cell = e, r_dg_gates = e, r_db_gates = e;
+  // every result is its own tensor (outputs of an op must not alias each other)
+  at::Tensor r_dg_ih = none_like(x), r_dg_hh = none_like(x), r_dg_cell = none_like(x), r_db_cell = none_like(x),
+             r_dg_gates = none_like(x), r_db_gates = none_like(x);
   if (norm == kNormBatch) {
     r_dg_ih = dg_ih; r_dg_hh = dg_hh; r_dg_cell = dg_cell; r_db_cell = db_cell;
   } else if (norm != kNormNone) {
     at::Tensor tot = acc_gates.total();
-    r_dg_cell = tot.narrow(0, 0, H);
-    r_db_cell = tot.narrow(0, H, H);
+    r_dg_cell = tot.narrow(0, 0, H).clone();
+    r_db_cell = tot.narrow(0, H, H).clone();
     if (norm == kNormLayer) {
-      r_dg_ih = tot.narrow(0, 2 * H, GH);
-      r_dg_hh = tot.narrow(0, 2 * H + GH, GH);
+      r_dg_ih = tot.narrow(0, 2 * H, GH).clone();
+      r_dg_hh = tot.narrow(0, 2 * H + GH, GH).clone();
     } else {
-      r_dg_gates = tot.narrow(0, 2 * H, GH);
-      r_db_gates = tot.narrow(0, 2 * H + GH, GH);
+      r_dg_gates = tot.narrow(0, 2 * H, GH).clone();
+      r_db_gates = tot.narrow(0, 2 * H + GH, GH).clone();
     }
   }
-  return T16{dx, dh0, dc0, da0, dw_ih, dw_hh, db, has_bias ? db.clone() : e, dw_peep, dw_fgr,
+  return T16{dx, dh0, dc0, da0, dw_ih, dw_hh, db, has_bias ? db.clone() : none_like(x), dw_peep, dw_fgr,
              r_dg_ih, r_dg_hh, r_dg_cell, r_db_cell, r_dg_gates, r_db_gates};
 }
 

@@ -1,0 +1,327 @@
+"""The fused CPU kernels (fusedrnn._C through fusedrnn._ops) against the reference oracle.
+
+Every spec x {float32, float64}: outputs, final states, every gradient and the batch-norm
+running statistics equal reference.run_layer's; gradcheck in float64; opcheck on every op;
+odd shapes; modules (multi-layer, bidirectional, packed) with backend "cpu"; compile,
+autocast, error paths.
+"""
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import fusedrnn
+from fusedrnn import _ops, reference
+from fusedrnn.modules import init_parameters
+from fusedrnn.spec import CellSpec
+
+from conftest import ALL_SPECS, TOLERANCES, spec_id
+
+pytestmark = pytest.mark.skipif(not _ops.HAS_CPU, reason=f"fusedrnn._C not built: {_ops.LOAD_ERROR}")
+
+DTYPES = (torch.float64, torch.float32)
+
+
+def check_close(actual, expected, name, truth=None):
+    """The tolerance table; in float32 with one argued fallback against the float64 truth.
+
+    float32 gradients are sums over T*B terms and chains over T steps; where they cancel, two
+    correct float32 implementations with different summation orders differ by more than the
+    table's absolute 1e-5 (measured here: the float32 *reference* itself is off by up to ~5e-5
+    from the float64 result on such entries of LN/BN cells, and by different amounts from one
+    process to the next, as MKL's GEMM results depend on buffer alignment). So a float32 tensor
+    that misses the table elementwise against the float32 reference must instead be accurate
+    against the float64 reference (`truth`, same inputs): its largest error at most 2x the
+    float32 reference's own (the STYLE rule for reduced precision) or within the table's rtol
+    of the tensor's largest entry, plus the table's atol. float64 uses the table unchanged.
+    """
+    rtol, atol = TOLERANCES[expected.dtype]
+    if truth is not None and expected.dtype == torch.float32 and \
+            not torch.allclose(actual, expected, rtol=rtol, atol=atol):
+        err_kernel = (actual.double() - truth).abs().max().item()
+        err_reference = (expected.double() - truth).abs().max().item()
+        scale = truth.abs().max().item()
+        assert err_kernel <= max(2 * err_reference, rtol * scale) + atol, (
+            f"{name}: float32 kernel error vs float64 {err_kernel:.3g} > max(2 x float32 reference error "
+            f"{err_reference:.3g}, {rtol} x max|grad| {scale:.3g}) + {atol}")
+        return
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
+
+
+def make_layer(spec, T, B, I, H, dtype, seed=0):
+    """Random inputs, states and parameters (norm gains/shifts perturbed away from 1/0)."""
+    g = torch.Generator().manual_seed(seed)
+    p = {r: torch.empty(s, dtype=dtype) for r, s in spec.parameter_shapes(I, H).items()}
+    init_parameters(spec, p, H)
+    with torch.no_grad():
+        for r, t in p.items():
+            if r.startswith(("g_", "b_")):
+                t.add_(0.1 * torch.randn(t.shape, generator=g, dtype=dtype))
+    for r, s in spec.buffer_shapes(H).items():
+        p[r] = (0.5 + torch.rand(s, generator=g, dtype=dtype)) if r.startswith("rv") else \
+            0.1 * torch.randn(s, generator=g, dtype=dtype)
+    for r, t in p.items():
+        if not r.startswith(("rm_", "rv_")):
+            t.requires_grad_(True)
+    x = torch.randn(T, B, I, generator=g, dtype=dtype).requires_grad_(True)
+    state = tuple((0.5 * torch.randn(B, n, generator=g, dtype=dtype)).requires_grad_(True)
+                  for n in spec.state_sizes(H))
+    return x, state, p
+
+
+def run_and_grad(run_layer, spec, x, state, p, lengths, training, t0):
+    """Forward (on a copy of the running statistics), a weighted loss, all gradients."""
+    pp = {k: (v.clone() if k.startswith(("rm_", "rv_")) else v) for k, v in p.items()}
+    y, final = run_layer(spec, x, state, pp, lengths=lengths, training=training, t0=t0)
+    w = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(y.dtype)
+    loss = (y * w).sum() + sum(((k + 1) * f.sin()).sum() for k, f in enumerate(final))
+    names = ["x"] + [f"state{k}" for k in range(len(state))] + [r for r, v in p.items() if v.requires_grad]
+    inputs = [x, *state] + [v for v in p.values() if v.requires_grad]
+    grads = dict(zip(names, torch.autograd.grad(loss, inputs)))
+    running = {k: v for k, v in pp.items() if k.startswith(("rm_", "rv_"))}
+    return y, final, grads, running
+
+
+def _as_float64(x, state, p):
+    def cast(t):
+        return t.detach().double().requires_grad_(t.requires_grad)
+    return cast(x), tuple(cast(s) for s in state), {k: cast(v) for k, v in p.items()}
+
+
+def compare(spec, x, state, p, lengths=None, training=False, t0=0):
+    ref = run_and_grad(reference.run_layer, spec, x, state, p, lengths, training, t0)
+    ker = run_and_grad(_ops.run_layer, spec, x, state, p, lengths, training, t0)
+    if x.dtype == torch.float32:
+        truth = run_and_grad(reference.run_layer, spec, *_as_float64(x, state, p), lengths, training, t0)
+    else:
+        truth = (None, [None] * len(ref[1]), dict.fromkeys(ref[2]), dict.fromkeys(ref[3]))
+    check_close(ker[0], ref[0], "y", truth[0])
+    assert len(ker[1]) == len(ref[1])
+    for name, a, b, c in zip(spec.state_names, ker[1], ref[1], truth[1]):
+        check_close(a, b, f"final {name}", c)
+    assert ker[2].keys() == ref[2].keys()
+    for name in ref[2]:
+        check_close(ker[2][name], ref[2][name], f"grad {name}", truth[2][name])
+    for name in ref[3]:
+        check_close(ker[3][name], ref[3][name], f"running {name}", truth[3][name])
+
+
+# ----------------------------------------------------------------------------- the matrix
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("spec", ALL_SPECS, ids=spec_id)
+def test_matches_reference(spec, dtype):
+    x, state, p = make_layer(spec, 5, 4, 3, 7, dtype)
+    compare(spec, x, state, p, training=True)
+    # variable lengths (one sequence alone at the last steps: BN normalizes, no update), t0 offset
+    compare(spec, x, state, p, lengths=torch.tensor([5, 3, 5, 1]), training=True, t0=2)
+    compare(spec, x, state, p, lengths=torch.tensor([2, 5, 4, 3]), training=False, t0=1)
+
+
+@pytest.mark.parametrize("spec", ALL_SPECS, ids=spec_id)
+def test_gradcheck(spec):
+    x, state, p = make_layer(spec, 3, 3, 2, 2, torch.float64, seed=3)
+    roles = [r for r, v in p.items() if v.requires_grad]
+    lengths = torch.tensor([3, 2, 3])
+
+    def fn(x, *rest):
+        st, params = rest[:len(state)], dict(zip(roles, rest[len(state):]))
+        params.update({r: v.clone() for r, v in p.items() if not v.requires_grad})
+        y, final = _ops.run_layer(spec, x, st, params, lengths=lengths, training=True)
+        return (y, *final)
+
+    assert torch.autograd.gradcheck(fn, (x, *state, *(p[r] for r in roles)), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("T,B,I,H", [(1, 1, 1, 1), (1, 3, 1, 7), (4, 1, 2, 1), (3, 2, 1, 7)])
+@pytest.mark.parametrize("spec", [CellSpec("lstm"), CellSpec("lstm", "fgr", "layer"), CellSpec("lstm", "cifg", "batch"),
+                                  CellSpec("lstm", "nog", "layer_per_gate"), CellSpec("gru", norm="layer"),
+                                  CellSpec("rnn_relu")], ids=spec_id)
+def test_odd_shapes(spec, T, B, I, H):
+    x, state, p = make_layer(spec, T, B, I, H, torch.float64)
+    # batch norm in training needs B > 1 (the modules enforce it); eval works for any B
+    compare(spec, x, state, p, training=not (spec.norm == "batch" and B == 1))
+
+
+# ----------------------------------------------------------------------------- batch norm
+
+
+@pytest.mark.parametrize("variant", ["vanilla", "peephole", "fgr"])
+def test_batch_norm_slots(variant):
+    """Steps beyond max_bn_steps reuse the last slot; t0 offsets; train then eval."""
+    spec = CellSpec("lstm", variant, "batch", max_bn_steps=3)
+    x, state, p = make_layer(spec, 7, 4, 3, 5, torch.float64)
+    for t0 in (0, 1, 4):
+        compare(spec, x, state, p, training=True, t0=t0)
+        compare(spec, x, state, p, lengths=torch.tensor([7, 1, 4, 2]), training=True, t0=t0)
+        compare(spec, x, state, p, training=False, t0=t0)
+    # the kernel updates the caller's running statistics in place, like the reference
+    p_ref = {k: (v.clone() if k.startswith(("rm_", "rv_")) else v) for k, v in p.items()}
+    with torch.no_grad():
+        reference.run_layer(spec, x, state, p_ref, training=True, t0=1)
+        _ops.run_layer(spec, x, state, p, training=True, t0=1)
+    for r in spec.buffer_shapes(5):
+        torch.testing.assert_close(p[r], p_ref[r], rtol=1e-7, atol=1e-9)
+
+
+# ----------------------------------------------------------------------------- modules
+
+
+def _module_pair(cls, kwargs, dtype=torch.float64):
+    torch.manual_seed(0)
+    ker = cls(**kwargs, backend="cpu", dtype=dtype)
+    ref = cls(**kwargs, backend="reference", dtype=dtype)
+    ref.load_state_dict(ker.state_dict())
+    return ker, ref
+
+
+@pytest.mark.parametrize("cls,kwargs", [
+    (fusedrnn.LSTM, dict(variant="vanilla")),
+    (fusedrnn.LSTM, dict(variant="fgr", norm="layer")),
+    (fusedrnn.LSTM, dict(variant="peephole", norm="batch", max_bn_steps=4)),
+    (fusedrnn.LSTM, dict(variant="cifg", norm="layer_per_gate")),
+    (fusedrnn.GRU, dict(norm="layer")),
+    (fusedrnn.RNN, dict(nonlinearity="relu")),
+], ids=["lstm", "lstm-fgr-layer", "lstm-peephole-batch", "lstm-cifg-lpg", "gru-layer", "rnn-relu"])
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_modules_bidirectional_multilayer(cls, kwargs, packed):
+    ker, ref = _module_pair(cls, dict(input_size=3, hidden_size=5, num_layers=2, bidirectional=True, **kwargs))
+    x = torch.randn(6, 4, 3, dtype=torch.float64)
+    lengths = torch.tensor([6, 2, 5, 3])
+    outs = []
+    for m in (ker, ref):
+        m.train()
+        inp = pack_padded_sequence(x, lengths, enforce_sorted=False) if packed else x
+        y, hx = m(inp)
+        y = y.data
+        hx = (hx,) if isinstance(hx, torch.Tensor) else hx
+        loss = (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum() + sum(h.sum() for h in hx)
+        grads = torch.autograd.grad(loss, list(m.parameters()))
+        outs.append((y, hx, grads, [b.clone() for b in m.buffers()]))
+    assert ker.last_backend == "cpu" and ref.last_backend == "reference"
+    (y1, h1, g1, b1), (y2, h2, g2, b2) = outs
+    check_close(y1, y2, "y")
+    for a, b in zip(h1, h2):
+        check_close(a, b, "final state")
+    for (name, _), a, b in zip(ker.named_parameters(), g1, g2):
+        check_close(a, b, f"grad {name}")
+    for a, b in zip(b1, b2):
+        check_close(a, b, "buffer")
+
+
+def test_auto_backend_is_cpu():
+    m = fusedrnn.LSTM(3, 4, norm="layer")
+    m(torch.randn(2, 1, 3))
+    assert m.last_backend == "cpu"
+    c = fusedrnn.LSTMCell(3, 4, norm="batch").eval()
+    c(torch.randn(2, 3), bn_step=5)
+    assert c.last_backend == "cpu"
+    g = fusedrnn.GRU(3, 4, dtype=torch.float64)
+    g(torch.randn(2, 1, 3, dtype=torch.float64))
+    assert g.last_backend == "cpu"
+
+
+def test_compile_fullgraph():
+    torch.manual_seed(0)
+    m = fusedrnn.LSTM(3, 4, num_layers=2, norm="layer")
+    x = torch.randn(5, 2, 3)
+    y_eager, _ = m(x)
+    g_eager = torch.autograd.grad(y_eager.sum(), list(m.parameters()))
+    compiled = torch.compile(m, fullgraph=True, backend="aot_eager")
+    y, _ = compiled(x)
+    g = torch.autograd.grad(y.sum(), list(m.parameters()))
+    check_close(y, y_eager, "compiled y")
+    for a, b in zip(g, g_eager):
+        check_close(a, b, "compiled grad")
+
+
+def test_autocast():
+    m = fusedrnn.LSTM(3, 4, norm="batch")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, (h, c) = m(torch.randn(5, 2, 3))
+    assert m.last_backend == "cpu" and y.dtype == torch.float32
+    y.sum().backward()
+    assert m.weight_hh_l0.grad is not None
+
+
+def test_double_backward_raises():
+    m = fusedrnn.LSTM(2, 3, dtype=torch.float64)
+    x = torch.randn(3, 2, 2, dtype=torch.float64, requires_grad=True)
+    y, _ = m(x)
+    (gx,) = torch.autograd.grad(y.sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        gx.sum().backward()
+
+
+# ----------------------------------------------------------------------------- ops
+
+
+def _lstm_args(spec, training=True, dtype=torch.float64):
+    x, state, p = make_layer(spec, 3, 2, 2, 3, dtype)
+    bn = spec.norm == "batch"
+    return (x, torch.tensor([3, 2]), state[0], state[1], state[2] if spec.full_gate_recurrence else None,
+            p["w_ih"], p["w_hh"], *(p.get(r) for r in _ops._LSTM_ROLES),
+            *(p[r] if bn else None for r in _ops._BN_ROLES),
+            _ops._VARIANT[spec.variant], _ops._NORM[spec.norm], training, 0, spec.eps)
+
+
+@pytest.mark.parametrize("spec", [CellSpec("lstm", "peephole"), CellSpec("lstm", "fgr", "layer"),
+                                  CellSpec("lstm", "cifg", "layer_per_gate"), CellSpec("lstm", "nig", "batch")],
+                         ids=spec_id)
+def test_opcheck_lstm(spec):
+    args = _lstm_args(spec)
+    torch.library.opcheck(torch.ops.fusedrnn.lstm_fwd.default, args)
+    out = torch.ops.fusedrnn.lstm_fwd(*args)
+    grads = tuple(torch.randn_like(t) for t in out[:4])
+    saved = (*args[:17], out[0], *out[4:])
+    bwd_args = tuple(t.detach() if isinstance(t, torch.Tensor) else t for t in (*grads, *saved)) + \
+        (args[-5], args[-4], args[-3], args[-1])
+    torch.library.opcheck(torch.ops.fusedrnn.lstm_bwd.default, bwd_args)
+    if spec.norm == "batch":
+        running = tuple(t.clone() for t in args[17:23])
+        torch.library.opcheck(torch.ops.fusedrnn.bn_update_.default,
+                              (*running, out[8].detach(), args[1], 2, 0, 0.1))
+
+
+@pytest.mark.parametrize("norm", ["none", "layer"])
+def test_opcheck_gru(norm):
+    spec = CellSpec("gru", norm=norm)
+    x, (h0,), p = make_layer(spec, 3, 2, 2, 3, torch.float64)
+    args = (x, torch.tensor([3, 1]), h0, p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"], p.get("g_ih"), p.get("g_hh"),
+            _ops._NORM[norm], spec.eps)
+    torch.library.opcheck(torch.ops.fusedrnn.gru_fwd.default, args)
+    out = torch.ops.fusedrnn.gru_fwd(*args)
+    bwd = tuple(t.detach() if isinstance(t, torch.Tensor) else t
+                for t in (torch.randn_like(out[0]), torch.randn_like(out[1]), *args[:9], out[0], *out[2:]))
+    torch.library.opcheck(torch.ops.fusedrnn.gru_bwd.default, bwd + (_ops._NORM[norm], spec.eps))
+
+
+@pytest.mark.parametrize("family", ["rnn_tanh", "rnn_relu"])
+def test_opcheck_rnn(family):
+    spec = CellSpec(family)
+    x, (h0,), p = make_layer(spec, 3, 2, 2, 3, torch.float64)
+    args = (x, None, h0, p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"], _ops._RNN_KIND[family])
+    torch.library.opcheck(torch.ops.fusedrnn.rnn_fwd.default, args)
+    y, h = torch.ops.fusedrnn.rnn_fwd(*args)
+    bwd = tuple(t.detach() if isinstance(t, torch.Tensor) else t
+                for t in (torch.randn_like(y), torch.randn_like(h), x, None, h0, p["w_ih"], p["w_hh"], y))
+    torch.library.opcheck(torch.ops.fusedrnn.rnn_bwd.default, bwd + (_ops._RNN_KIND[family], True))
+
+
+def test_errors_say_expected_and_got():
+    spec = CellSpec("lstm")
+    args = list(_lstm_args(spec))
+    args[5] = args[5][:, :1].contiguous()  # w_ih with the wrong input size
+    with pytest.raises(RuntimeError, match=r"w_ih must have shape \[12, 2\], got \[12, 1\]"):
+        torch.ops.fusedrnn.lstm_fwd(*args)
+    args = list(_lstm_args(spec))
+    args[0] = args[0].float()
+    with pytest.raises(RuntimeError, match="must have dtype"):
+        torch.ops.fusedrnn.lstm_fwd(*args)
+    args = list(_lstm_args(spec))
+    args[2] = args[2].detach().t().contiguous().t()  # non-contiguous h0 [2, 3]
+    with pytest.raises(RuntimeError, match="contiguous"):
+        torch.ops.fusedrnn.lstm_fwd(*args)
+    with pytest.raises(TypeError, match="float32 and float64"):
+        _ops.select("cpu", torch.randn(2, 2, dtype=torch.bfloat16))
+    assert _ops.select("auto", torch.randn(2, 2, dtype=torch.bfloat16))[1] == "reference"
