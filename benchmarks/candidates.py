@@ -60,6 +60,14 @@ class Workload:
         self.x_rg = self.x.clone().requires_grad_(True)
         self.dy = torch.randn(T, B, spec.state_sizes(H)[0], dtype=dtype, device=device)
         self.y_ref = None  # reference fwd output, set when the reference runs
+        self._buffers = {k: b.clone() for k, b in self.module.named_buffers()}
+
+    def restore_buffers(self):
+        """Batch-norm running statistics back to their initial values (training runs update them in place),
+        so that every candidate's eval-mode forward sees the same statistics as the reference's."""
+        with torch.no_grad():
+            for k, b in self.module.named_buffers():
+                b.copy_(self._buffers[k])
 
 
 class Runner:
@@ -227,7 +235,7 @@ class FloorCandidate(Candidate):
 
         class _FloorRunner(Runner):
             def callables(self, mode, w):
-                return (g.forward if mode == "fwd" else g.forward_backward), None
+                return g.callable(mode), None
         return _FloorRunner(None, [])
 
 

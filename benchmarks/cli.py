@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -56,8 +58,9 @@ def parse_args(argv=None):
     ap.add_argument("--modes", default="fwd,fwdbwd", help="fwd (inference), fwdbwd (training), or both")
     ap.add_argument("--dtype", default=None,
                     help="comma list (float32, bfloat16, float16, float64); default: the suite's (GPU: float32,bfloat16)")
-    ap.add_argument("--repeats", type=int, default=None, help="timed calls per measurement (default 7 CPU, 10 GPU)")
-    ap.add_argument("--warmup", type=int, default=2, help="untimed calls first (the first includes compilation)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed calls per measurement (default 7 CPU, 20 GPU)")
+    ap.add_argument("--warmup", type=int, default=None,
+                    help="untimed calls first, the first includes compilation (default 2 CPU, 5 GPU)")
     ap.add_argument("--budget", type=float, default=None,
                     help="seconds of timed calls per measurement; fewer repeats (min 3) for slow ones; 0: off "
                          "(default 1.0 CPU, 2.0 GPU)")
@@ -150,6 +153,10 @@ def device_name(device):
     return f"{name}, {os.cpu_count()} cores, {platform.machine()}"
 
 
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def _load1() -> float:
     try:
         return os.getloadavg()[0]
@@ -205,7 +212,9 @@ def run(args) -> dict:
     gpu = device.type == "cuda"
     if args.suite is None:
         args.suite = "gpu" if gpu else "default"
-    repeats = args.repeats or (10 if gpu else 7)
+    repeats = args.repeats or (20 if gpu else 7)
+    if args.warmup is None:
+        args.warmup = 5 if gpu else 2
     budget = args.budget if args.budget is not None else (2.0 if gpu else 1.0)
     modes = _csv(args.modes)
     if not modes or any(m not in MODES for m in modes):
@@ -254,7 +263,9 @@ def run(args) -> dict:
                    ("torch.cuda.max_memory_allocated" if gpu else
                     "CPU allocator events from torch.profiler (ATen tensors; not oneDNN-internal buffers)")),
         "floor": "GEMMs alone with ATen mm into preallocated outputs: fwd = input projection + T recurrent "
-                 "products; fwdbwd adds T dh products and the dW_hh, dW_ih, dx GEMMs",
+                 "products; fwdbwd adds T dh products and the dW_hh, dW_ih, dx GEMMs" +
+                 ("; replayed from a CUDA graph (no launch overhead)" if gpu else
+                  "; per-call overhead included, so fused kernels with packed weights can beat it"),
         "nn_note": "for cells torch.nn lacks, the torch.nn column is the family's plain cell (nn.LSTM / nn.GRU) "
                    "on the same shape, marked with a note",
         "compile_note": "torch.compile of reference.STEPS[family] (one step), loop and input GEMM eager; "
@@ -276,23 +287,36 @@ def run(args) -> dict:
     progress = Progress(total, args.quiet)
     rows, cache = [], {}
     t_start = time.time()
-    for dname, cell, todo in work:
-        dtype = DTYPES[dname]
-        spec = CELLS[cell][0]
-        torch._dynamo.reset()
-        for c in cands:
-            c.start_cell(cell, spec, dtype)
-        for shape, sweeps, keys in todo:
-            w = Workload(cell, spec, shape, dtype, device)
-            base = {"dtype": dname, "shape": shape.name, "T": shape.T, "B": shape.B, "I": shape.I, "H": shape.H,
-                    "sweeps": ";".join(f"{a}:{b}" for a, b in sweeps), "cell": cell}
-            for c in cands:
-                if c.key not in keys:
-                    continue
-                progress.describe(f"{dname} {cell} {shape.name} {c.key}")
-                rows += _measure_candidate(c, w, modes, base, timer, unavailable.get(c.key), cache,
-                                           not args.no_memory, progress)
-            del w
+    partial = os.path.join(out_dir, "results.partial.jsonl")  # one line per row as it is measured
+    previous_term = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        with open(partial, "w") as log:
+            for dname, cell, todo in work:
+                dtype = DTYPES[dname]
+                spec = CELLS[cell][0]
+                torch._dynamo.reset()
+                for c in cands:
+                    c.start_cell(cell, spec, dtype)
+                for shape, sweeps, keys in todo:
+                    w = Workload(cell, spec, shape, dtype, device)
+                    base = {"dtype": dname, "shape": shape.name, "T": shape.T, "B": shape.B, "I": shape.I,
+                            "H": shape.H, "sweeps": ";".join(f"{a}:{b}" for a, b in sweeps), "cell": cell}
+                    for c in cands:
+                        if c.key not in keys:
+                            continue
+                        progress.describe(f"{dname} {cell} {shape.name} {c.key}")
+                        new_rows = _measure_candidate(c, w, modes, base, timer, unavailable.get(c.key), cache,
+                                                      not args.no_memory, progress)
+                        rows += new_rows
+                        for r in new_rows:
+                            log.write(json.dumps(r) + "\n")
+                        log.flush()
+                    del w
+    except KeyboardInterrupt:  # Ctrl-C or a time limit: keep and report what was measured
+        meta["interrupted"] = f"stopped after {len(rows)} of {total} rows; the tables are partial"
+        print(f"\ninterrupted: writing the {len(rows)} rows measured so far", file=sys.stderr)
+    finally:
+        signal.signal(signal.SIGTERM, previous_term)
     progress.close()
     meta["wall_s"] = round(time.time() - t_start, 1)
     meta["load"] += f" at start; {_load_text()} at the end"
@@ -313,6 +337,8 @@ def run(args) -> dict:
     report.write_json(paths["json"], meta, rows)
     report.write_csv(paths["csv"], rows)
     report.write_markdown(paths["md"], meta, rows, labels)
+    if "interrupted" not in meta:
+        os.remove(partial)
 
     print("\n".join(["# fusedrnn benchmark", ""] + report.meta_lines(meta) + [""]
                     + report.summary_tables(rows, labels)))
@@ -343,6 +369,7 @@ def _measure_candidate(c, w, modes, base, timer, unavailable, cache, memory, pro
     if unavailable is not None:
         progress.step(len(modes))
         return [row(m, status="n/a", reason=unavailable) for m in modes]
+    w.restore_buffers()
     runner = None
     try:
         runner = c.prepare(w)
@@ -354,8 +381,8 @@ def _measure_candidate(c, w, modes, base, timer, unavailable, cache, memory, pro
         return [row(m, status="error", reason=first_line(e)) for m in modes]
     for mode in modes:
         key = cache_key + (mode,) if cache_key else None
-        if key and key in cache:
-            rows.append(row(mode, **cache[key]))
+        if key and key in cache:  # torch.nn baseline / floor measured for another cell on this shape
+            rows.append(row(mode, **dict(cache[key], max_abs_diff=None if note else cache[key].get("max_abs_diff"))))
             progress.step()
             continue
         fn, setup = runner.callables(mode, w)

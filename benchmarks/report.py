@@ -89,7 +89,8 @@ def summary_tables(rows, labels):
         ratio_cols = [("fused", "vs_nn", "fused/nn"), ("fused", "vs_reference", "fused/ref"),
                       ("fused", "vs_compile", "fused/compile"), ("fused", "vs_floor", "fused/floor"),
                       ("reference", "vs_nn", "ref/nn")]
-        ratio_cols = [rc for rc in ratio_cols if rc[0] in present]
+        bases = {"vs_nn": "nn", "vs_reference": "reference", "vs_compile": "compile", "vs_floor": "floor"}
+        ratio_cols = [rc for rc in ratio_cols if rc[0] in present and bases[rc[1]] in present]
         header += [rc[2] for rc in ratio_cols]
         table = []
         for shape, T, B, I, H, cell in order:  # noqa: E741
@@ -144,7 +145,7 @@ def detail_tables(rows, labels):
 def meta_lines(meta):
     keys = ("command", "suite", "device_name", "torch", "python", "threads", "git_commit", "dtype_note",
             "fused_backend", "reference_torchscript", "timing", "memory", "floor", "nn_note", "script_note",
-            "compile_note", "utc", "load", "wall_s")
+            "compile_note", "utc", "load", "wall_s", "interrupted")
     return [f"- {k}: {meta[k]}" for k in keys if k in meta]
 
 
@@ -199,8 +200,9 @@ def write_plots(out_dir, meta, rows, labels):
                     if not cp:
                         continue
                     color, marker, ls = styles[cand]
+                    plain = cand == "nn" and any(r.get("note") for r in pts if r["candidate"] == "nn")
                     ax.plot([p[0] for p in cp], [p[1] for p in cp], color=color, marker=marker, linestyle=ls,
-                            label=labels[cand], markersize=4)
+                            label=labels[cand] + (" (plain cell)" if plain else ""), markersize=4)
                 if pts:
                     r0 = pts[0]
                     fixed = ", ".join(f"{k}={r0[k]}" for k in "TBIH" if k != axis and not (axis == "H" and k == "I"
@@ -211,6 +213,8 @@ def write_plots(out_dir, meta, rows, labels):
                 ax.set_xticks(xs)
                 ax.set_xticklabels([str(v) for v in xs])
                 ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+                ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+                ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
                 ax.set_xlabel(axis + (" (I = H)" if axis == "H" and pts and pts[0]["I"] == pts[0]["H"] else ""))
                 ax.set_ylabel("median ms")
                 ax.set_title(f"{cell}: time vs {axis} ({fixed})", fontsize=9)
