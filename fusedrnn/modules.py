@@ -76,10 +76,10 @@ def init_parameters(spec: CellSpec, params: dict, hidden_size: int) -> None:
                 params["b_gates"][f].fill_(1.0)
 
 
-def _layer_runner(backend: str, x: torch.Tensor):
+def _layer_runner(backend: str, x: torch.Tensor, spec: CellSpec):
     """(run_layer function, name of the backend that runs) for this input."""
-    if backend == "reference":
-        return reference.run_layer, "reference"
+    if backend == "reference" or (backend == "auto" and spec.proj_size):
+        return reference.run_layer, "reference"  # the kernels do not implement proj_size
     from . import _ops  # noqa: F401  (kernels are optional until built)
     return _ops.select(backend, x)
 
@@ -294,7 +294,7 @@ class _RNNBase(nn.Module):
                 lengths = lengths.to(x.device)
                 if bool((lengths == T).all()):
                     lengths = None
-            run_layer, self.last_backend = _layer_runner(self.backend, x)
+            run_layer, self.last_backend = _layer_runner(self.backend, x, self.spec)
             y, final = reference.rnn(self.spec, x.contiguous(), state, self.layer_parameters(),
                                      lengths=lengths, training=self.training, dropout=self.dropout,
                                      run_layer=run_layer)
@@ -445,7 +445,7 @@ class _CellBase(nn.Module):
         if self.spec.norm == "batch" and self.training and B == 1:
             raise ValueError(f"{name}: batch norm in training needs more than 1 sample, got batch size 1")
         params = {r: getattr(self, n) for r, n in self._roles.items()}
-        run_layer, self.last_backend = _layer_runner(self.backend, x)
+        run_layer, self.last_backend = _layer_runner(self.backend, x, self.spec)
         _, new = run_layer(self.spec, x.unsqueeze(0), state, params, training=self.training, t0=bn_step)
         if not batched:
             new = tuple(s.squeeze(0) for s in new)

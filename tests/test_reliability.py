@@ -11,6 +11,7 @@ number per step with grad), and the growth of the process's peak RSS (ru_maxrss)
 T = 100,000 no-grad forward, against a generous bound.
 """
 import concurrent.futures
+import copy
 import hashlib
 import io
 import os
@@ -356,6 +357,21 @@ def test_nan_and_inf_propagate_as_in_the_reference(spec, value, training, backen
         torch.testing.assert_close(y, nn_ref(x)[0], rtol=rtol, atol=atol, equal_nan=True)
 
 
+def test_projection_with_the_default_backend_runs():
+    """proj_size with backend='auto' must work as in torch.nn (the fused kernels do not implement
+    projections, so auto falls back to the reference); backend='cpu' says it cannot."""
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(3, 5, 2, proj_size=2, dtype=F64)
+    ours = fusedrnn.LSTM(3, 5, 2, proj_size=2, dtype=F64)
+    ours.load_state_dict(ref.state_dict())
+    x = x64(4, 2, 3)
+    assert_close(ours(x)[0], ref(x)[0])
+    assert ours.last_backend == "reference"
+    if CPU_BUILT:
+        with pytest.raises(NotImplementedError, match="proj_size"):
+            fusedrnn.LSTM(3, 5, proj_size=2, backend="cpu", dtype=F64)(x)
+
+
 def test_half_precision_on_cpu_is_clear():
     """float16 on CPU: the reference computes in float16 (as torch.nn does); the CPU kernels take
     float32/float64 only and say so rather than miscomputing."""
@@ -453,6 +469,22 @@ def test_torch_checkpoints_still_load_both_ways():
     torch.nn.LSTM(3, 4, 2).load_state_dict(saved(ours))
     fusedrnn.RNNCell(3, 4).load_state_dict(saved(torch.nn.RNNCell(3, 4)))
     fusedrnn.RNN(3, 4, nonlinearity="relu").load_state_dict(saved(torch.nn.RNN(3, 4)))  # no metadata: no check
+
+
+def test_whole_module_pickle_and_deepcopy():
+    """torch.save(model) / copy.deepcopy keep the cell, the BN statistics and the checkpoint hooks."""
+    m = fusedrnn.LSTM(3, 4, variant="noaf", norm="batch", max_bn_steps=2, backend="reference", dtype=F64)
+    randomize(m, 3)
+    buf = io.BytesIO()
+    torch.save(m, buf)
+    buf.seek(0)
+    for clone in (torch.load(buf, weights_only=False), copy.deepcopy(m)):
+        assert clone.spec == m.spec and repr(clone) == repr(m)
+        x = x64(3, 2, 3)
+        assert torch.equal(clone.eval()(x)[0], m.eval()(x)[0])
+        with pytest.raises(RuntimeError, match="variant='peephole'"):
+            clone.load_state_dict(saved(fusedrnn.LSTM(3, 4, variant="peephole", norm="batch", max_bn_steps=2,
+                                                      dtype=F64)))
 
 
 def test_checkpoint_inside_a_parent_module():
