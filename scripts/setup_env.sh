@@ -17,6 +17,6 @@ if [ "$venv" != none ]; then
 fi
 python -m pip install -q --disable-pip-version-check "${FUSEDRNN_TORCH:-torch==2.13.0}" numpy ninja pybind11 setuptools wheel
 echo "[fusedrnn] building fusedrnn (C++ kernels; the first build takes a few minutes)"
-MAX_JOBS="${MAX_JOBS:-2}" python -m pip install -q --disable-pip-version-check --no-build-isolation \
+MAX_JOBS="${MAX_JOBS:-2}" python -m pip install -q --disable-pip-version-check --no-build-isolation --use-pep517 \
   -e "$root[${FUSEDRNN_EXTRAS:-test}]"
 cd "$root"

@@ -42,7 +42,7 @@ step() {  # step NAME TIMEOUT_S CMD...: run with a time limit, log to $OUT/NAME.
 step env 60 bash -c "nvidia-smi; nvcc --version; $PY -c 'import torch, sys; print(sys.version); print(torch.__version__, torch.version.cuda, torch.cuda.is_available(), torch.cuda.get_device_name(0))'"
 
 if [ "${GPU_CHECK_SKIP_BUILD:-0}" != 1 ]; then
-  step build 300 "$PY" -m pip install --no-build-isolation --no-deps -v -e .
+  step build 300 "$PY" -m pip install --no-build-isolation --use-pep517 --no-deps -v -e .
 fi
 step import 60 "$PY" -c "import fusedrnn, fusedrnn._ops as o; print('HAS_CUDA', o.HAS_CUDA, o.LOAD_ERROR); assert o.HAS_CUDA"
 
