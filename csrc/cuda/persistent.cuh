@@ -1,0 +1,448 @@
+// Persistent LSTM forward kernel: ONE cooperative launch runs all T steps of a layer.
+//
+// Layout: the grid has at most one CTA per SM; CTA k owns the hidden units
+// [k * U, min(H, (k + 1) * U)) ("its slice", nu units) with ALL gate rows of those units and
+// the whole batch. It copies its G * nu rows of W_hh (and, for FGR, its 3 * nu rows of W_fgr)
+// into shared memory once, keeps its slice of the cell state c in shared memory, and loops:
+//   1. stage h_{t-1} (written by every CTA at step t - 1) in chunks of `chunk` batch rows into
+//      shared memory and compute its slice of h_{t-1} W_hh^T (and a_{t-1} W_fgr^T);
+//   2. normalization statistics:
+//        batch:            per column over the batch: CTA-local (the CTA holds every row);
+//        layer, per gate:  per row over GH (or H) columns that live in every CTA: each CTA
+//                          writes (mean, M2) of its part, grid sync, every CTA merges them
+//                          (Chan et al.'s pairwise update, numerically stable);
+//   3. gates and c_t (cell_math.h lstm_cell_fwd), the cell norm's statistics (the same two
+//      schemes), h_t (lstm_out_fwd), masking of finished sequences;
+//   4. grid sync: h_t is visible to every CTA for step t + 1.
+// Grid syncs per step: 1 (norm none, batch) or 3 (layer, layer_per_gate).
+// It writes exactly what the per-step path (pointwise.cuh) writes -- y, acts, cs, xw/hw,
+// stats -- so the per-step backward and bn_update_ consume its results unchanged.
+//
+// Framework-free; compiles with nvcc and, under the SIMT emulator (csrc/simt/simt.h), with
+// g++ for the CPU tests. Shape legend: T steps, B batch, H hidden, G gates present, GH = G * H,
+// U units per CTA, S batch-norm slots. T_ is the storage type, A the accumulation type
+// (AccOf<T_>: double for double, float otherwise).
+#pragma once
+
+#include <stdint.h>
+
+#include "../simt/simt.h"
+#include "fusedrnn/cell_math.h"
+#include "pointwise.cuh"
+
+namespace fusedrnn {
+namespace cuda {
+
+// Batch rows x gate rows computed by one warp at a time in the recurrent product.
+constexpr int kPersistRowTile = 4;
+constexpr int kPersistBatchTile = 4;
+
+template <typename T>
+struct PersistentLstmFwd {
+  int steps, batch, hidden;  // T, B, H
+  int variant;               // LstmVariant
+  int training;              // batch norm: batch statistics (1) or the running slots (0)
+  int t0, slots;             // batch-norm slot of step t: min(t0 + t, S - 1)
+  int units;                 // U: hidden units per CTA (the last CTA may own fewer)
+  int chunk;                 // batch rows of h_{t-1} staged in shared memory at once
+  double eps;
+  const int64_t* lengths;    // [B] or null: row b is active at step t iff t < lengths[b]
+  const T *h0, *c0, *a0;     // [B, H], [B, H], [B, 3H] (FGR)
+  const T *w_hh, *w_fgr;     // [GH, H], [3H, 3H]
+  const T *b_ih, *b_hh, *w_peep;  // [GH], [GH], [P, H]
+  const T *g_ih, *g_hh, *g_cell, *b_cell, *g_gates, *b_gates;
+  const T *rm_ih, *rv_ih, *rm_hh, *rv_hh, *rm_cell, *rv_cell;  // [S, GH] / [S, H] (eval)
+  T* xw;                     // [T, B, GH] x W_ih^T; layer_per_gate: overwritten with xw + hw
+  T* hw;                     // [T, B, GH] h_{t-1} W_hh^T saved (layer, batch) or null
+  T *hbuf, *abuf;            // [2, B, H], [2, B, 3H]: h_t, a_t of step t in slot t % 2
+  T *y, *acts, *cs, *stats;  // as lstm_fwd's outputs (pointwise.cuh)
+  typename AccOf<T>::type* part;  // [CTAs, B, 2 * (NQ + 1)] partial row statistics (layer norms)
+};
+
+// Number of per-row quantities whose statistics span the CTAs: layer (xw, hw), per gate (G).
+template <int NORM>
+__host__ __device__ inline int persist_row_quantities(int G) {
+  return NORM == kNormLayer ? 2 : NORM == kNormLayerPerGate ? G : 0;
+}
+
+// Shared memory of one CTA, in elements of A, in carve order (see the kernel).
+struct PersistSmem {
+  long w, wf, x, xa, hw, fg, c, rows, cols, red, total;
+};
+
+__host__ __device__ inline PersistSmem persist_smem(int norm, bool fgr, int G, int H, int B, int U, int chunk,
+                                                    int warps) {
+  PersistSmem s;
+  s.w = long(G) * U * H;
+  s.wf = fgr ? 3L * U * 3 * H : 0;
+  s.x = long(chunk) * H;
+  s.xa = fgr ? long(chunk) * 3 * H : 0;
+  s.hw = long(B) * G * U;
+  s.fg = fgr ? long(B) * 3 * U : 0;
+  s.c = long(B) * U;
+  const int nq = norm == kNormLayer ? 2 : norm == kNormLayerPerGate ? G : 0;
+  s.rows = norm == kNormLayer || norm == kNormLayerPerGate ? long(B) * 2 * (nq + 1) : 0;
+  s.cols = norm == kNormBatch ? 4L * G * U + 2L * U : 0;
+  s.red = long(warps) * kPersistRowTile * kPersistBatchTile * 33;
+  s.total = s.w + s.wf + s.x + s.xa + s.hw + s.fg + s.c + s.rows + s.cols + s.red;
+  return s;
+}
+
+// out[b * ldo + r] = sum_k W[r * K + k] * X[b * K + k] for r < R, b < nb (shared memory in,
+// shared memory out). A warp owns a tile of kPersistRowTile rows x kPersistBatchTile batch rows;
+// its lanes split k, and the tile's partial sums are reduced through `red` (one slice per warp).
+template <typename T, typename A>
+__device__ inline void persist_matmul(const A* W, int R, const A* X, int nb, int K, A* out, int ldo, A* red) {
+  constexpr int RB = kPersistRowTile, BB = kPersistBatchTile, NV = RB * BB;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  A* rw = red + long(warp) * NV * 33;
+  const int ntr = (R + RB - 1) / RB, ntb = (nb + BB - 1) / BB;
+  for (int tile = warp; tile < ntr * ntb; tile += warps) {  // warp-uniform loop
+    const int r0 = (tile % ntr) * RB, b0 = (tile / ntr) * BB;
+    A acc[RB][BB];
+    for (int i = 0; i < RB; ++i)
+      for (int j = 0; j < BB; ++j) acc[i][j] = A(0);
+    for (int k = lane; k < K; k += 32) {
+      A w[RB], x[BB];
+      for (int i = 0; i < RB; ++i) w[i] = r0 + i < R ? W[long(r0 + i) * K + k] : A(0);
+      for (int j = 0; j < BB; ++j) x[j] = b0 + j < nb ? X[long(b0 + j) * K + k] : A(0);
+      for (int i = 0; i < RB; ++i)
+        for (int j = 0; j < BB; ++j) acc[i][j] += w[i] * x[j];
+    }
+    for (int i = 0; i < RB; ++i)
+      for (int j = 0; j < BB; ++j) rw[(i * BB + j) * 33 + lane] = acc[i][j];
+    __syncwarp();
+    if (lane < NV) {
+      const int i = lane / BB, j = lane % BB;
+      A s = 0;
+      for (int l = 0; l < 32; ++l) s += rw[lane * 33 + l];
+      // rounded to the storage type, as the per-step path's GEMM output
+      if (r0 + i < R && b0 + j < nb) out[long(b0 + j) * ldo + r0 + i] = A(T(s));
+    }
+    __syncwarp();
+  }
+}
+
+// Mean and M2 (sum of squared deviations) of get(k), k < n, two-pass, one thread.
+template <typename A, typename F>
+__device__ inline void persist_local_moments(F get, int n, A* mean, A* m2) {
+  A s = 0;
+  for (int k = 0; k < n; ++k) s += get(k);
+  const A m = s / A(n);
+  A q = 0;
+  for (int k = 0; k < n; ++k) {
+    const A d = get(k) - m;
+    q += d * d;
+  }
+  *mean = m;
+  *m2 = q;
+}
+
+// Merges the per-CTA (mean, M2) of quantity q of row b (stride `width` per row) into mean, rstd.
+// count(c): number of values CTA c contributed.
+template <typename A, typename F>
+__device__ inline void persist_merge(const A* part, int B, int width, int b, int q, F count, A eps, A* mean,
+                                     A* rstd) {
+  A n = 0, m = 0, m2 = 0;
+  for (int c = 0; c < int(gridDim.x); ++c) {
+    const A* pc = part + (long(c) * B + b) * width + 2 * q;
+    const A nc = A(count(c)), mc = pc[0], m2c = pc[1];
+    const A nn = n + nc, d = mc - m;
+    m += d * nc / nn;
+    m2 += m2c + d * d * n * nc / nn;
+    n = nn;
+  }
+  *mean = m;
+  *rstd = A(1) / sqrt(m2 / n + eps);
+}
+
+template <typename T, int NORM>
+__global__ void __launch_bounds__(256) persistent_lstm_fwd_kernel(PersistentLstmFwd<T> p) {
+  using A = typename AccOf<T>::type;
+  SIMT_DYNAMIC_SHARED(A, smem);
+  cooperative_groups::grid_group grid = cooperative_groups::this_grid();
+  const LstmFlags fl = lstm_flags(p.variant);
+  const int H = p.hidden, B = p.batch, G = fl.num_gates, GH = G * H, U = p.units;
+  const int j0 = blockIdx.x * U, nu = H - j0 < U ? H - j0 : U;  // this CTA's units [j0, j0 + nu)
+  const int R = G * nu, RF = fl.fgr ? 3 * nu : 0;
+  const int tid = threadIdx.x, nthr = blockDim.x;
+  const A eps = A(p.eps);
+  constexpr bool kRowNorm = NORM == kNormLayer || NORM == kNormLayerPerGate;
+  const int NQ = persist_row_quantities<NORM>(G), PW = 2 * (NQ + 1);  // partials per row
+  const PersistSmem L = persist_smem(NORM, fl.fgr, G, H, B, U, p.chunk, nthr >> 5);
+  A* w_s = smem;              // [G * nu, H]   row q * nu + jj = W_hh row q * H + j0 + jj
+  A* wf_s = w_s + L.w;        // [3 * nu, 3H]  row k * nu + jj = W_fgr row k * H + j0 + jj
+  A* x_s = wf_s + L.wf;       // [chunk, H]    staged h_{t-1}
+  A* xa_s = x_s + L.x;        // [chunk, 3H]   staged a_{t-1}
+  A* hw_s = xa_s + L.xa;      // [B, G * U]    h_{t-1} W_hh^T of the slice
+  A* fg_s = hw_s + L.hw;      // [B, 3 * U]    a_{t-1} W_fgr^T of the slice
+  A* c_s = fg_s + L.fg;       // [B, U]        c of the slice (storage-rounded)
+  A* rows_s = c_s + L.c;      // [B, NQ + 1, 2] merged (mean, rstd) of the row norms, last = cell
+  A* cols_s = rows_s + L.rows;  // batch: [2, 2, G * U] (mean, rstd) of ih, hh columns; [2, U] cell
+  A* red_s = cols_s + L.cols;   // matmul reduction scratch
+  auto count_gates = [&](int c) {  // values of the gate row norm that CTA c holds
+    const int n = H - c * U < U ? H - c * U : U;
+    return NORM == kNormLayer ? G * n : n;
+  };
+  auto count_units = [&](int c) { return H - c * U < U ? H - c * U : U; };
+
+  for (long e = tid; e < long(R) * H; e += nthr) {
+    const int r = int(e / H), k = int(e % H), q = r / nu, jj = r % nu;
+    w_s[e] = A(p.w_hh[(long(q) * H + j0 + jj) * H + k]);
+  }
+  for (long e = tid; e < long(RF) * 3 * H; e += nthr) {
+    const int r = int(e / (3 * H)), k = int(e % (3 * H)), q = r / nu, jj = r % nu;
+    wf_s[e] = A(p.w_fgr[(long(q) * H + j0 + jj) * 3 * H + k]);
+  }
+  for (int e = tid; e < B * nu; e += nthr) {
+    const int b = e / nu, jj = e % nu;
+    c_s[b * U + jj] = A(p.c0[long(b) * H + j0 + jj]);
+  }
+  __syncthreads();
+
+  for (int t = 0; t < p.steps; ++t) {
+    const T* h_prev = t == 0 ? p.h0 : p.hbuf + long((t - 1) & 1) * B * H;
+    T* h_next = p.hbuf + long(t & 1) * B * H;
+    const T* a_prev = !fl.fgr ? nullptr : t == 0 ? p.a0 : p.abuf + long((t - 1) & 1) * B * 3 * H;
+    T* a_next = fl.fgr ? p.abuf + long(t & 1) * B * 3 * H : nullptr;
+    const T* xw = p.xw + long(t) * B * GH;
+    T* xw_out = p.xw + long(t) * B * GH;
+    T* st = p.stats ? p.stats + long(t) * (NORM == kNormBatch ? 2L * (2 * GH + H)
+                                                                : long(B) * (NORM == kNormLayer ? 6 : 2 * G + 2))
+                    : nullptr;
+    const int slot = p.t0 + t < p.slots - 1 ? p.t0 + t : p.slots - 1;
+
+    // 1. recurrent products of the slice, chunk by chunk of batch rows
+    for (int b0 = 0; b0 < B; b0 += p.chunk) {
+      const int nb = B - b0 < p.chunk ? B - b0 : p.chunk;
+      for (long e = tid; e < long(nb) * H; e += nthr) x_s[e] = A(h_prev[long(b0) * H + e]);
+      if (fl.fgr)
+        for (long e = tid; e < long(nb) * 3 * H; e += nthr) xa_s[e] = A(a_prev[long(b0) * 3 * H + e]);
+      __syncthreads();
+      persist_matmul<T, A>(w_s, R, x_s, nb, H, hw_s + long(b0) * G * U, G * U, red_s);
+      if (fl.fgr) persist_matmul<T, A>(wf_s, RF, xa_s, nb, 3 * H, fg_s + long(b0) * 3 * U, 3 * U, red_s);
+      __syncthreads();
+    }
+    auto xv = [&](int b, int q, int jj) { return A(xw[long(b) * GH + long(q) * H + j0 + jj]); };
+    auto hv = [&](int b, int q, int jj) { return hw_s[long(b) * G * U + q * nu + jj]; };
+    auto active = [&](int b) { return p.lengths == nullptr || t < p.lengths[b]; };
+
+    // 2. statistics of the gate normalization
+    if (NORM == kNormLayer || NORM == kNormBatch)
+      for (int e = tid; e < B * R; e += nthr) {
+        const int b = e / R, r = e % R, q = r / nu, jj = r % nu;
+        p.hw[long(t) * B * GH + long(b) * GH + long(q) * H + j0 + jj] = T(hw_s[long(b) * G * U + r]);
+      }
+    if (kRowNorm) {
+      for (int b = tid; b < B; b += nthr) {
+        A* pb = p.part + (long(blockIdx.x) * B + b) * PW;
+        if (NORM == kNormLayer) {
+          persist_local_moments<A>([&](int k) { return xv(b, k / nu, k % nu); }, R, &pb[0], &pb[1]);
+          persist_local_moments<A>([&](int k) { return hv(b, k / nu, k % nu); }, R, &pb[2], &pb[3]);
+        } else {
+          for (int q = 0; q < G; ++q)
+            persist_local_moments<A>([&](int k) { return xv(b, q, k) + hv(b, q, k); }, nu, &pb[2 * q],
+                                     &pb[2 * q + 1]);
+        }
+      }
+      grid.sync();
+      for (int b = tid; b < B; b += nthr)
+        for (int q = 0; q < NQ; ++q)
+          persist_merge<A>(p.part, B, PW, b, q, count_gates, eps, &rows_s[(b * (NQ + 1) + q) * 2],
+                           &rows_s[(b * (NQ + 1) + q) * 2 + 1]);
+    }
+    if (NORM == kNormBatch) {
+      const long NB = 2L * GH + H;
+      for (int r = tid; r < R; r += nthr) {
+        const int q = r / nu, jj = r % nu;
+        const long col = long(q) * H + j0 + jj;
+        A m_ih, v_ih, m_hh, v_hh;
+        if (p.training) {
+          A s1 = 0, s2 = 0;
+          int n = 0;
+          for (int b = 0; b < B; ++b)
+            if (active(b)) { s1 += xv(b, q, jj); s2 += hv(b, q, jj); ++n; }
+          m_ih = n ? s1 / A(n) : A(0);
+          m_hh = n ? s2 / A(n) : A(0);
+          A q1 = 0, q2 = 0;
+          for (int b = 0; b < B; ++b)
+            if (active(b)) {
+              const A d1 = xv(b, q, jj) - m_ih, d2 = hv(b, q, jj) - m_hh;
+              q1 += d1 * d1;
+              q2 += d2 * d2;
+            }
+          v_ih = n ? q1 / A(n) : A(0);
+          v_hh = n ? q2 / A(n) : A(0);
+        } else {
+          m_ih = A(p.rm_ih[long(slot) * GH + col]); v_ih = A(p.rv_ih[long(slot) * GH + col]);
+          m_hh = A(p.rm_hh[long(slot) * GH + col]); v_hh = A(p.rv_hh[long(slot) * GH + col]);
+        }
+        st[col] = T(m_ih); st[NB + col] = T(v_ih);
+        st[GH + col] = T(m_hh); st[NB + GH + col] = T(v_hh);
+        cols_s[r] = m_ih; cols_s[G * U + r] = A(1) / sqrt(v_ih + eps);
+        cols_s[2 * G * U + r] = m_hh; cols_s[3 * G * U + r] = A(1) / sqrt(v_hh + eps);
+      }
+    }
+    __syncthreads();
+
+    // 3a. gates and c_t of every (row, unit) of the slice
+    for (int e = tid; e < B * nu; e += nthr) {
+      const int b = e / nu, jj = e % nu, j = j0 + jj;
+      const bool act_b = active(b);
+      A pre[4];
+      for (int q = 0; q < G; ++q) {
+        const long col = long(q) * H + j;
+        const A x = xv(b, q, jj), h = hv(b, q, jj);
+        A v;
+        if (NORM == kNormNone) {
+          v = x + h;
+        } else if (NORM == kNormLayerPerGate) {
+          const A* rs = &rows_s[(b * (NQ + 1) + q) * 2];
+          v = (x + h - rs[0]) * rs[1] * A(p.g_gates[col]) + A(p.b_gates[col]);
+          xw_out[long(b) * GH + col] = T(x + h);
+        } else if (NORM == kNormLayer) {
+          const A* rs = &rows_s[b * (NQ + 1) * 2];
+          v = (x - rs[0]) * rs[1] * A(p.g_ih[col]) + (h - rs[2]) * rs[3] * A(p.g_hh[col]);
+        } else {
+          const int r = q * nu + jj;
+          v = (x - cols_s[r]) * cols_s[G * U + r] * A(p.g_ih[col]) +
+              (h - cols_s[2 * G * U + r]) * cols_s[3 * G * U + r] * A(p.g_hh[col]);
+        }
+        if (NORM != kNormLayerPerGate) v += ld_or<T, A>(p.b_ih, col, A(0)) + ld_or<T, A>(p.b_hh, col, A(0));
+        pre[q] = v;
+      }
+      if (fl.fgr) {
+        const A* fg = fg_s + long(b) * 3 * U;
+        pre[fl.gi] += fg[jj];
+        pre[fl.gf] += fg[nu + jj];
+        pre[fl.go] += fg[2 * nu + jj];
+      }
+      const A c_prev = c_s[b * U + jj];
+      const A pi = fl.pi >= 0 ? A(p.w_peep[long(fl.pi) * H + j]) : A(0);
+      const A pf = fl.pf >= 0 ? A(p.w_peep[long(fl.pf) * H + j]) : A(0);
+      const A po = fl.po >= 0 ? A(p.w_peep[long(fl.po) * H + j]) : A(0);
+      A i, f, g, o, c;
+      lstm_cell_fwd<A>(fl, fl.gi >= 0 ? pre[fl.gi] : A(0), fl.gf >= 0 ? pre[fl.gf] : A(0), pre[fl.gg],
+                       fl.go >= 0 ? pre[fl.go] : A(0), c_prev, pi, pf, po, &i, &f, &g, &o, &c);
+      T* act = p.acts + long(t) * B * GH + long(b) * GH + j;
+      if (fl.gi >= 0) act[long(fl.gi) * H] = T(i);
+      if (fl.gf >= 0) act[long(fl.gf) * H] = T(f);
+      act[long(fl.gg) * H] = T(g);
+      if (fl.go >= 0) act[long(fl.go) * H] = T(o);
+      const T c_store = act_b ? T(c) : T(c_prev);
+      p.cs[long(t) * B * H + long(b) * H + j] = c_store;
+      c_s[b * U + jj] = A(c_store);
+      if (fl.fgr) {
+        const long r = long(b) * 3 * H + j;
+        a_next[r] = act_b ? T(i) : a_prev[r];
+        a_next[r + H] = act_b ? T(f) : a_prev[r + H];
+        a_next[r + 2 * H] = act_b ? T(o) : a_prev[r + 2 * H];
+      }
+    }
+    __syncthreads();
+
+    // 3b. statistics of the cell norm (padded rows hold the carried c, as in the per-step path)
+    if (kRowNorm) {
+      for (int b = tid; b < B; b += nthr) {
+        A* pb = p.part + (long(blockIdx.x) * B + b) * PW + 2 * NQ;
+        persist_local_moments<A>([&](int k) { return c_s[b * U + k]; }, nu, &pb[0], &pb[1]);
+      }
+      grid.sync();
+      for (int b = tid; b < B; b += nthr) {
+        A* rs = &rows_s[(b * (NQ + 1) + NQ) * 2];
+        persist_merge<A>(p.part, B, PW, b, NQ, count_units, eps, &rs[0], &rs[1]);
+        if (blockIdx.x == 0) {  // the row statistics record of the step
+          T* sb = st + long(b) * (NORM == kNormLayer ? 6 : 2 * G + 2);
+          for (int q = 0; q <= NQ; ++q) {
+            sb[2 * q] = T(rows_s[(b * (NQ + 1) + q) * 2]);
+            sb[2 * q + 1] = T(rows_s[(b * (NQ + 1) + q) * 2 + 1]);
+          }
+        }
+      }
+    }
+    if (NORM == kNormBatch) {
+      const long NB = 2L * GH + H;
+      for (int jj = tid; jj < nu; jj += nthr) {
+        const int j = j0 + jj;
+        A mc, vc;
+        if (p.training) {
+          A s = 0;
+          int n = 0;
+          for (int b = 0; b < B; ++b)
+            if (active(b)) { s += c_s[b * U + jj]; ++n; }
+          mc = n ? s / A(n) : A(0);
+          A q = 0;
+          for (int b = 0; b < B; ++b)
+            if (active(b)) { const A d = c_s[b * U + jj] - mc; q += d * d; }
+          vc = n ? q / A(n) : A(0);
+        } else {
+          mc = A(p.rm_cell[long(slot) * H + j]);
+          vc = A(p.rv_cell[long(slot) * H + j]);
+        }
+        st[2L * GH + j] = T(mc);
+        st[NB + 2L * GH + j] = T(vc);
+        cols_s[4 * G * U + jj] = mc;
+        cols_s[4 * G * U + U + jj] = A(1) / sqrt(vc + eps);
+      }
+    }
+    __syncthreads();
+
+    // 3c. h_t
+    for (int e = tid; e < B * nu; e += nthr) {
+      const int b = e / nu, jj = e % nu, j = j0 + jj;
+      const long bj = long(b) * H + j;
+      const A o = fl.go >= 0 ? A(p.acts[long(t) * B * GH + long(b) * GH + long(fl.go) * H + j]) : A(1);
+      const A c = c_s[b * U + jj];
+      A cn = c;
+      if (kRowNorm) {
+        const A* rs = &rows_s[(b * (NQ + 1) + NQ) * 2];
+        cn = (c - rs[0]) * rs[1] * A(p.g_cell[j]) + A(p.b_cell[j]);
+      } else if (NORM == kNormBatch) {
+        cn = (c - cols_s[4 * G * U + jj]) * cols_s[4 * G * U + U + jj] * A(p.g_cell[j]) + A(p.b_cell[j]);
+      }
+      const A h = lstm_out_fwd<A>(fl, o, cn);
+      const bool act_b = active(b);
+      p.y[long(t) * B * H + bj] = act_b ? T(h) : T(0);
+      h_next[bj] = act_b ? T(h) : h_prev[bj];
+    }
+    // 4. h_t (and a_t) of every CTA visible before the next step's products
+    if (t + 1 < p.steps) grid.sync();
+  }
+}
+
+// ----------------------------------------------------------------------------- planning
+
+// How the persistent kernel would run a layer on a device, or why it cannot.
+struct PersistPlan {
+  bool fits = false;
+  int blocks = 0, units = 0, threads = 0, chunk = 0;
+  long smem_bytes = 0;
+  const char* why = "";
+};
+
+// Units per CTA: spread H over at most `sms` CTAs (one per SM). Batch rows staged at once:
+// as many as fit next to the weights, up to B. `acc_bytes`: sizeof(A).
+inline PersistPlan persist_plan(int norm, bool fgr, int G, int H, int B, int sms, long smem_max, int threads,
+                                int acc_bytes) {
+  PersistPlan plan;
+  plan.threads = threads;
+  if (sms < 1 || H < 1 || B < 1) { plan.why = "empty problem or no SMs"; return plan; }
+  plan.units = (H + sms - 1) / sms;
+  plan.blocks = (H + plan.units - 1) / plan.units;
+  for (int chunk = B;; chunk = (chunk + 1) / 2) {
+    const PersistSmem s = persist_smem(norm, fgr, G, H, B, plan.units, chunk, threads / 32);
+    const long bytes = s.total * acc_bytes;
+    if (bytes <= smem_max) {
+      plan.chunk = chunk;
+      plan.smem_bytes = bytes;
+      plan.fits = true;
+      return plan;
+    }
+    if (chunk <= 1) break;
+  }
+  plan.why = "the weight slice does not fit in shared memory";
+  return plan;
+}
+
+}  // namespace cuda
+}  // namespace fusedrnn

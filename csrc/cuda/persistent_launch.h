@@ -1,0 +1,194 @@
+// Host side of the persistent LSTM forward (persistent.cuh): path selection, planning, launch.
+// Included by cuda/rnn_cuda.cu after its FUSEDRNN_* macros (stream, dispatch, launch check),
+// so the same code runs on the GPU and, with FUSEDRNN_EMULATED, under the SIMT emulator.
+//
+// Path selection (environment, read at every call):
+//   FUSEDRNN_PERSISTENT=0 | step     per-step path (cuBLAS GEMM + fused pointwise kernel per step)
+//                                    -- the default while the persistent kernel is unvalidated on GPU
+//   FUSEDRNN_PERSISTENT=auto         the heuristic below
+//   FUSEDRNN_PERSISTENT=1            persistent whenever it fits, else per-step (never fails)
+//   FUSEDRNN_PERSISTENT=require      persistent or a RuntimeError saying why not (tests, benchmarks)
+//   FUSEDRNN_PERSISTENT_SMEM=<bytes> caps the shared memory the plan may use (tests: forces
+//                                    h_{t-1} to be staged in several batch chunks)
+// Heuristic (auto): persistent when the dtype is float32/float16/bfloat16 (float64 always runs
+// per step), the device supports cooperative launches, the W_hh slice of U = ceil(H / SMs)
+// units (G * U rows of H, fp32) plus the staged h fit in the opt-in shared memory of one SM,
+// and B <= 64 (above that the per-step tensor-core GEMMs win; provisional until measured).
+#pragma once
+
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "persistent.cuh"
+
+namespace fusedrnn {
+namespace cuda {
+
+enum class PersistMode { kStep, kAuto, kForce, kRequire };
+
+inline PersistMode persist_mode() {
+  const char* e = std::getenv("FUSEDRNN_PERSISTENT");
+  if (e == nullptr || !*e || !std::strcmp(e, "0") || !std::strcmp(e, "step")) return PersistMode::kStep;
+  if (!std::strcmp(e, "auto")) return PersistMode::kAuto;
+  if (!std::strcmp(e, "1") || !std::strcmp(e, "persistent")) return PersistMode::kForce;
+  if (!std::strcmp(e, "require")) return PersistMode::kRequire;
+  TORCH_CHECK(false, "FUSEDRNN_PERSISTENT must be 0, step, auto, 1, persistent or require, got '", e, "'");
+  return PersistMode::kStep;
+}
+
+constexpr int kPersistMaxAutoBatch = 64;
+
+// Device limits the plan depends on.
+struct PersistDevice {
+  int sms = 0;
+  long smem_max = 0;
+  bool cooperative = false;
+};
+
+inline PersistDevice persist_device() {
+  PersistDevice d;
+#if defined(FUSEDRNN_EMULATED)
+  d.sms = 3;  // a small grid of a few emulated CTAs
+  d.smem_max = 96 * 1024;
+  d.cooperative = true;
+#else
+  int device = 0, sms = 0, smem = 0, coop = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device));
+  d.sms = sms;
+  d.smem_max = smem;
+  d.cooperative = coop != 0;
+#endif
+  if (const char* cap = std::getenv("FUSEDRNN_PERSISTENT_SMEM")) {
+    const long c = std::atol(cap);
+    TORCH_CHECK(c > 0, "FUSEDRNN_PERSISTENT_SMEM must be a positive number of bytes, got '", cap, "'");
+    d.smem_max = std::min(d.smem_max, c);
+  }
+  return d;
+}
+
+#if defined(FUSEDRNN_EMULATED)
+constexpr int kPersistThreads = 64;
+#else
+constexpr int kPersistThreads = 256;
+#endif
+
+template <typename T_, int NORM>
+bool persist_launch(const PersistentLstmFwd<T_>& p, const PersistPlan& plan, cudaStream_t stream,
+                    std::string* why) {
+  auto kernel = persistent_lstm_fwd_kernel<T_, NORM>;
+#if !defined(FUSEDRNN_EMULATED)
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(plan.smem_bytes)));
+  int per_sm = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, plan.threads, plan.smem_bytes));
+  if (per_sm < 1) {
+    *why = "no CTA of the persistent kernel fits on an SM (registers or shared memory)";
+    return false;
+  }
+#endif
+  const cudaError_t err = simt::launch_cooperative(kernel, dim3(plan.blocks), dim3(plan.threads),
+                                                   size_t(plan.smem_bytes), stream, p);
+#if !defined(FUSEDRNN_EMULATED)
+  C10_CUDA_CHECK(err);
+#else
+  (void)err;
+#endif
+  FUSEDRNN_LAUNCH_CHECK();
+  return true;
+}
+
+// Runs lstm_fwd's recurrence with the persistent kernel if the selected path says so and it
+// fits; returns false (nothing written) to let the caller run the per-step path. Arguments as
+// in rnn_cuda.cu's lstm_fwd; xw holds x W_ih^T of every step; outputs are preallocated there.
+inline bool persistent_lstm_fwd(const at::Tensor& x, const int64_t* lengths, const at::Tensor& h0,
+                                const at::Tensor& c0, const c10::optional<at::Tensor>& a0, const at::Tensor& w_hh,
+                                const c10::optional<at::Tensor>& w_fgr,
+                                const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
+                                const c10::optional<at::Tensor>& w_peep, const c10::optional<at::Tensor>& g_ih,
+                                const c10::optional<at::Tensor>& g_hh, const c10::optional<at::Tensor>& g_cell,
+                                const c10::optional<at::Tensor>& b_cell, const c10::optional<at::Tensor>& g_gates,
+                                const c10::optional<at::Tensor>& b_gates, const c10::optional<at::Tensor>& rm_ih,
+                                const c10::optional<at::Tensor>& rv_ih, const c10::optional<at::Tensor>& rm_hh,
+                                const c10::optional<at::Tensor>& rv_hh, const c10::optional<at::Tensor>& rm_cell,
+                                const c10::optional<at::Tensor>& rv_cell, int64_t slots, int64_t variant,
+                                int64_t norm, bool training, int64_t t0, double eps, at::Tensor& xw, at::Tensor& hw,
+                                at::Tensor& y, at::Tensor& acts, at::Tensor& cs, at::Tensor& h_n, at::Tensor& a_n,
+                                at::Tensor& stats) {
+  const PersistMode mode = persist_mode();
+  if (mode == PersistMode::kStep) return false;
+  const char* op = "fusedrnn::lstm_fwd (CUDA, persistent)";
+  const LstmFlags fl = lstm_flags(int(variant));
+  const int64_t T = x.size(0), B = x.size(1), H = w_hh.size(1), G = fl.num_gates;
+  const auto dt = x.scalar_type();
+  std::string why;
+#if defined(FUSEDRNN_EMULATED)
+  const bool dtype_ok = dt == at::kFloat || dt == at::kDouble;
+#else
+  const bool dtype_ok = dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16;
+#endif
+  const PersistDevice dev = persist_device();
+  const int acc_bytes = dt == at::kDouble ? 8 : 4;
+  const PersistPlan plan = persist_plan(int(norm), fl.fgr, int(G), int(H), int(B), dev.sms, dev.smem_max,
+                                        kPersistThreads, acc_bytes);
+  if (!dtype_ok) why = std::string("dtype ") + c10::toString(dt) + " runs per step";
+  else if (!dev.cooperative) why = "the device has no cooperative launch";
+  else if (!plan.fits) why = plan.why;
+  else if (mode == PersistMode::kAuto && B > kPersistMaxAutoBatch) why = "batch above the auto threshold";
+  if (!why.empty()) {
+    TORCH_CHECK(mode != PersistMode::kRequire, op, ": FUSEDRNN_PERSISTENT=require but the persistent kernel cannot run: ",
+                why, " (T=", T, ", B=", B, ", H=", H, ", dtype ", dt, ")");
+    return false;
+  }
+  auto opts = x.options();
+  const bool row_norm = norm == kNormLayer || norm == kNormLayerPerGate;
+  const int64_t nq = norm == kNormLayer ? 2 : norm == kNormLayerPerGate ? G : 0;
+  at::Tensor hbuf = at::empty({2, B, H}, opts);
+  at::Tensor abuf = fl.fgr ? at::empty({2, B, 3 * H}, opts) : at::Tensor();
+  at::Tensor part = at::empty({row_norm ? int64_t(plan.blocks) * B * 2 * (nq + 1) : 1},
+                              opts.dtype(dt == at::kDouble ? at::kDouble : at::kFloat));
+  bool launched = false;
+  FUSEDRNN_DISPATCH(dt, "fusedrnn_lstm_fwd_persistent", [&] {
+    using T_ = scalar_t;
+    auto ptr = [](const c10::optional<at::Tensor>& t) -> const T_* {
+      return t.has_value() && t->defined() ? t->data_ptr<T_>() : nullptr;
+    };
+    PersistentLstmFwd<T_> p{};
+    p.steps = int(T); p.batch = int(B); p.hidden = int(H); p.variant = int(variant);
+    p.training = int(training); p.t0 = int(t0); p.slots = int(slots > 0 ? slots : 1);
+    p.units = plan.units; p.chunk = plan.chunk; p.eps = eps; p.lengths = lengths;
+    p.h0 = h0.data_ptr<T_>(); p.c0 = c0.data_ptr<T_>(); p.a0 = ptr(a0);
+    p.w_hh = w_hh.data_ptr<T_>(); p.w_fgr = ptr(w_fgr);
+    p.b_ih = ptr(b_ih); p.b_hh = ptr(b_hh); p.w_peep = ptr(w_peep);
+    p.g_ih = ptr(g_ih); p.g_hh = ptr(g_hh); p.g_cell = ptr(g_cell); p.b_cell = ptr(b_cell);
+    p.g_gates = ptr(g_gates); p.b_gates = ptr(b_gates);
+    p.rm_ih = ptr(rm_ih); p.rv_ih = ptr(rv_ih); p.rm_hh = ptr(rm_hh); p.rv_hh = ptr(rv_hh);
+    p.rm_cell = ptr(rm_cell); p.rv_cell = ptr(rv_cell);
+    p.xw = xw.data_ptr<T_>();
+    p.hw = (norm == kNormLayer || norm == kNormBatch) ? hw.data_ptr<T_>() : nullptr;
+    p.hbuf = hbuf.data_ptr<T_>(); p.abuf = fl.fgr ? abuf.data_ptr<T_>() : nullptr;
+    p.y = y.data_ptr<T_>(); p.acts = acts.data_ptr<T_>(); p.cs = cs.data_ptr<T_>();
+    p.stats = norm == kNormNone ? nullptr : stats.data_ptr<T_>();
+    p.part = part.data_ptr<typename AccOf<T_>::type>();
+    const cudaStream_t stream = FUSEDRNN_STREAM();
+    switch (norm) {
+      case kNormLayer: launched = persist_launch<T_, kNormLayer>(p, plan, stream, &why); break;
+      case kNormLayerPerGate: launched = persist_launch<T_, kNormLayerPerGate>(p, plan, stream, &why); break;
+      case kNormBatch: launched = persist_launch<T_, kNormBatch>(p, plan, stream, &why); break;
+      default: launched = persist_launch<T_, kNormNone>(p, plan, stream, &why); break;
+    }
+  });
+  if (!launched) {
+    TORCH_CHECK(mode != PersistMode::kRequire, op, ": FUSEDRNN_PERSISTENT=require but the persistent kernel cannot run: ",
+                why);
+    return false;
+  }
+  h_n.copy_(hbuf[(T - 1) & 1]);
+  if (fl.fgr) a_n.copy_(abuf[(T - 1) & 1]);
+  return true;
+}
+
+}  // namespace cuda
+}  // namespace fusedrnn

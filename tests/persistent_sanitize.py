@@ -1,0 +1,31 @@
+"""Small runs forcing the persistent LSTM forward, for compute-sanitizer (tests/gpu_check.sh):
+    compute-sanitizer --tool racecheck python tests/persistent_sanitize.py
+    compute-sanitizer --tool synccheck python tests/persistent_sanitize.py
+One forward + backward per norm (and FGR, and batch-chunked staging), float32, on CUDA."""
+import os
+
+import torch
+
+from fusedrnn import _ops
+from fusedrnn.spec import CellSpec
+
+os.environ["FUSEDRNN_PERSISTENT"] = "require"
+torch.manual_seed(0)
+T, B, I, H = 4, 6, 8, 40
+for spec, smem in [(CellSpec("lstm"), None), (CellSpec("lstm", "peephole", "layer"), None),
+                   (CellSpec("lstm", "cifg", "layer_per_gate"), None), (CellSpec("lstm", "fgr", "batch"), None),
+                   (CellSpec("lstm", "vanilla", "none"), 16 * 1024)]:
+    if smem:
+        os.environ["FUSEDRNN_PERSISTENT_SMEM"] = str(smem)
+    p = {k: (0.3 * torch.randn(*s, device="cuda")).requires_grad_()
+         for k, s in spec.parameter_shapes(I, H).items()}
+    for k, s in spec.buffer_shapes(H).items():
+        p[k] = torch.rand(*s, device="cuda") + 0.5
+    x = torch.randn(T, B, I, device="cuda", requires_grad=True)
+    state = tuple(torch.randn(B, n, device="cuda") for n in spec.state_sizes(H))
+    lens = torch.tensor([4, 2, 3, 4, 1, 4], device="cuda")
+    y, final = _ops.run_layer(spec, x, state, p, lengths=lens, training=True)
+    (y.sum() + sum(f.sum() for f in final)).backward()
+    torch.cuda.synchronize()
+    os.environ.pop("FUSEDRNN_PERSISTENT_SMEM", None)
+    print(f"persistent_sanitize: {spec} ok")

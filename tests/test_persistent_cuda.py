@@ -1,0 +1,119 @@
+"""The persistent LSTM forward on a real GPU (pytest -m cuda; skipped without one).
+
+FUSEDRNN_PERSISTENT=require makes fusedrnn::lstm_fwd run the persistent kernel or raise, so
+these tests cover the GPU build of csrc/cuda/persistent.cuh (cooperative launch, one CTA per SM,
+grid syncs, shared-memory staging) that the emulated tests cover on the CPU. Criterion: the
+kernel's error against the float64 reference is at most twice that of the same-precision
+reference (STYLE.md, half types), plus the float32 absolute tolerance of the table for float32.
+The backward is the per-step backward on the persistent forward's saved tensors.
+"""
+import pytest
+import torch
+
+from fusedrnn import _ops, reference
+from fusedrnn.spec import LSTM_VARIANTS, NORMS, CellSpec
+from conftest import TOLERANCES, assert_close, spec_id
+
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(not _ops.HAS_CUDA, reason="fusedrnn built without CUDA kernels")]
+LSTM_SPECS = [CellSpec("lstm", v, n) for v in LSTM_VARIANTS for n in NORMS]
+
+
+def make(spec, T, B, I, H, lengths, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    rnd = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
+    p = {k: rnd(*s) * (0.5 / s[-1] ** 0.5 if k in ("w_ih", "w_hh", "w_fgr") else 0.3)
+         for k, s in spec.parameter_shapes(I, H).items()}
+    for k in ("g_ih", "g_hh", "g_cell", "g_gates"):
+        if k in p:
+            p[k] = 1.0 + 0.3 * rnd(*p[k].shape)
+    for k, s in spec.buffer_shapes(H).items():
+        p[k] = 0.2 * rnd(*s) if k.startswith("rm") else 0.5 + torch.rand(*s, generator=gen, dtype=torch.float64)
+    x = rnd(T, B, I)
+    state = tuple(0.5 * rnd(B, n) for n in spec.state_sizes(H))
+    lens = None if lengths is None else torch.tensor(lengths, dtype=torch.int64)
+    return x, state, p, lens
+
+
+def run(layer, spec, x, state, p, lens, dtype, training, grads):
+    """Forward + backward of one layer in `dtype` on CUDA; returns outputs and gradients in float64."""
+    dev = "cuda"
+    xx = x.to(dev, dtype).requires_grad_()
+    ss = tuple(s.to(dev, dtype).requires_grad_() for s in state)
+    pp = {k: v.to(dev, dtype).requires_grad_(not k.startswith(("rm_", "rv_"))) for k, v in p.items()}
+    y, final = layer(spec, xx, ss, pp, lengths=None if lens is None else lens.to(dev), training=training)
+    torch.autograd.backward([y, *final], [g.to(dev, dtype) for g in grads])
+    out = {"y": y, **{f"final_{n}": f for n, f in zip(spec.state_names, final)},
+           "dx": xx.grad, **{f"d{n}0": s.grad for n, s in zip(spec.state_names, ss)},
+           **{f"d{k}": v.grad for k, v in pp.items() if v.grad is not None},
+           **{k: v for k, v in pp.items() if k.startswith(("rm_", "rv_"))}}
+    return {k: v.detach().double().cpu() for k, v in out.items()}
+
+
+def check(monkeypatch, spec, T, B, I, H, dtype, lengths, training, forward_only=False):
+    x, state, p, lens = make(spec, T, B, I, H, lengths)
+    gen = torch.Generator().manual_seed(1)
+    y_shape = (T, B, H)
+    grads = [torch.randn(y_shape, generator=gen, dtype=torch.float64)] + \
+            [torch.randn(s.shape, generator=gen, dtype=torch.float64) for s in state]
+    exact = run(reference.run_layer, spec, x, state, p, lens, torch.float64, training, grads)
+    same = run(reference.run_layer, spec, x, state, p, lens, dtype, training, grads)
+    monkeypatch.setenv("FUSEDRNN_PERSISTENT", "require")
+    got = run(_ops.run_layer, spec, x, state, p, lens, dtype, training, grads)
+    atol = TOLERANCES[torch.float32][1] if dtype == torch.float32 else 0.0
+    keys = [k for k in exact if not (forward_only and k.startswith("d"))]
+    for k in keys:
+        err = (got[k] - exact[k]).abs().max().item()
+        ref_err = (same[k] - exact[k]).abs().max().item()
+        assert err <= 2 * ref_err + atol, (f"{k} {spec_id(spec)} {dtype}: persistent error {err:.3g} > 2 x "
+                                           f"same-precision reference error {ref_err:.3g} + {atol}")
+
+
+@pytest.mark.parametrize("spec", LSTM_SPECS, ids=spec_id)
+def test_persistent_cuda_fp32(monkeypatch, spec):
+    check(monkeypatch, spec, T=6, B=5, I=16, H=96, dtype=torch.float32, lengths=[6, 3, 5, 1, 6], training=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("spec", [CellSpec("lstm"), CellSpec("lstm", "peephole", "layer"),
+                                  CellSpec("lstm", "fgr", "batch"), CellSpec("lstm", "cifg", "layer_per_gate")],
+                         ids=spec_id)
+def test_persistent_cuda_half_forward(monkeypatch, spec, dtype):
+    check(monkeypatch, spec, T=8, B=4, I=32, H=128, dtype=dtype, lengths=None, training=True, forward_only=True)
+
+
+@pytest.mark.parametrize("spec", [CellSpec("lstm"), CellSpec("lstm", "vanilla", "layer"),
+                                  CellSpec("lstm", "vanilla", "batch")], ids=spec_id)
+def test_persistent_cuda_matches_per_step_large(monkeypatch, spec):
+    """A realistic shape, and h_{t-1} staged in batch chunks (shared-memory cap), vs the per-step path."""
+    T, B, I, H = 20, 48, 64, 512
+    x, state, p, lens = make(spec, T, B, I, H, None)
+    dev = "cuda"
+    args = (x.float().to(dev), tuple(s.float().to(dev) for s in state),
+            {k: v.float().to(dev) for k, v in p.items()})
+    monkeypatch.setenv("FUSEDRNN_PERSISTENT", "0")
+    y_step, fin_step = _ops.run_layer(spec, *args, training=False)
+    monkeypatch.setenv("FUSEDRNN_PERSISTENT", "require")
+    y_pers, fin_pers = _ops.run_layer(spec, *args, training=False)
+    assert_close(y_pers, y_step, msg=f"y {spec_id(spec)}")
+    for a, b in zip(fin_pers, fin_step):
+        assert_close(a, b, msg=f"final state {spec_id(spec)}")
+    monkeypatch.setenv("FUSEDRNN_PERSISTENT_SMEM", str(72 * 1024))
+    y_chunk, _ = _ops.run_layer(spec, *args, training=False)
+    assert_close(y_chunk, y_step, msg=f"y staged in chunks {spec_id(spec)}")
+
+
+def test_persistent_cuda_auto_and_fallback(monkeypatch):
+    spec = CellSpec("lstm")
+    x, state, p, _ = make(spec, 3, 2, 4, 32, None)
+    args = (x.cuda(), tuple(s.cuda() for s in state), {k: v.cuda() for k, v in p.items()})  # float64
+    monkeypatch.setenv("FUSEDRNN_PERSISTENT", "require")
+    with pytest.raises(RuntimeError, match="dtype Double runs per step"):
+        _ops.run_layer(spec, *args)
+    monkeypatch.setenv("FUSEDRNN_PERSISTENT", "1")  # float64 falls back to the per-step path
+    y, _ = _ops.run_layer(spec, *args)
+    assert_close(y, reference.run_layer(spec, *args)[0], msg="float64 fallback")
+    monkeypatch.setenv("FUSEDRNN_PERSISTENT", "auto")
+    argsf = (args[0].float(), tuple(s.float() for s in args[1]), {k: v.float() for k, v in args[2].items()})
+    y, _ = _ops.run_layer(spec, *argsf)
+    assert_close(y, reference.run_layer(spec, *argsf)[0], msg="auto")

@@ -1,0 +1,103 @@
+"""The persistent LSTM forward kernel (csrc/cuda/persistent.cuh) executed on the CPU.
+
+tests/simt/persistent_ops.cpp builds the CUDA backend's host code (csrc/cuda/rnn_cuda.cu) with
+g++ under the SIMT emulator; FUSEDRNN_PERSISTENT=require makes lstm_fwd run the persistent
+kernel (a cooperative grid of 3 emulated CTAs x 64 threads, grid syncs and all) or fail, so
+every comparison below is of the persistent forward (followed by the per-step backward and
+bn_update_ on its saved tensors) with fusedrnn.reference, forward and backward.
+Sizes are tiny on purpose: H = 8 splits as 3 + 3 + 2 units over the 3 CTAs.
+"""
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from fusedrnn.spec import LSTM_VARIANTS, NORMS, CellSpec
+from conftest import spec_id
+from test_cuda_emulated import make_case
+from test_cuda_emulated_ops import check_ops
+
+ROOT = Path(__file__).resolve().parents[1]
+LSTM_SPECS = [CellSpec("lstm", v, n) for v in LSTM_VARIANTS for n in NORMS]
+
+pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="no g++ on PATH to build the emulated ops")
+
+
+@pytest.fixture(scope="module")
+def ops(tmp_path_factory):
+    from torch.utils.cpp_extension import load
+    build = tmp_path_factory.mktemp("persistent_ops")
+    os.environ.setdefault("MAX_JOBS", "2")
+    load(name="fusedrnn_persistent_ops", sources=[str(ROOT / "tests" / "simt" / "persistent_ops.cpp")],
+         extra_include_paths=[str(ROOT / "csrc" / "include")],
+         extra_cflags=["-std=c++20", "-O1", "-g0", "-pthread"], extra_ldflags=["-pthread"],
+         build_directory=str(build), is_python_module=False, verbose=False)
+    return torch.ops.fusedrnn_persistent_emulated
+
+
+@pytest.fixture
+def persistent(monkeypatch):
+    """Forces the persistent kernel (an error if it cannot run)."""
+    monkeypatch.setenv("FUSEDRNN_PERSISTENT", "require")
+    monkeypatch.delenv("FUSEDRNN_PERSISTENT_SMEM", raising=False)
+    return monkeypatch
+
+
+@pytest.mark.parametrize("spec", LSTM_SPECS, ids=spec_id)
+def test_persistent_matches_reference_fp64(ops, persistent, spec):
+    check_ops(ops, spec, T=4, B=3, I=4, H=8, dtype=torch.float64, lengths=[4, 1, 3], training=True)
+
+
+@pytest.mark.parametrize("spec", [CellSpec("lstm"), CellSpec("lstm", "peephole", "layer"),
+                                  CellSpec("lstm", "fgr", "batch"), CellSpec("lstm", "cifg", "layer_per_gate"),
+                                  CellSpec("lstm", "noaf", "batch"), CellSpec("lstm", "nig", "layer")], ids=spec_id)
+def test_persistent_fp32_full_lengths(ops, persistent, spec):
+    # Batch norm in eval mode here: training-mode statistics over B = 3 rows are too ill-conditioned
+    # for float32 (the per-step path misses the float32 tolerance on them too); fp64 covers training.
+    check_ops(ops, spec, T=3, B=3, I=3, H=16, dtype=torch.float32, lengths=None, training=spec.norm != "batch")
+
+
+@pytest.mark.parametrize("spec", [CellSpec("lstm", "vanilla", "batch", max_bn_steps=2),
+                                  CellSpec("lstm", "fgr", "batch", max_bn_steps=2)], ids=spec_id)
+def test_persistent_batchnorm_eval_and_late_steps(ops, persistent, spec):
+    check_ops(ops, spec, T=4, B=3, I=3, H=8, dtype=torch.float64, lengths=None, training=False, t0=1)
+    check_ops(ops, spec, T=4, B=3, I=3, H=8, dtype=torch.float64, lengths=[4, 2, 3], training=True, t0=1)
+
+
+@pytest.mark.parametrize("spec", [CellSpec("lstm", "peephole", "layer"), CellSpec("lstm", "fgr", "none")],
+                         ids=spec_id)
+def test_persistent_staged_in_batch_chunks(ops, persistent, spec):
+    """A shared-memory cap that leaves room for one batch row of h_{t-1} at a time."""
+    # fp64, H = 8, B = 5, 3 CTAs of U = 3 units, 2 warps (persist_smem): peephole-layer needs
+    # 10120 bytes with 1 staged row and 10376 with all 5, FGR 12160 + 256 per staged row; these
+    # caps leave room for 2 rows, so h_{t-1} is staged in chunks of 2, 2, 1 rows.
+    persistent.setenv("FUSEDRNN_PERSISTENT_SMEM", "12500" if spec.full_gate_recurrence else "10200")
+    check_ops(ops, spec, T=3, B=5, I=3, H=8, dtype=torch.float64, lengths=[3, 1, 2, 3, 2], training=True)
+
+
+def test_persistent_odd_sizes(ops, persistent):
+    """H smaller than the grid (2 CTAs of one unit), B = 1, T = 1; and H = 1."""
+    check_ops(ops, CellSpec("lstm", "peephole", "layer"), T=1, B=1, I=2, H=2, dtype=torch.float64,
+              lengths=None, training=True)
+    check_ops(ops, CellSpec("lstm", "vanilla", "batch"), T=2, B=2, I=2, H=1, dtype=torch.float64,
+              lengths=None, training=True)
+
+
+def test_persistent_require_says_why_and_force_falls_back(ops, monkeypatch):
+    spec = CellSpec("lstm", "vanilla", "none")
+    x, state, p, _ = make_case(spec, 2, 2, 3, 8, torch.float64, None)
+    args = (x, None, state[0], state[1], None, p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"], *([None] * 14), 0, 0,
+            False, 0, 1e-5)
+    monkeypatch.setenv("FUSEDRNN_PERSISTENT_SMEM", "64")
+    monkeypatch.setenv("FUSEDRNN_PERSISTENT", "require")
+    with pytest.raises(RuntimeError, match="persistent kernel cannot run: the weight slice does not fit"):
+        ops.lstm_fwd(*args)
+    monkeypatch.setenv("FUSEDRNN_PERSISTENT", "1")  # forced but does not fit: per-step, same answer
+    y_force = ops.lstm_fwd(*args)[0]
+    monkeypatch.setenv("FUSEDRNN_PERSISTENT", "0")
+    torch.testing.assert_close(y_force, ops.lstm_fwd(*args)[0], rtol=0, atol=0)
+    monkeypatch.setenv("FUSEDRNN_PERSISTENT", "sometimes")
+    with pytest.raises(RuntimeError, match="FUSEDRNN_PERSISTENT must be"):
+        ops.lstm_fwd(*args)
