@@ -215,6 +215,7 @@ class NNCandidate(Candidate):
             m = cls(I, H, dtype=w.dtype, device=w.device)
         if spec == base_spec:
             m.load_state_dict(w.module.state_dict())
+        m.flatten_parameters()  # cuDNN wants the weights in one buffer (else it compacts them every call)
         return _module_runner(m)
 
     @staticmethod
