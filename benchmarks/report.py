@@ -57,6 +57,7 @@ class Notes:
 
 
 def _table(header, rows):
+    rows = [[str(c).replace("|", "/") for c in r] for r in rows]  # a "|" would split a Markdown cell
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)] if rows else [len(h) for h in header]
     fmt = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     return [fmt(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [fmt(r) for r in rows]
@@ -121,7 +122,7 @@ def detail_tables(rows, labels):
         out.append(f"#### {mode}, {dtype}, {shape} (T={r0['T']}, B={r0['B']}, I={r0['I']}, H={r0['H']})")
         out.append("")
         header = ["cell", "candidate", "median ms", "IQR ms", "n", "x nn", "x ref", "x compile", "x floor",
-                  "1st call s", "peak MiB", "max|diff| vs ref"]
+                  "1st call s", "peak MiB", "max abs diff vs ref"]
         table = []
         for r in grp:
             if r["status"] != "ok":

@@ -163,3 +163,16 @@ def test_compile_candidate_matches_reference():
     with torch.no_grad():
         y_ref = w.module(w.x)[0]
     assert_close(fn(), y_ref)
+
+
+def test_cli_runs_without_tqdm_and_matplotlib(tmp_path, monkeypatch, capsys):
+    """The GPU machine may lack the optional packages: progress falls back to lines, the plot is skipped."""
+    from benchmarks.cli import main
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # makes `import tqdm` raise ImportError
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    res = main(["--suite", "tiny", "--device", "cpu", "--repeats", "1", "--warmup", "1", "--candidates",
+                "nn,floor", "--no-memory", "--modes", "fwd", "--out", str(tmp_path)])
+    assert res["plots"] == [] and res["meta"]["plot"].startswith("not drawn:")
+    assert "tqdm not installed" in capsys.readouterr().err
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert len(data["results"]) == 2 * 4 * 2 and all(r["status"] == "ok" for r in data["results"])
