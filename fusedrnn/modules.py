@@ -446,7 +446,9 @@ class _CellBase(nn.Module):
             raise ValueError(f"{name}: batch norm in training needs more than 1 sample, got batch size 1")
         params = {r: getattr(self, n) for r, n in self._roles.items()}
         run_layer, self.last_backend = _layer_runner(self.backend, x, self.spec)
-        _, new = run_layer(self.spec, x.unsqueeze(0), state, params, training=self.training, t0=bn_step)
+        # steps beyond the last slot share it; clamping keeps t0 small for the kernels' int arithmetic
+        t0 = min(bn_step, self.spec.max_bn_steps - 1)
+        _, new = run_layer(self.spec, x.unsqueeze(0), state, params, training=self.training, t0=t0)
         if not batched:
             new = tuple(s.squeeze(0) for s in new)
         return new[0] if len(new) == 1 else new

@@ -372,6 +372,20 @@ def test_projection_with_the_default_backend_runs():
             fusedrnn.LSTM(3, 5, proj_size=2, backend="cpu", dtype=F64)(x)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_huge_bn_step_uses_the_last_slot(training, backend):
+    """bn_step far beyond max_bn_steps (2**31 once overflowed the kernels' int t0 and crashed the
+    process with a segfault) selects the last slot like any step >= max_bn_steps - 1."""
+    cell = fusedrnn.LSTMCell(3, 4, norm="batch", max_bn_steps=3, backend=backend, dtype=F64).train(training)
+    randomize(cell, 2)
+    x = x64(2, 3)
+    expected = cell(x, bn_step=2)
+    for step in (2 ** 31 - 1, 2 ** 31, 2 ** 32 + 1, 2 ** 63 - 1):
+        for u, v in zip(cell(x, bn_step=step), expected):
+            assert_close(u, v)
+
+
 def test_half_precision_on_cpu_is_clear():
     """float16 on CPU: the reference computes in float16 (as torch.nn does); the CPU kernels take
     float32/float64 only and say so rather than miscomputing."""
