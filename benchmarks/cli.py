@@ -126,6 +126,10 @@ def plan(args, device):
 
 
 def git_commit():
+    """HEAD of the checkout (+ whether fusedrnn/csrc/benchmarks have uncommitted changes); outside a
+    checkout (e.g. a copied tree on a GPU machine) the FUSEDRNN_COMMIT environment variable, if set."""
+    if os.environ.get("FUSEDRNN_COMMIT"):
+        return os.environ["FUSEDRNN_COMMIT"] + " (from FUSEDRNN_COMMIT)"
     try:
         sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO, capture_output=True,
                              text=True, timeout=10)

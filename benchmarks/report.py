@@ -214,6 +214,7 @@ def write_plots(out_dir, meta, rows, labels):
                 ax.set_xticks(xs)
                 ax.set_xticklabels([str(v) for v in xs])
                 ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+                ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
                 ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
                 ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
                 ax.set_xlabel(axis + (" (I = H)" if axis == "H" and pts and pts[0]["I"] == pts[0]["H"] else ""))
