@@ -335,7 +335,8 @@ def run(args) -> dict:
     report.write_csv(paths["csv"], rows)
     report.write_markdown(paths["md"], meta, rows, labels)
     print("\n".join(["# fusedrnn benchmark", ""] + report.meta_lines(meta) + [""]
-                    + report.summary_tables(rows, labels)))
+                    + report.summary_tables(rows, labels) + ["Speed targets (forward+backward):"]
+                    + report.target_lines(rows, device.type)))
     plots = []
     if not args.no_plot:
         try:

@@ -150,8 +150,44 @@ def meta_lines(meta):
     return [f"- {k}: {meta[k]}" for k in keys if k in meta]
 
 
+# The speed targets of issue 3 (CPU) and issue 5 (GPU), on forward+backward:
+# (cells, ratio field, bound, description, extra condition on the row)
+TARGETS = {
+    "cpu": [(("vanilla",), "vs_nn", 1.0, "fused <= torch.nn.LSTM", None),
+            (("ln", "bn"), "vs_nn", 1.2, "fused <= 1.2x torch.nn.LSTM (plain)", None),
+            (tuple(CELLS), "vs_reference", 1 / 1.5, "fused >= 1.5x faster than eager reference", None),
+            (tuple(CELLS), "vs_compile", 1.0, "fused faster than torch.compile(step)", None)],
+    "cuda": [(("vanilla",), "vs_nn", 1.0, "fused <= cuDNN LSTM", None),
+             (("vanilla",), "vs_nn", 0.5, "fused >= 2x faster than cuDNN at B <= 16", lambda r: r["B"] <= 16),
+             (("ln", "bn"), "vs_nn", 1.3, "fused <= 1.3x cuDNN LSTM (plain)", None),
+             (("ln", "bn"), "vs_reference", 0.1, "fused >= 10x faster than eager reference", None)],
+}
+
+
+def target_lines(rows, device: str):
+    """Met / missed per speed target (issues 3 and 5), from the fused rows of forward+backward."""
+    out = []
+    fused = [r for r in rows if r["candidate"] == "fused" and r["mode"] == "fwdbwd" and r["status"] == "ok"]
+    if not fused:
+        return ["No fusedrnn rows were measured: no speed target can be checked.", ""]
+    for cells, field, bound, text, cond in TARGETS.get(device, []):
+        pts = [r for r in fused if r["cell"] in cells and r[field] is not None and (cond is None or cond(r))]
+        if not pts:
+            continue
+        missed = [r for r in pts if r[field] > bound]
+        line = f"- {text}: met on {len(pts) - len(missed)} of {len(pts)} (cell, shape, dtype) points"
+        if missed:
+            worst = sorted(missed, key=lambda r: -r[field])[:6]
+            line += "; missed: " + ", ".join(f"{r['cell']} {r['shape']} {r['dtype']} {r[field]:.2f}x" for r in worst)
+            line += " ..." if len(missed) > 6 else ""
+        out.append(line)
+    return out + [""]
+
+
 def write_markdown(path, meta, rows, labels):
-    lines = ["# fusedrnn benchmark", ""] + meta_lines(meta) + ["", "## Summary", ""]
+    lines = ["# fusedrnn benchmark", ""] + meta_lines(meta) + ["", "## Speed targets (forward+backward)", ""]
+    lines += target_lines(rows, meta.get("device", ""))
+    lines += ["## Summary", ""]
     lines += summary_tables(rows, labels)
     lines += ["## Details", ""] + detail_tables(rows, labels)
     with open(path, "w") as f:
