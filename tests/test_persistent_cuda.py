@@ -1,11 +1,11 @@
-"""The persistent LSTM forward on a real GPU (pytest -m cuda; skipped without one).
+"""The persistent LSTM kernels on a real GPU (pytest -m cuda; skipped without one).
 
-FUSEDRNN_PERSISTENT=require makes fusedrnn::lstm_fwd run the persistent kernel or raise, so
-these tests cover the GPU build of csrc/cuda/persistent.cuh (cooperative launch, one CTA per SM,
-grid syncs, shared-memory staging) that the emulated tests cover on the CPU. Criterion: the
+FUSEDRNN_PERSISTENT=require makes fusedrnn::lstm_fwd and lstm_bwd run the persistent kernels or
+raise, so these tests cover the GPU build of csrc/cuda/persistent.cuh and persistent_bwd.cuh
+(cooperative launch, one CTA per SM, grid syncs, shared-memory staging) that the emulated tests
+cover on the CPU. Criterion: the
 kernel's error against the float64 reference is at most twice that of the same-precision
 reference (STYLE.md, half types), plus the float32 absolute tolerance of the table for float32.
-The backward is the per-step backward on the persistent forward's saved tensors.
 """
 import pytest
 import torch
@@ -85,22 +85,21 @@ def test_persistent_cuda_half_forward(monkeypatch, spec, dtype):
 @pytest.mark.parametrize("spec", [CellSpec("lstm"), CellSpec("lstm", "vanilla", "layer"),
                                   CellSpec("lstm", "vanilla", "batch")], ids=spec_id)
 def test_persistent_cuda_matches_per_step_large(monkeypatch, spec):
-    """A realistic shape, and h_{t-1} staged in batch chunks (shared-memory cap), vs the per-step path."""
+    """A realistic shape, forward and backward, also with rows staged in chunks, vs the per-step path."""
     T, B, I, H = 20, 48, 64, 512
     x, state, p, lens = make(spec, T, B, I, H, None)
-    dev = "cuda"
-    args = (x.float().to(dev), tuple(s.float().to(dev) for s in state),
-            {k: v.float().to(dev) for k, v in p.items()})
+    gen = torch.Generator().manual_seed(1)
+    grads = [torch.randn(T, B, H, generator=gen, dtype=torch.float64)] + \
+            [torch.randn(s.shape, generator=gen, dtype=torch.float64) for s in state]
     monkeypatch.setenv("FUSEDRNN_PERSISTENT", "0")
-    y_step, fin_step = _ops.run_layer(spec, *args, training=False)
+    step = run(_ops.run_layer, spec, x, state, p, lens, torch.float32, False, grads)
     monkeypatch.setenv("FUSEDRNN_PERSISTENT", "require")
-    y_pers, fin_pers = _ops.run_layer(spec, *args, training=False)
-    assert_close(y_pers, y_step, msg=f"y {spec_id(spec)}")
-    for a, b in zip(fin_pers, fin_step):
-        assert_close(a, b, msg=f"final state {spec_id(spec)}")
-    monkeypatch.setenv("FUSEDRNN_PERSISTENT_SMEM", str(72 * 1024))
-    y_chunk, _ = _ops.run_layer(spec, *args, training=False)
-    assert_close(y_chunk, y_step, msg=f"y staged in chunks {spec_id(spec)}")
+    for chunk in (None, "16"):
+        if chunk:
+            monkeypatch.setenv("FUSEDRNN_PERSISTENT_CHUNK", chunk)
+        pers = run(_ops.run_layer, spec, x, state, p, lens, torch.float32, False, grads)
+        for k in step:
+            assert_close(pers[k], step[k], dtype=torch.float32, msg=f"{k} {spec_id(spec)} chunk={chunk}")
 
 
 def test_persistent_cuda_auto_and_fallback(monkeypatch):

@@ -1,10 +1,10 @@
-"""The persistent LSTM forward kernel (csrc/cuda/persistent.cuh) executed on the CPU.
+"""The persistent LSTM kernels (csrc/cuda/persistent.cuh, persistent_bwd.cuh) executed on the CPU.
 
 tests/simt/persistent_ops.cpp builds the CUDA backend's host code (csrc/cuda/rnn_cuda.cu) with
-g++ under the SIMT emulator; FUSEDRNN_PERSISTENT=require makes lstm_fwd run the persistent
-kernel (a cooperative grid of 3 emulated CTAs x 64 threads, grid syncs and all) or fail, so
-every comparison below is of the persistent forward (followed by the per-step backward and
-bn_update_ on its saved tensors) with fusedrnn.reference, forward and backward.
+g++ under the SIMT emulator; FUSEDRNN_PERSISTENT=require makes lstm_fwd and lstm_bwd run the
+persistent kernels (a cooperative grid of 3 emulated CTAs x 64 threads, grid syncs and all) or
+fail, so every comparison below is of the persistent forward and backward (with bn_update_ on
+the forward's statistics) with fusedrnn.reference.
 Sizes are tiny on purpose: H = 8 splits as 3 + 3 + 2 units over the 3 CTAs.
 """
 import os
@@ -42,6 +42,7 @@ def persistent(monkeypatch):
     """Forces the persistent kernel (an error if it cannot run)."""
     monkeypatch.setenv("FUSEDRNN_PERSISTENT", "require")
     monkeypatch.delenv("FUSEDRNN_PERSISTENT_SMEM", raising=False)
+    monkeypatch.delenv("FUSEDRNN_PERSISTENT_CHUNK", raising=False)
     return monkeypatch
 
 
@@ -69,11 +70,8 @@ def test_persistent_batchnorm_eval_and_late_steps(ops, persistent, spec):
 @pytest.mark.parametrize("spec", [CellSpec("lstm", "peephole", "layer"), CellSpec("lstm", "fgr", "none")],
                          ids=spec_id)
 def test_persistent_staged_in_batch_chunks(ops, persistent, spec):
-    """A shared-memory cap that leaves room for one batch row of h_{t-1} at a time."""
-    # fp64, H = 8, B = 5, 3 CTAs of U = 3 units, 2 warps (persist_smem): peephole-layer needs
-    # 10120 bytes with 1 staged row and 10376 with all 5, FGR 12160 + 256 per staged row; these
-    # caps leave room for 2 rows, so h_{t-1} is staged in chunks of 2, 2, 1 rows.
-    persistent.setenv("FUSEDRNN_PERSISTENT_SMEM", "12500" if spec.full_gate_recurrence else "10200")
+    """h_{t-1} (forward) and dhw_t (backward) staged 2 batch rows at a time: chunks of 2, 2, 1 rows."""
+    persistent.setenv("FUSEDRNN_PERSISTENT_CHUNK", "2")
     check_ops(ops, spec, T=3, B=5, I=3, H=8, dtype=torch.float64, lengths=[3, 1, 2, 3, 2], training=True)
 
 
@@ -101,3 +99,18 @@ def test_persistent_require_says_why_and_force_falls_back(ops, monkeypatch):
     monkeypatch.setenv("FUSEDRNN_PERSISTENT", "sometimes")
     with pytest.raises(RuntimeError, match="FUSEDRNN_PERSISTENT must be"):
         ops.lstm_fwd(*args)
+
+
+def test_persistent_backward_is_persistent(ops, monkeypatch):
+    """fp64, H = 8, B = 3, U = 3 (persist_smem / persist_bwd_smem): the forward needs 9768 bytes, the
+    backward at least 10192; a 10000-byte cap runs the forward persistently and makes require fail
+    in the backward, so the backward of the tests above is the persistent kernel."""
+    spec = CellSpec("lstm", "vanilla", "none")
+    x, state, p, _ = make_case(spec, 2, 3, 3, 8, torch.float64, None)
+    args = (x, None, state[0], state[1], None, p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"], *([None] * 8))
+    monkeypatch.setenv("FUSEDRNN_PERSISTENT", "require")
+    monkeypatch.setenv("FUSEDRNN_PERSISTENT_SMEM", "10000")
+    out = ops.lstm_fwd(*args, *([None] * 6), 0, 0, False, 0, 1e-5)
+    g = torch.ones_like(out[0]), torch.ones_like(out[1]), torch.ones_like(out[2]), x.new_zeros(0)
+    with pytest.raises(RuntimeError, match=r"lstm_bwd \(CUDA, persistent\): FUSEDRNN_PERSISTENT=require"):
+        ops.lstm_bwd(*g, *args, out[0], *out[4:9], 0, 0, False, 1e-5)

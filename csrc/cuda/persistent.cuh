@@ -55,7 +55,8 @@ struct PersistentLstmFwd {
   T* xw;                     // [T, B, GH] x W_ih^T; layer_per_gate: overwritten with xw + hw
   T* hw;                     // [T, B, GH] h_{t-1} W_hh^T saved (layer, batch) or null
   T *hbuf, *abuf;            // [2, B, H], [2, B, 3H]: h_t, a_t of step t in slot t % 2
-  T *y, *acts, *cs, *stats;  // as lstm_fwd's outputs (pointwise.cuh)
+  T *y, *acts, *cs;          // as lstm_fwd's outputs (pointwise.cuh)
+  typename AccOf<T>::type* stats;  // lstm_fwd's statistics, in the accumulation type
   typename AccOf<T>::type* part;  // [CTAs, B, 2 * (NQ + 1)] partial row statistics (layer norms)
 };
 
@@ -207,7 +208,7 @@ __global__ void __launch_bounds__(256) persistent_lstm_fwd_kernel(PersistentLstm
     T* a_next = fl.fgr ? p.abuf + long(t & 1) * B * 3 * H : nullptr;
     const T* xw = p.xw + long(t) * B * GH;
     T* xw_out = p.xw + long(t) * B * GH;
-    T* st = p.stats ? p.stats + long(t) * (NORM == kNormBatch ? 2L * (2 * GH + H)
+    A* st = p.stats ? p.stats + long(t) * (NORM == kNormBatch ? 2L * (2 * GH + H)
                                                                 : long(B) * (NORM == kNormLayer ? 6 : 2 * G + 2))
                     : nullptr;
     const int slot = p.t0 + t < p.slots - 1 ? p.t0 + t : p.slots - 1;
@@ -277,8 +278,8 @@ __global__ void __launch_bounds__(256) persistent_lstm_fwd_kernel(PersistentLstm
           m_ih = A(p.rm_ih[long(slot) * GH + col]); v_ih = A(p.rv_ih[long(slot) * GH + col]);
           m_hh = A(p.rm_hh[long(slot) * GH + col]); v_hh = A(p.rv_hh[long(slot) * GH + col]);
         }
-        st[col] = T(m_ih); st[NB + col] = T(v_ih);
-        st[GH + col] = T(m_hh); st[NB + GH + col] = T(v_hh);
+        st[col] = m_ih; st[NB + col] = v_ih;
+        st[GH + col] = m_hh; st[NB + GH + col] = v_hh;
         cols_s[r] = m_ih; cols_s[G * U + r] = A(1) / sqrt(v_ih + eps);
         cols_s[2 * G * U + r] = m_hh; cols_s[3 * G * U + r] = A(1) / sqrt(v_hh + eps);
       }
@@ -352,10 +353,10 @@ __global__ void __launch_bounds__(256) persistent_lstm_fwd_kernel(PersistentLstm
         A* rs = &rows_s[(b * (NQ + 1) + NQ) * 2];
         persist_merge<A>(p.part, B, PW, b, NQ, count_units, eps, &rs[0], &rs[1]);
         if (blockIdx.x == 0) {  // the row statistics record of the step
-          T* sb = st + long(b) * (NORM == kNormLayer ? 6 : 2 * G + 2);
+          A* sb = st + long(b) * (NORM == kNormLayer ? 6 : 2 * G + 2);
           for (int q = 0; q <= NQ; ++q) {
-            sb[2 * q] = T(rows_s[(b * (NQ + 1) + q) * 2]);
-            sb[2 * q + 1] = T(rows_s[(b * (NQ + 1) + q) * 2 + 1]);
+            sb[2 * q] = rows_s[(b * (NQ + 1) + q) * 2];
+            sb[2 * q + 1] = rows_s[(b * (NQ + 1) + q) * 2 + 1];
           }
         }
       }
@@ -379,8 +380,8 @@ __global__ void __launch_bounds__(256) persistent_lstm_fwd_kernel(PersistentLstm
           mc = A(p.rm_cell[long(slot) * H + j]);
           vc = A(p.rv_cell[long(slot) * H + j]);
         }
-        st[2L * GH + j] = T(mc);
-        st[NB + 2L * GH + j] = T(vc);
+        st[2L * GH + j] = mc;
+        st[NB + 2L * GH + j] = vc;
         cols_s[4 * G * U + jj] = mc;
         cols_s[4 * G * U + U + jj] = A(1) / sqrt(vc + eps);
       }

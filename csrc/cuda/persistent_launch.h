@@ -8,8 +8,9 @@
 //   FUSEDRNN_PERSISTENT=auto         the heuristic below
 //   FUSEDRNN_PERSISTENT=1            persistent whenever it fits, else per-step (never fails)
 //   FUSEDRNN_PERSISTENT=require      persistent or a RuntimeError saying why not (tests, benchmarks)
-//   FUSEDRNN_PERSISTENT_SMEM=<bytes> caps the shared memory the plan may use (tests: forces
-//                                    h_{t-1} to be staged in several batch chunks)
+//   FUSEDRNN_PERSISTENT_SMEM=<bytes> caps the shared memory the plan may use (tests)
+//   FUSEDRNN_PERSISTENT_CHUNK=<rows> caps the batch rows of h_{t-1} (forward) / dhw_t (backward)
+//                                    staged in shared memory at once (tests: forces several chunks)
 // Heuristic (auto): persistent when the dtype is float32/float16/bfloat16 (float64 always runs
 // per step), the device supports cooperative launches, the W_hh slice of U = ceil(H / SMs)
 // units (G * U rows of H, fp32) plus the staged h fit in the opt-in shared memory of one SM,
@@ -21,6 +22,7 @@
 #include <string>
 
 #include "persistent.cuh"
+#include "persistent_bwd.cuh"
 
 namespace fusedrnn {
 namespace cuda {
@@ -76,10 +78,35 @@ constexpr int kPersistThreads = 64;
 constexpr int kPersistThreads = 256;
 #endif
 
-template <typename T_, int NORM>
-bool persist_launch(const PersistentLstmFwd<T_>& p, const PersistPlan& plan, cudaStream_t stream,
-                    std::string* why) {
-  auto kernel = persistent_lstm_fwd_kernel<T_, NORM>;
+// Applies FUSEDRNN_PERSISTENT_CHUNK to a plan that fits (fewer staged rows need less shared memory).
+inline void persist_cap_chunk(PersistPlan* plan) {
+  if (const char* cap = std::getenv("FUSEDRNN_PERSISTENT_CHUNK")) {
+    const int c = std::atoi(cap);
+    TORCH_CHECK(c > 0, "FUSEDRNN_PERSISTENT_CHUNK must be a positive number of rows, got '", cap, "'");
+    if (plan->fits) plan->chunk = std::min(plan->chunk, c);
+  }
+}
+
+// Whether the selected mode and the plan allow the persistent kernel; `require` turns a no into an error.
+inline bool persist_selected(const char* op, PersistMode mode, const PersistDevice& dev, const PersistPlan& plan,
+                             at::ScalarType dt, int64_t T, int64_t B, int64_t H, std::string* why) {
+#if defined(FUSEDRNN_EMULATED)
+  const bool dtype_ok = dt == at::kFloat || dt == at::kDouble;
+#else
+  const bool dtype_ok = dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16;
+#endif
+  if (!dtype_ok) *why = std::string("dtype ") + c10::toString(dt) + " runs per step";
+  else if (!dev.cooperative) *why = "the device has no cooperative launch";
+  else if (!plan.fits) *why = plan.why;
+  else if (mode == PersistMode::kAuto && B > kPersistMaxAutoBatch) *why = "batch above the auto threshold";
+  TORCH_CHECK(why->empty() || mode != PersistMode::kRequire, op,
+              ": FUSEDRNN_PERSISTENT=require but the persistent kernel cannot run: ", *why, " (T=", T, ", B=", B,
+              ", H=", H, ", dtype ", dt, ")");
+  return why->empty();
+}
+
+template <typename Params, typename Kernel>
+bool persist_launch(Kernel kernel, const Params& p, const PersistPlan& plan, cudaStream_t stream, std::string* why) {
 #if !defined(FUSEDRNN_EMULATED)
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(plan.smem_bytes)));
   int per_sm = 0;
@@ -123,25 +150,12 @@ inline bool persistent_lstm_fwd(const at::Tensor& x, const int64_t* lengths, con
   const LstmFlags fl = lstm_flags(int(variant));
   const int64_t T = x.size(0), B = x.size(1), H = w_hh.size(1), G = fl.num_gates;
   const auto dt = x.scalar_type();
-  std::string why;
-#if defined(FUSEDRNN_EMULATED)
-  const bool dtype_ok = dt == at::kFloat || dt == at::kDouble;
-#else
-  const bool dtype_ok = dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16;
-#endif
   const PersistDevice dev = persist_device();
-  const int acc_bytes = dt == at::kDouble ? 8 : 4;
-  const PersistPlan plan = persist_plan(int(norm), fl.fgr, int(G), int(H), int(B), dev.sms, dev.smem_max,
-                                        kPersistThreads, acc_bytes);
-  if (!dtype_ok) why = std::string("dtype ") + c10::toString(dt) + " runs per step";
-  else if (!dev.cooperative) why = "the device has no cooperative launch";
-  else if (!plan.fits) why = plan.why;
-  else if (mode == PersistMode::kAuto && B > kPersistMaxAutoBatch) why = "batch above the auto threshold";
-  if (!why.empty()) {
-    TORCH_CHECK(mode != PersistMode::kRequire, op, ": FUSEDRNN_PERSISTENT=require but the persistent kernel cannot run: ",
-                why, " (T=", T, ", B=", B, ", H=", H, ", dtype ", dt, ")");
-    return false;
-  }
+  PersistPlan plan = persist_plan(int(norm), fl.fgr, int(G), int(H), int(B), dev.sms, dev.smem_max,
+                                  kPersistThreads, dt == at::kDouble ? 8 : 4);
+  persist_cap_chunk(&plan);
+  std::string why;
+  if (!persist_selected(op, mode, dev, plan, dt, T, B, H, &why)) return false;
   auto opts = x.options();
   const bool row_norm = norm == kNormLayer || norm == kNormLayerPerGate;
   const int64_t nq = norm == kNormLayer ? 2 : norm == kNormLayerPerGate ? G : 0;
@@ -170,14 +184,14 @@ inline bool persistent_lstm_fwd(const at::Tensor& x, const int64_t* lengths, con
     p.hw = (norm == kNormLayer || norm == kNormBatch) ? hw.data_ptr<T_>() : nullptr;
     p.hbuf = hbuf.data_ptr<T_>(); p.abuf = fl.fgr ? abuf.data_ptr<T_>() : nullptr;
     p.y = y.data_ptr<T_>(); p.acts = acts.data_ptr<T_>(); p.cs = cs.data_ptr<T_>();
-    p.stats = norm == kNormNone ? nullptr : stats.data_ptr<T_>();
+    p.stats = norm == kNormNone ? nullptr : stats.data_ptr<typename AccOf<T_>::type>();
     p.part = part.data_ptr<typename AccOf<T_>::type>();
     const cudaStream_t stream = FUSEDRNN_STREAM();
     switch (norm) {
-      case kNormLayer: launched = persist_launch<T_, kNormLayer>(p, plan, stream, &why); break;
-      case kNormLayerPerGate: launched = persist_launch<T_, kNormLayerPerGate>(p, plan, stream, &why); break;
-      case kNormBatch: launched = persist_launch<T_, kNormBatch>(p, plan, stream, &why); break;
-      default: launched = persist_launch<T_, kNormNone>(p, plan, stream, &why); break;
+      case kNormLayer: launched = persist_launch(persistent_lstm_fwd_kernel<T_, kNormLayer>, p, plan, stream, &why); break;
+      case kNormLayerPerGate: launched = persist_launch(persistent_lstm_fwd_kernel<T_, kNormLayerPerGate>, p, plan, stream, &why); break;
+      case kNormBatch: launched = persist_launch(persistent_lstm_fwd_kernel<T_, kNormBatch>, p, plan, stream, &why); break;
+      default: launched = persist_launch(persistent_lstm_fwd_kernel<T_, kNormNone>, p, plan, stream, &why); break;
     }
   });
   if (!launched) {
@@ -187,6 +201,78 @@ inline bool persistent_lstm_fwd(const at::Tensor& x, const int64_t* lengths, con
   }
   h_n.copy_(hbuf[(T - 1) & 1]);
   if (fl.fgr) a_n.copy_(abuf[(T - 1) & 1]);
+  return true;
+}
+
+// Runs lstm_bwd's reverse-time loop with the persistent kernel if selected and it fits; returns
+// false (nothing written) to let the caller run the per-step loop. Arguments as in rnn_cuda.cu's
+// lstm_bwd. Fills dpre, dxw, dhw (which may alias as there), accumulates into wgrad (zeroed by
+// the caller), writes dh (dh0, preallocated), da (da0, FGR) and sets dc to a new dc0.
+inline bool persistent_lstm_bwd(const at::Tensor& grad_y, const at::Tensor& grad_h_n, const at::Tensor& grad_c_n,
+                                const at::Tensor& grad_a_n, const int64_t* lengths, const at::Tensor& c0,
+                                const at::Tensor& w_hh, const c10::optional<at::Tensor>& w_fgr,
+                                const c10::optional<at::Tensor>& w_peep, const c10::optional<at::Tensor>& g_ih,
+                                const c10::optional<at::Tensor>& g_hh, const c10::optional<at::Tensor>& g_cell,
+                                const c10::optional<at::Tensor>& b_cell, const c10::optional<at::Tensor>& g_gates,
+                                const at::Tensor& acts, const at::Tensor& cs, const at::Tensor& xw,
+                                const at::Tensor& hw, const at::Tensor& stats, int64_t variant, int64_t norm,
+                                bool training, double eps, at::Tensor& dpre, at::Tensor& dxw, at::Tensor& dhw,
+                                at::Tensor& wgrad, at::Tensor& dh, at::Tensor& dc, at::Tensor& da) {
+  const PersistMode mode = persist_mode();
+  if (mode == PersistMode::kStep) return false;
+  const char* op = "fusedrnn::lstm_bwd (CUDA, persistent)";
+  const LstmFlags fl = lstm_flags(int(variant));
+  const int64_t T = grad_y.size(0), B = grad_y.size(1), H = w_hh.size(1), G = fl.num_gates;
+  const auto dt = grad_y.scalar_type();
+  const PersistDevice dev = persist_device();
+  PersistPlan plan = persist_bwd_plan(int(norm), fl.fgr, int(G), int(H), int(B), dev.sms, dev.smem_max,
+                                      kPersistThreads, dt == at::kDouble ? 8 : 4);
+  persist_cap_chunk(&plan);
+  std::string why;
+  if (!persist_selected(op, mode, dev, plan, dt, T, B, H, &why)) return false;
+  const bool row_norm = norm == kNormLayer || norm == kNormLayerPerGate;
+  const int64_t rw = norm == kNormLayer ? 6 : 2 + 2 * G;
+  at::Tensor part = at::empty({row_norm ? int64_t(plan.blocks) * B * rw : 1},
+                              grad_y.options().dtype(dt == at::kDouble ? at::kDouble : at::kFloat));
+  at::Tensor dc0 = at::empty_like(grad_c_n);
+  bool launched = false;
+  FUSEDRNN_DISPATCH(dt, "fusedrnn_lstm_bwd_persistent", [&] {
+    using T_ = scalar_t;
+    auto ptr = [](const c10::optional<at::Tensor>& t) -> const T_* {
+      return t.has_value() && t->defined() ? t->data_ptr<T_>() : nullptr;
+    };
+    const bool two = norm == kNormLayer || norm == kNormBatch;
+    PersistentLstmBwd<T_> p{};
+    p.steps = int(T); p.batch = int(B); p.hidden = int(H); p.variant = int(variant);
+    p.training = int(training); p.units = plan.units; p.chunk = plan.chunk; p.eps = eps; p.lengths = lengths;
+    p.c0 = c0.data_ptr<T_>(); p.w_hh = w_hh.data_ptr<T_>(); p.w_fgr = ptr(w_fgr); p.w_peep = ptr(w_peep);
+    p.g_ih = ptr(g_ih); p.g_hh = ptr(g_hh); p.g_cell = ptr(g_cell); p.b_cell = ptr(b_cell); p.g_gates = ptr(g_gates);
+    p.xw = norm != kNormNone ? xw.data_ptr<T_>() : nullptr;
+    p.hw = two ? hw.data_ptr<T_>() : nullptr;
+    p.acts = acts.data_ptr<T_>(); p.cs = cs.data_ptr<T_>();
+    p.stats = norm != kNormNone ? stats.data_ptr<typename AccOf<T_>::type>() : nullptr;
+    p.dy = grad_y.data_ptr<T_>(); p.dh_n = grad_h_n.data_ptr<T_>(); p.dc_n = grad_c_n.data_ptr<T_>();
+    p.da_n = fl.fgr ? grad_a_n.data_ptr<T_>() : nullptr;
+    p.dpre = dpre.data_ptr<T_>(); p.dxw = dxw.data_ptr<T_>(); p.dhw = dhw.data_ptr<T_>();
+    p.dh0 = dh.data_ptr<T_>(); p.dc0 = dc0.data_ptr<T_>(); p.da0 = fl.fgr ? da.data_ptr<T_>() : nullptr;
+    p.wgrad = wgrad.data_ptr<typename AccOf<T_>::type>();
+    p.part = part.data_ptr<typename AccOf<T_>::type>();
+    const cudaStream_t stream = FUSEDRNN_STREAM();
+    switch (norm) {
+      case kNormLayer: launched = persist_launch(persistent_lstm_bwd_kernel<T_, kNormLayer>, p, plan, stream, &why); break;
+      case kNormLayerPerGate:
+        launched = persist_launch(persistent_lstm_bwd_kernel<T_, kNormLayerPerGate>, p, plan, stream, &why);
+        break;
+      case kNormBatch: launched = persist_launch(persistent_lstm_bwd_kernel<T_, kNormBatch>, p, plan, stream, &why); break;
+      default: launched = persist_launch(persistent_lstm_bwd_kernel<T_, kNormNone>, p, plan, stream, &why); break;
+    }
+  });
+  if (!launched) {
+    TORCH_CHECK(mode != PersistMode::kRequire, op, ": FUSEDRNN_PERSISTENT=require but the persistent kernel cannot run: ",
+                why);
+    return false;
+  }
+  dc = dc0;
   return true;
 }
 
