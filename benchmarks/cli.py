@@ -334,6 +334,8 @@ def run(args) -> dict:
     report.write_json(paths["json"], meta, rows)  # tables first, plots last: a time limit loses only plots
     report.write_csv(paths["csv"], rows)
     report.write_markdown(paths["md"], meta, rows, labels)
+    if "interrupted" not in meta:
+        os.remove(partial)
     print("\n".join(["# fusedrnn benchmark", ""] + report.meta_lines(meta) + [""]
                     + report.summary_tables(rows, labels) + ["Speed targets (forward+backward):"]
                     + report.target_lines(rows, device.type)))
@@ -345,9 +347,6 @@ def run(args) -> dict:
             meta["plot"] = f"not drawn: {first_line(e)}"
         meta["plots"] = [os.path.basename(p) for p in plots]
         report.write_json(paths["json"], meta, rows)
-    if "interrupted" not in meta:
-        os.remove(partial)
-
     print(f"wall time {meta['wall_s']} s; wrote {', '.join(list(paths.values()) + plots)}")
     return {"meta": meta, "rows": rows, "paths": paths, "plots": plots, "out_dir": out_dir}
 
