@@ -444,11 +444,8 @@ NAN_SPECS = [CellSpec("lstm"), CellSpec("lstm", "peephole", "layer"), CellSpec("
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")], ids=["nan", "inf", "-inf"])
 @pytest.mark.parametrize("spec", NAN_SPECS, ids=spec_id)
-def test_nan_and_inf_propagate_as_in_the_reference(spec, value, training, backend, request):
-    if backend == "cpu" and spec.family == "rnn_relu" and value != float("inf"):
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "known CPU-kernel bug: csrc/include/fusedrnn/cell_math.h relu is `pre > 0 ? pre : 0`, "
-            "which maps NaN to 0; torch.relu (the reference) propagates NaN")))
+def test_nan_and_inf_propagate_as_in_the_reference(spec, value, training, backend):
+    """(Found: the CPU kernels' relu was `pre > 0 ? pre : 0`, which maps NaN to 0.)"""
     torch.manual_seed(0)
     ref = make(spec, 3, 4, "reference", num_layers=2).train(training)
     randomize(ref, 1)
