@@ -144,7 +144,8 @@ def git_commit():
 
 def device_name(device):
     if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
+        return (f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda}, "
+                f"cuDNN {torch.backends.cudnn.version()})")
     name = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
