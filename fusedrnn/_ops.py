@@ -136,6 +136,11 @@ def _no_double_backward_setup(ctx, inputs, output):
     pass
 
 
+def _stats_dtype(dtype):
+    """Normalization statistics are kept in float32 for float16/bfloat16 (CUDA kernels)."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 def _lstm_fwd_fake(x, lengths, h0, c0, a0, w_ih, w_hh, b_ih, b_hh, w_peep, w_fgr, g_ih, g_hh, g_cell, b_cell,
                    g_gates, b_gates, rm_ih, rv_ih, rm_hh, rv_hh, rm_cell, rv_cell, variant, norm, training, t0,
                    eps):
@@ -144,10 +149,11 @@ def _lstm_fwd_fake(x, lengths, h0, c0, a0, w_ih, w_hh, b_ih, b_hh, w_peep, w_fgr
     G = _NUM_GATES[variant]
     fgr = variant == _VARIANT["fgr"]
     empty = x.new_empty(0)
+    sd = _stats_dtype(x.dtype)
     stats = (empty if norm == 0 else
-             x.new_empty(T, B, 6) if norm == 1 else
-             x.new_empty(T, B, 2 * G + 2) if norm == 2 else
-             x.new_empty(T, 2, 2 * G * H + H))
+             x.new_empty(T, B, 6, dtype=sd) if norm == 1 else
+             x.new_empty(T, B, 2 * G + 2, dtype=sd) if norm == 2 else
+             x.new_empty(T, 2, 2 * G * H + H, dtype=sd))
     return (x.new_empty(T, B, H), x.new_empty(B, H), x.new_empty(B, H),
             x.new_empty(B, 3 * H) if fgr else x.new_empty(0), x.new_empty(T, B, G * H), x.new_empty(T, B, H),
             x.new_empty(T, B, G * H) if norm != 0 else x.new_empty(0),
@@ -192,7 +198,7 @@ def _gru_fwd_fake(x, lengths, h0, w_ih, w_hh, b_ih, b_hh, g_ih, g_hh, norm, eps)
     ln = norm == 1
     return (x.new_empty(T, B, H), x.new_empty(B, H), x.new_empty(T, B, 3 * H), x.new_empty(T, B, H),
             x.new_empty(T, B, 3 * H) if ln else x.new_empty(0), x.new_empty(T, B, 3 * H) if ln else x.new_empty(0),
-            x.new_empty(T, B, 4) if ln else x.new_empty(0))
+            x.new_empty(T, B, 4, dtype=_stats_dtype(x.dtype)) if ln else x.new_empty(0))
 
 
 def _gru_bwd_fake(grad_y, grad_h_n, x, lengths, h0, w_ih, w_hh, b_ih, b_hh, g_ih, g_hh, y, acts, hn, xw, hw,

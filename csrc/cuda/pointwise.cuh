@@ -37,7 +37,7 @@ struct StepDims {
   const int64_t* lengths;  // [B] or null: row b is active at step t iff t < lengths[b]
 };
 
-// LSTM forward step. Stats: layer [B, 6] = (mean, rstd) of xw, hw, c; layer_per_gate
+// LSTM forward step. Stats (type A, the accumulation type): layer [B, 6] = (mean, rstd) of xw, hw, c; layer_per_gate
 // [B, 2G + 2] = (mean, rstd) per gate of v = xw + hw, then of c; batch [2, 2GH + H] = batch
 // mean row, biased variance row, columns (xw | hw | c), the running slot's values in eval.
 template <typename T>
@@ -56,7 +56,7 @@ struct LstmStepFwd {
   T* y;                               // [B, H], zero at padded rows
   T* acts;                            // [B, GH] gate activations
   T* v_out;                           // [B, GH] xw + hw (layer_per_gate, for backward) or null
-  T* stats;
+  typename AccOf<T>::type* stats;  // statistics in the accumulation type (float for half types)
 };
 
 // LSTM backward step. dh/dc/da: gradients of the state after the step (carried from t + 1);
@@ -73,7 +73,8 @@ struct LstmStepBwd {
   const T *xw, *hw;           // [B, GH] raw projections (layer, batch) / v = xw + hw in xw (layer_per_gate)
   const T* w_peep;
   const T *g_ih, *g_hh, *g_cell, *b_cell, *g_gates, *b_gates;
-  const T *c_prev, *acts, *cs, *stats;  // forward values of step t (cs = c_t)
+  const T *c_prev, *acts, *cs;  // forward values of step t (cs = c_t)
+  const typename AccOf<T>::type* stats;
   const T *dy, *dh, *dc, *da;           // [B, H], [B, H], [B, H], [B, 3H] (FGR)
   T *dpre, *dxw, *dhw, *dh_direct, *dc_prev, *da_direct;
   typename AccOf<T>::type* wgrad;
@@ -85,12 +86,14 @@ template <typename T>
 struct GruStepFwd {
   StepDims d;
   const T *xw, *hw, *b_ih, *b_hh, *g_ih, *g_hh, *h_prev;
-  T *h_next, *y, *acts, *hn, *stats;
+  T *h_next, *y, *acts, *hn;
+  typename AccOf<T>::type* stats;
 };
 template <typename T>
 struct GruStepBwd {
   StepDims d;
-  const T *xw, *hw, *g_ih, *g_hh, *h_prev, *acts, *hn, *stats;
+  const T *xw, *hw, *g_ih, *g_hh, *h_prev, *acts, *hn;
+  const typename AccOf<T>::type* stats;
   const T *dy, *dh;
   T *dxw, *dhw, *dh_direct;
   typename AccOf<T>::type* wgrad;
@@ -118,7 +121,7 @@ struct BnUpdate {
   int steps, batch, slots, t0, gh, hidden;  // T, B, S, t0, GH, H
   double momentum;
   const int64_t* lengths;  // [B] or null
-  const T* stats;          // [T, 2, 2GH + H]
+  const typename AccOf<T>::type* stats;  // [T, 2, 2GH + H]
   T *rm_ih, *rv_ih, *rm_hh, *rv_hh, *rm_cell, *rv_cell;  // [S, GH] / [S, H]
 };
 
@@ -285,12 +288,12 @@ __global__ void lstm_fwd_rows_kernel(LstmStepFwd<T> p) {
   if (NORM != kNormNone) block_moments<A>([&](int k) { return A(c[k]); }, H, eps, red, &mc, &rc);
   for (int j = threadIdx.x; j < H; j += blockDim.x) lstm_unit_b<T, A>(p, fl, b, j, active, A(c[j]), mc, rc, NORM != kNormNone);
   if (threadIdx.x == 0 && NORM != kNormNone) {
-    T* st = p.stats + long(b) * (NORM == kNormLayer ? 6 : 2 * G + 2);
+    A* st = p.stats + long(b) * (NORM == kNormLayer ? 6 : 2 * G + 2);
     if (NORM == kNormLayer) {
-      st[0] = T(ms[0]); st[1] = T(rs[0]); st[2] = T(ms[1]); st[3] = T(rs[1]); st[4] = T(mc); st[5] = T(rc);
+      st[0] = ms[0]; st[1] = rs[0]; st[2] = ms[1]; st[3] = rs[1]; st[4] = mc; st[5] = rc;
     } else {
-      for (int q = 0; q < G; ++q) { st[2 * q] = T(ms[q]); st[2 * q + 1] = T(rs[q]); }
-      st[2 * G] = T(mc); st[2 * G + 1] = T(rc);
+      for (int q = 0; q < G; ++q) { st[2 * q] = ms[q]; st[2 * q + 1] = rs[q]; }
+      st[2 * G] = mc; st[2 * G + 1] = rc;
     }
   }
 }
@@ -318,8 +321,8 @@ __global__ void lstm_fwd_batchnorm_kernel(LstmStepFwd<T> p) {
     }
     ms[q] = m_ih; rs[q] = A(1) / sqrt(v_ih + eps);
     ms[4 + q] = m_hh; rs[4 + q] = A(1) / sqrt(v_hh + eps);
-    p.stats[col] = T(m_ih); p.stats[NB + col] = T(v_ih);
-    p.stats[GH + col] = T(m_hh); p.stats[NB + GH + col] = T(v_hh);
+    p.stats[col] = m_ih; p.stats[NB + col] = v_ih;
+    p.stats[GH + col] = m_hh; p.stats[NB + GH + col] = v_hh;
   }
   for (int b = 0; b < p.d.B; ++b) lstm_unit_a<T, A, kNormBatch>(p, fl, b, j, row_active(p.d, b), ms, rs);
   A mc, vc;
@@ -328,7 +331,7 @@ __global__ void lstm_fwd_batchnorm_kernel(LstmStepFwd<T> p) {
   } else {
     mc = A(p.rm_cell[j]); vc = A(p.rv_cell[j]);
   }
-  p.stats[2L * GH + j] = T(mc); p.stats[NB + 2L * GH + j] = T(vc);
+  p.stats[2L * GH + j] = mc; p.stats[NB + 2L * GH + j] = vc;
   const A rc = A(1) / sqrt(vc + eps);
   for (int b = 0; b < p.d.B; ++b)
     lstm_unit_b<T, A>(p, fl, b, j, row_active(p.d, b), A(p.c_next[long(b) * H + j]), mc, rc, true);
@@ -409,7 +412,7 @@ __global__ void lstm_bwd_rows_kernel(LstmStepBwd<T> p) {
   A* wg = p.wgrad + long(b) * WG;
   const bool active = row_active(p.d, b);
   const int SW = NORM == kNormLayer ? 6 : 2 * G + 2;
-  const T* st = NORM == kNormNone ? nullptr : p.stats + long(b) * SW;
+  const A* st = NORM == kNormNone ? nullptr : p.stats + long(b) * SW;
   const A mc = st ? A(st[SW - 2]) : A(0), rc = st ? A(st[SW - 1]) : A(1);
   const bool cell_norm = NORM != kNormNone;
   // cell norm backward needs the row means of dcn * g and dcn * g * chat
@@ -595,8 +598,8 @@ __global__ void gru_fwd_kernel(GruStepFwd<T> p) {
     p.h_next[bj] = active ? T(h) : p.h_prev[bj];
   }
   if (NORM == kNormLayer && threadIdx.x == 0) {
-    T* st = p.stats + long(b) * 4;
-    st[0] = T(mx); st[1] = T(rx); st[2] = T(mh); st[3] = T(rh);
+    A* st = p.stats + long(b) * 4;
+    st[0] = mx; st[1] = rx; st[2] = mh; st[3] = rh;
   }
 }
 
@@ -631,7 +634,7 @@ __global__ void gru_bwd_kernel(GruStepBwd<T> p) {
   }
   if (NORM != kNormLayer) return;
   __syncthreads();  // below, threads read dxw/dhw columns that other threads wrote
-  const T* st = p.stats + long(b) * 4;
+  const A* st = p.stats + long(b) * 4;
   const T* xw = p.xw + long(b) * GH;
   const T* hw = p.hw + long(b) * GH;
   const A mx = A(st[0]), rx = A(st[1]), mh = A(st[2]), rh = A(st[3]);

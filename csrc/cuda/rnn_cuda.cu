@@ -18,11 +18,13 @@
 #include <tuple>
 #include <vector>
 
+#define FUSEDRNN_DISPATCH(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::ScalarType::Half, at::ScalarType::BFloat16, TYPE, NAME, __VA_ARGS__)
+
 #if defined(FUSEDRNN_EMULATED)
 #define FUSEDRNN_DEVICE_GUARD(t)
 #define FUSEDRNN_STREAM() nullptr
 #define FUSEDRNN_LAUNCH_CHECK()
-#define FUSEDRNN_DISPATCH(TYPE, NAME, ...) AT_DISPATCH_FLOATING_TYPES(TYPE, NAME, __VA_ARGS__)
 #else
 // c10/cuda only: ATen/cuda/CUDAContext.h pulls in cuSPARSE headers, and the GEMMs go
 // through ATen (current stream and cuBLAS handle) anyway.
@@ -32,8 +34,6 @@
 #define FUSEDRNN_DEVICE_GUARD(t) const c10::cuda::CUDAGuard fusedrnn_device_guard_((t).device())
 #define FUSEDRNN_STREAM() c10::cuda::getCurrentCUDAStream().stream()
 #define FUSEDRNN_LAUNCH_CHECK() C10_CUDA_KERNEL_LAUNCH_CHECK()
-#define FUSEDRNN_DISPATCH(TYPE, NAME, ...) \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::ScalarType::Half, at::ScalarType::BFloat16, TYPE, NAME, __VA_ARGS__)
 #endif
 
 #include "pointwise.cuh"
@@ -54,10 +54,15 @@ constexpr c10::DeviceType kDevice = c10::DeviceType::CUDA;
 
 // ----------------------------------------------------------------------------- checks
 
-void check(const char* op, const char* name, const Tensor& t, const Tensor& x, at::IntArrayRef shape) {
+at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+// t on x's device, with dtype `dtype` (x's unless given), shape `shape`, contiguous.
+void check(const char* op, const char* name, const Tensor& t, const Tensor& x, at::IntArrayRef shape,
+           c10::optional<at::ScalarType> dtype = c10::nullopt) {
+  const at::ScalarType want = dtype.value_or(x.scalar_type());
   TORCH_CHECK(t.device() == x.device(), op, ": ", name, " must be on ", x.device(), " like x, got ", t.device());
-  TORCH_CHECK(t.scalar_type() == x.scalar_type(), op, ": ", name, " must have dtype ", x.scalar_type(),
-              " like x, got ", t.scalar_type());
+  TORCH_CHECK(t.scalar_type() == want, op, ": ", name, " must have dtype ", want,
+              dtype ? "" : " like x", ", got ", t.scalar_type());
   TORCH_CHECK(t.sizes() == shape, op, ": ", name, " must have shape ", shape, ", got ", t.sizes());
   TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous");
 }
@@ -94,8 +99,6 @@ const T* ptr(const OptT& t) {
 }
 
 Tensor none_like(const Tensor& x) { return at::empty({0}, x.options()); }
-
-at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 // A fresh copy of a slice of the summed workspace, in the parameter dtype.
 Tensor take(const Tensor& w, int64_t lo, int64_t hi, at::ScalarType dt) {
@@ -179,9 +182,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   Tensor hw = two ? at::empty({T, B, GH}, opts) : at::empty({B, GH}, opts);
   Tensor y = at::empty({T, B, H}, opts), acts = at::empty({T, B, GH}, opts), cs = at::empty({T, B, H}, opts);
   Tensor h_n = at::empty({B, H}, opts), a_n = fl.fgr ? at::empty({B, 3 * H}, opts) : none_like(x);
+  // normalization statistics in the accumulation type: float for float16/bfloat16
+  const auto sopts = opts.dtype(acc_type(x.scalar_type()));
   Tensor stats = norm == kNormNone    ? none_like(x)
-                 : norm == kNormBatch ? at::empty({T, 2, 2 * GH + H}, opts)
-                                      : at::empty({T, B, stats_width(norm, G)}, opts);
+                 : norm == kNormBatch ? at::empty({T, 2, 2 * GH + H}, sopts)
+                                      : at::empty({T, B, stats_width(norm, G)}, sopts);
   Tensor h_buf = at::empty({2, B, H}, opts), a_buf = fl.fgr ? at::empty({2, B, 3 * H}, opts) : Tensor();
   Tensor fgr = fl.fgr ? at::empty({B, 3 * H}, opts) : Tensor();
   cudaStream_t stream = FUSEDRNN_STREAM();
@@ -220,7 +225,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
       p.y = y[t].data_ptr<T_>();
       p.acts = acts[t].data_ptr<T_>();
       p.v_out = norm == kNormLayerPerGate ? xw[t].data_ptr<T_>() : nullptr;  // xw becomes v = xw + hw
-      p.stats = norm == kNormNone ? nullptr : stats[t].data_ptr<T_>();
+      p.stats = norm == kNormNone ? nullptr : stats[t].data_ptr<typename AccOf<T_>::type>();
       lstm_step_fwd<T_>(p, int(norm), stream);
       FUSEDRNN_LAUNCH_CHECK();
       h_prev = h_next;
@@ -260,7 +265,8 @@ lstm_bwd(const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& grad_c_n, c
   if (two) check(op, "hw", hw, x, {T, B, GH});
   if (norm != kNormNone)
     check(op, "stats", stats, x,
-          norm == kNormBatch ? std::vector<int64_t>{T, 2, 2 * GH + H} : std::vector<int64_t>{T, B, stats_width(norm, G)});
+          norm == kNormBatch ? std::vector<int64_t>{T, 2, 2 * GH + H} : std::vector<int64_t>{T, B, stats_width(norm, G)},
+          acc_type(x.scalar_type()));
   const int64_t* L = lengths_ptr(op, lengths, x);
   auto opts = x.options();
   const auto dt = x.scalar_type();
@@ -273,7 +279,11 @@ lstm_bwd(const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& grad_c_n, c
   Tensor da = fl.fgr ? grad_a_n.clone() : Tensor(), da_direct = fl.fgr ? at::empty({B, 3 * H}, opts) : Tensor();
   cudaStream_t stream = FUSEDRNN_STREAM();
   Tensor dc = grad_c_n;
-  FUSEDRNN_DISPATCH(dt, "fusedrnn_lstm_bwd_cuda", [&] {
+  // One persistent launch for all steps when selected and it fits (persistent_launch.h).
+  const bool persistent = persistent_lstm_bwd(
+      grad_y, grad_h_n, grad_c_n, grad_a_n, L, c0, w_hh, w_fgr, w_peep, g_ih, g_hh, g_cell, b_cell, g_gates, acts,
+      cs, xw, hw, stats, variant, norm, training, eps, dpre, dxw, dhw, wgrad, dh, dc, da);
+  if (!persistent) FUSEDRNN_DISPATCH(dt, "fusedrnn_lstm_bwd_cuda", [&] {
     using T_ = scalar_t;
     for (int64_t t = T - 1; t >= 0; --t) {
       Tensor dc_prev = dc_buf[t % 2];
@@ -287,7 +297,7 @@ lstm_bwd(const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& grad_c_n, c
       p.c_prev = t == 0 ? c0.data_ptr<T_>() : cs[t - 1].data_ptr<T_>();
       p.acts = acts[t].data_ptr<T_>();
       p.cs = cs[t].data_ptr<T_>();
-      p.stats = norm != kNormNone ? stats[t].data_ptr<T_>() : nullptr;
+      p.stats = norm != kNormNone ? stats[t].data_ptr<typename AccOf<T_>::type>() : nullptr;
       p.dy = grad_y[t].data_ptr<T_>();
       p.dh = dh.data_ptr<T_>();
       p.dc = dc.data_ptr<T_>();
@@ -356,13 +366,13 @@ void bn_update_(Tensor& rm_ih, Tensor& rv_ih, Tensor& rm_hh, Tensor& rv_hh, Tens
   TORCH_CHECK(rm_ih.dim() == 2 && rm_cell.dim() == 2, op, ": running statistics must be [S, GH] / [S, H], got ",
               rm_ih.sizes(), " and ", rm_cell.sizes());
   const int64_t T = stats.size(0), S = rm_ih.size(0), GH = rm_ih.size(1), H = rm_cell.size(1);
-  check(op, "stats", stats, stats, {T, 2, 2 * GH + H});
-  check(op, "rm_ih", rm_ih, stats, {S, GH});
-  check(op, "rv_ih", rv_ih, stats, {S, GH});
-  check(op, "rm_hh", rm_hh, stats, {S, GH});
-  check(op, "rv_hh", rv_hh, stats, {S, GH});
-  check(op, "rm_cell", rm_cell, stats, {S, H});
-  check(op, "rv_cell", rv_cell, stats, {S, H});
+  check(op, "stats", stats, rm_ih, {T, 2, 2 * GH + H}, acc_type(rm_ih.scalar_type()));
+  check(op, "rm_ih", rm_ih, rm_ih, {S, GH});
+  check(op, "rv_ih", rv_ih, rm_ih, {S, GH});
+  check(op, "rm_hh", rm_hh, rm_ih, {S, GH});
+  check(op, "rv_hh", rv_hh, rm_ih, {S, GH});
+  check(op, "rm_cell", rm_cell, rm_ih, {S, H});
+  check(op, "rv_cell", rv_cell, rm_ih, {S, H});
   TORCH_CHECK(t0 >= 0 && batch >= 1, op, ": need t0 >= 0 and batch >= 1, got t0 = ", t0, ", batch = ", batch);
   const int64_t* L = nullptr;
   if (lengths.has_value() && lengths->defined()) {
@@ -373,12 +383,12 @@ void bn_update_(Tensor& rm_ih, Tensor& rv_ih, Tensor& rm_hh, Tensor& rv_hh, Tens
     L = lengths->data_ptr<int64_t>();
   }
   FUSEDRNN_DEVICE_GUARD(stats);
-  FUSEDRNN_DISPATCH(stats.scalar_type(), "fusedrnn_bn_update_cuda", [&] {
+  FUSEDRNN_DISPATCH(rm_ih.scalar_type(), "fusedrnn_bn_update_cuda", [&] {
     BnUpdate<scalar_t> p{};
     p.steps = int(T); p.batch = int(batch); p.slots = int(S); p.t0 = int(t0); p.gh = int(GH); p.hidden = int(H);
     p.momentum = momentum;
     p.lengths = L;
-    p.stats = stats.data_ptr<scalar_t>();
+    p.stats = stats.data_ptr<typename AccOf<scalar_t>::type>();
     p.rm_ih = rm_ih.data_ptr<scalar_t>(); p.rv_ih = rv_ih.data_ptr<scalar_t>();
     p.rm_hh = rm_hh.data_ptr<scalar_t>(); p.rv_hh = rv_hh.data_ptr<scalar_t>();
     p.rm_cell = rm_cell.data_ptr<scalar_t>(); p.rv_cell = rv_cell.data_ptr<scalar_t>();
@@ -417,7 +427,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_fwd(
   Tensor xw = at::matmul(x.view({T * B, I}), w_ih.t()).view({T, B, 3 * H});
   Tensor hw = ln ? at::empty({T, B, 3 * H}, opts) : at::empty({B, 3 * H}, opts);
   Tensor y = at::empty({T, B, H}, opts), acts = at::empty({T, B, 3 * H}, opts), hn = at::empty({T, B, H}, opts);
-  Tensor stats = ln ? at::empty({T, B, 4}, opts) : none_like(x);
+  Tensor stats = ln ? at::empty({T, B, 4}, opts.dtype(acc_type(x.scalar_type()))) : none_like(x);
   Tensor h_n = at::empty({B, H}, opts), h_buf = at::empty({2, B, H}, opts);
   cudaStream_t stream = FUSEDRNN_STREAM();
   FUSEDRNN_DISPATCH(x.scalar_type(), "fusedrnn_gru_fwd_cuda", [&] {
@@ -433,7 +443,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_fwd(
       p.b_ih = ptr<T_>(b_ih); p.b_hh = ptr<T_>(b_hh); p.g_ih = ptr<T_>(g_ih); p.g_hh = ptr<T_>(g_hh);
       p.h_prev = h_prev.data_ptr<T_>(); p.h_next = h_next.data_ptr<T_>();
       p.y = y[t].data_ptr<T_>(); p.acts = acts[t].data_ptr<T_>(); p.hn = hn[t].data_ptr<T_>();
-      p.stats = ln ? stats[t].data_ptr<T_>() : nullptr;
+      p.stats = ln ? stats[t].data_ptr<typename AccOf<T_>::type>() : nullptr;
       gru_step_fwd<T_>(p, int(norm), stream);
       FUSEDRNN_LAUNCH_CHECK();
       h_prev = h_next;
@@ -464,7 +474,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_b
   if (ln) {
     check(op, "xw", xw, x, {T, B, 3 * H});
     check(op, "hw", hw, x, {T, B, 3 * H});
-    check(op, "stats", stats, x, {T, B, 4});
+    check(op, "stats", stats, x, {T, B, 4}, acc_type(x.scalar_type()));
   }
   const int64_t* L = lengths_ptr(op, lengths, x);
   auto opts = x.options();
@@ -482,7 +492,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_b
       p.xw = ln ? xw[t].data_ptr<T_>() : nullptr; p.hw = ln ? hw[t].data_ptr<T_>() : nullptr;
       p.g_ih = ptr<T_>(g_ih); p.g_hh = ptr<T_>(g_hh);
       p.h_prev = h_prev_all[t].data_ptr<T_>(); p.acts = acts[t].data_ptr<T_>(); p.hn = hn[t].data_ptr<T_>();
-      p.stats = ln ? stats[t].data_ptr<T_>() : nullptr;
+      p.stats = ln ? stats[t].data_ptr<typename AccOf<T_>::type>() : nullptr;
       p.dy = grad_y[t].data_ptr<T_>(); p.dh = dh.data_ptr<T_>();
       p.dxw = dxw[t].data_ptr<T_>(); p.dhw = dhw[t].data_ptr<T_>(); p.dh_direct = dh_direct.data_ptr<T_>();
       p.wgrad = wgrad.data_ptr<typename AccOf<T_>::type>();
