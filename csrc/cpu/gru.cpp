@@ -56,13 +56,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const int64_t* L = len_ptr(lengths);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gru_fwd_cpu", [&] {
     using T_ = scalar_t;
-    RecurrentGemm<T_> gemm(w_hh);
+    RecurrentGemm<T_> gemm(w_hh, B);
     const T_ *bi = ptr<T_>(b_ih), *bh = ptr<T_>(b_hh), *gi = ptr<T_>(g_ih), *gh = ptr<T_>(g_hh);
     T_* hp = h.data_ptr<T_>();
     for (int64_t t = 0; t < T; ++t) {
       const T_* xw_t = xw.data_ptr<T_>() + t * B * GH;
       T_* hw_t = hw.data_ptr<T_>() + (ln ? t * B * GH : 0);
-      gemm.run(hp, B, hw_t);
+      gemm.run(hp, hw_t);
       T_* acts_t = acts.data_ptr<T_>() + t * B * GH;
       T_* hn_t = hn.data_ptr<T_>() + t * B * H;
       T_* y_t = y.data_ptr<T_>() + t * B * H;
@@ -134,6 +134,7 @@ gru_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& grad_h_n, const at::Tens
     const T_ *gi = ptr<T_>(g_ih), *gh = ptr<T_>(g_hh);
     T_* dhp = dh.data_ptr<T_>();
     T_* ddp = dh_direct.data_ptr<T_>();
+    RecurrentGemm<T_> gemm_bwd(w_hh, B, /*transposed=*/false);
     for (int64_t t = T - 1; t >= 0; --t) {
       const T_* a_t = acts.data_ptr<T_>() + t * B * GH;
       const T_* hn_t = hn.data_ptr<T_>() + t * B * H;
@@ -167,7 +168,7 @@ gru_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& grad_h_n, const at::Tens
           }
         }
       });
-      at::mm_out(dh_new, dhw[t], w_hh);
+      gemm_bwd.run(dhw.data_ptr<T_>() + t * B * GH, dh_new.data_ptr<T_>());
       const T_* dn = dh_new.data_ptr<T_>();
       for (int64_t b = 0; b < B; ++b) {
         if (!active(L, b, t)) continue;
@@ -181,8 +182,8 @@ gru_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& grad_h_n, const at::Tens
   at::Tensor h_prev = at::cat({h0.unsqueeze(0), y.narrow(0, 0, T - 1)}, 0).view({T * B, H});
   at::Tensor dw_hh = at::mm(dhw2.t(), h_prev);
   bool has_bias = b_ih.has_value() && b_ih->defined();
-  at::Tensor db_ih = has_bias ? dxs.sum({0, 1}) : none_like(x);
-  at::Tensor db_hh = has_bias ? dhs.sum({0, 1}) : none_like(x);
+  at::Tensor db_ih = has_bias ? dxs.sum(at::IntArrayRef{0, 1}) : none_like(x);
+  at::Tensor db_hh = has_bias ? dhs.sum(at::IntArrayRef{0, 1}) : none_like(x);
   at::Tensor dg_ih = none_like(x), dg_hh = none_like(x);
   if (ln) {
     at::Tensor tot = acc.total();

@@ -102,7 +102,7 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
   at::Tensor c = at::from_blob(const_cast<T*>(p.c0), {B, H}, opts).clone();
   at::Tensor a = fl.fgr ? at::from_blob(const_cast<T*>(p.a0), {B, 3 * H}, opts).clone() : at::Tensor();
   at::Tensor a_rec = fl.fgr ? at::empty({B, 3 * H}, opts) : at::Tensor();
-  RecurrentGemm<T> gemm(w_hh);
+  RecurrentGemm<T> gemm(w_hh, B);
   // batch norm: per-step rstd of the ih, hh and cell columns
   const int64_t NB = 2 * GH + H;
   std::vector<T> bn_rstd(NORM == kNormBatch ? NB : 0);
@@ -114,7 +114,7 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
   for (int64_t t = 0; t < Tn; ++t) {
     T* xw_t = xw_all.data_ptr<T>() + t * B * GH;
     T* hw_t = hw_all.data_ptr<T>() + (hw_all.dim() == 3 ? t * B * GH : 0);
-    gemm.run(hp, B, hw_t);
+    gemm.run(hp, hw_t);
     if (fl.fgr) at::mm_out(a_rec, a, w_fgr->t());
     const T* arp = fl.fgr ? a_rec.data_ptr<T>() : nullptr;
     T* st = p.stats ? p.stats + (NORM == kNormBatch ? t * SW : t * B * SW) : nullptr;
@@ -383,6 +383,7 @@ void lstm_backward(const LstmBwdParams<T>& p, const at::Tensor& w_hh, const c10:
   T* dop = d_o.data_ptr<T>();
   T* dcnp = d_cn.data_ptr<T>();
   std::vector<T> bn_rstd(NORM == kNormBatch ? NB : 0);
+  RecurrentGemm<T> gemm_bwd(w_hh, B, /*transposed=*/false);
   T* dgc = dg_cell.defined() && dg_cell.numel() ? dg_cell.data_ptr<T>() : nullptr;
   T* dbc = db_cell.defined() && db_cell.numel() ? db_cell.data_ptr<T>() : nullptr;
 
@@ -489,8 +490,7 @@ void lstm_backward(const LstmBwdParams<T>& p, const at::Tensor& w_hh, const c10:
     }
 
     // Recurrent gradients: dh_{t-1} = dhw_t W_hh, da_{t-1} = dpre_ifo W_fgr (active rows only).
-    at::Tensor dhw_t = at::from_blob(p.dhw + t * B * GH, {B, GH}, opts);
-    at::mm_out(dh_new, dhw_t, w_hh);
+    gemm_bwd.run(p.dhw + t * B * GH, dh_new.data_ptr<T>());
     if (fl.fgr) {
       at::Tensor dpre_tt = at::from_blob(dpre_t, {B, GH}, opts);
       at::Tensor dpre_ifo = at::cat({dpre_tt.narrow(1, fl.gi * H, H), dpre_tt.narrow(1, fl.gf * H, H),
@@ -591,7 +591,7 @@ T16 lstm_bwd_cpu(
   at::Tensor h_prev = at::cat({h0.unsqueeze(0), y.narrow(0, 0, T - 1)}, 0).view({T * B, H});
   at::Tensor dw_hh = at::mm(dhw2.t(), h_prev);
   bool has_bias = b_ih.has_value() && b_ih->defined();
-  at::Tensor db = has_bias ? dpre.sum({0, 1}) : none_like(x);
+  at::Tensor db = has_bias ? dpre.sum(at::IntArrayRef{0, 1}) : none_like(x);
   at::Tensor dw_fgr = none_like(x);
   if (fl.fgr) {
     auto ifo = [&](const at::Tensor& v) {

@@ -47,12 +47,12 @@ std::tuple<at::Tensor, at::Tensor> rnn_fwd_cpu(const at::Tensor& x, const c10::o
   const int64_t* L = len_ptr(lengths);
   AT_DISPATCH_FLOATING_TYPES(dt, "rnn_fwd_cpu", [&] {
     using T_ = scalar_t;
-    RecurrentGemm<T_> gemm(w_hh);
+    RecurrentGemm<T_> gemm(w_hh, B);
     const T_ *bi = ptr<T_>(b_ih), *bh = ptr<T_>(b_hh);
     T_* hp = h.data_ptr<T_>();
     T_* hwp = hw.data_ptr<T_>();
     for (int64_t t = 0; t < T; ++t) {
-      gemm.run(hp, B, hwp);
+      gemm.run(hp, hwp);
       const T_* xw_t = xw.data_ptr<T_>() + t * B * H;
       T_* y_t = y.data_ptr<T_>() + t * B * H;
       at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
@@ -90,6 +90,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   AT_DISPATCH_FLOATING_TYPES(dt, "rnn_bwd_cpu", [&] {
     using T_ = scalar_t;
     T_* dhp = dh.data_ptr<T_>();
+    RecurrentGemm<T_> gemm_bwd(w_hh, B, /*transposed=*/false);
     for (int64_t t = T - 1; t >= 0; --t) {
       const T_* y_t = y.data_ptr<T_>() + t * B * H;
       const T_* dy_t = grad_y.data_ptr<T_>() + t * B * H;
@@ -101,7 +102,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
             dp[b * H + j] = rnn_cell_bwd(static_cast<int>(kind), dhp[b * H + j] + dy_t[b * H + j], y_t[b * H + j]);
         }
       });
-      at::mm_out(dh_new, dpre[t], w_hh);
+      gemm_bwd.run(dp, dh_new.data_ptr<T_>());
       const T_* dn = dh_new.data_ptr<T_>();
       for (int64_t b = 0; b < B; ++b)
         if (active(L, b, t)) std::copy(dn + b * H, dn + (b + 1) * H, dhp + b * H);
@@ -112,7 +113,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor dw_ih = at::mm(dpre2.t(), x.reshape({T * B, I}));
   at::Tensor h_prev = at::cat({h0.unsqueeze(0), y.narrow(0, 0, T - 1)}, 0).view({T * B, H});
   at::Tensor dw_hh = at::mm(dpre2.t(), h_prev);
-  at::Tensor db = has_bias ? dpre.sum({0, 1}) : none_like(x);
+  at::Tensor db = has_bias ? dpre.sum(at::IntArrayRef{0, 1}) : none_like(x);
   return {dx, dh, dw_ih, dw_hh, db, has_bias ? db.clone() : none_like(x)};
 }
 
