@@ -72,12 +72,12 @@ def as_tuple(state):
     return (state,) if isinstance(state, torch.Tensor) else tuple(state)
 
 
-def twin(module, backend):
-    """A copy of module (parameters and buffers) running on another backend."""
+def twin(module, backend, dtype=None):
+    """A copy of module (parameters and buffers, cast to dtype if given) on another backend."""
     other = make(module.spec, module.input_size, module.hidden_size, backend, num_layers=module.num_layers,
                  bidirectional=module.bidirectional, batch_first=module.batch_first,
-                 dtype=module.weight_ih_l0.dtype)
-    other.load_state_dict(module.state_dict())
+                 dtype=dtype or module.weight_ih_l0.dtype)
+    other.load_state_dict(module.state_dict())  # load_state_dict casts to the module's dtype
     return other.train(module.training)
 
 
@@ -851,13 +851,13 @@ def cases(draw):
                 seed=draw(st.integers(0, 2 ** 16)))
 
 
-def build_case(c, backend):
+def build_case(c, backend, dtype=F64):
     torch.manual_seed(c["seed"])
     spec = CellSpec(c["spec"].family, c["spec"].variant, c["spec"].norm, max_bn_steps=3)
     m = make(spec, c["I"], c["H"], backend, num_layers=c["layers"], bidirectional=c["bidirectional"],
-             batch_first=c["batch_first"])
+             batch_first=c["batch_first"], dtype=dtype)
     randomize(m, c["seed"])
-    x = x64(c["T"], c["B"], c["I"])  # time-major; the module gets the batch-first view if asked
+    x = torch.randn(c["T"], c["B"], c["I"], dtype=dtype)  # time-major; batch-first view if asked
     lengths = torch.tensor(c["lengths"] if c["lengths"] is not None else [c["T"]] * c["B"])
     return m, x, lengths
 
@@ -917,18 +917,29 @@ def test_property_vanilla_equals_torch(c):
 @PROPERTY
 @given(cases(), st.booleans())
 def test_property_cpu_kernels_equal_reference(c, hx_given):
+    check_cpu_kernels_against_reference(c, hx_given, F64)
+
+
+def check_cpu_kernels_against_reference(c, hx_given, dtype):
     """Fused CPU kernels vs the reference, forward (outputs, final states, BN running
-    statistics) and backward (input, initial state and every parameter)."""
-    ref, x, lengths = build_case(c, "reference")
-    ref.train(c["training"] and c["B"] > 1)
-    ours = twin(ref, "cpu")
+    statistics) and backward (input, initial state and every parameter). float64: the table's
+    tolerance. float32: per tensor, the kernel's largest distance to the float64 reference may
+    be at most twice the float32 reference's own largest distance plus the table's tolerance
+    (STYLE.md's rule for reduced precision; random batch-norm cases with two nearly equal rows
+    are ill-conditioned, and then both float32 results are off by far more than the table)."""
+    ref64, x, lengths = build_case(c, "reference", F64)
+    ref64.train(c["training"] and c["B"] > 1)
+    LD = ref64.num_layers * (2 if ref64.bidirectional else 1)
+    hx = tuple(x64(LD, c["B"], n) for n in ref64.spec.state_sizes(ref64.hidden_size)) if hx_given else None
+    if dtype == torch.float32:  # the float32 values, exactly representable in both dtypes
+        ref64 = twin(twin(ref64, "reference", torch.float32), "reference", F64)
+        x = x.float().double()
+        hx = None if hx is None else tuple(h.float().double() for h in hx)
     packed = c["lengths"] is not None
-    LD = ref.num_layers * (2 if ref.bidirectional else 1)
-    hx = tuple(x64(LD, c["B"], n) for n in ref.spec.state_sizes(ref.hidden_size)) if hx_given else None
 
     def run(m):
-        xx = x.detach().clone().requires_grad_()
-        hh = None if hx is None else tuple(s.detach().clone().requires_grad_() for s in hx)
+        xx = x.to(m.weight_ih_l0.dtype).requires_grad_()
+        hh = None if hx is None else tuple(s.to(xx.dtype).requires_grad_() for s in hx)
         xin = xx.transpose(0, 1) if m.batch_first else xx
         if packed:
             xin = pack_padded_sequence(xin, lengths, batch_first=m.batch_first, enforce_sorted=False)
@@ -936,10 +947,43 @@ def test_property_cpu_kernels_equal_reference(c, hx_given):
         y = y.data if packed else y
         outs = [y, *as_tuple(h)]
         gen = torch.Generator().manual_seed(0)
-        loss = sum((o * torch.randn(o.shape, generator=gen, dtype=o.dtype)).sum() for o in outs)
+        loss = sum((o * torch.randn(o.shape, generator=gen, dtype=F64).to(o.dtype)).sum() for o in outs)
         grads = torch.autograd.grad(loss, [xx, *(hh or ()), *m.parameters()])
-        return [o.detach() for o in outs] + list(grads) + list(m.buffers())
+        return [o.detach().double() for o in outs + list(grads) + list(m.buffers())]
 
-    for a, b in zip(run(ours), run(ref)):
-        assert_close(a, b, msg=str(c))
+    ours = twin(ref64, "cpu", dtype)
+    ours.train(ref64.training)
+    got, exact = run(ours), run(ref64)
+    if dtype == F64:
+        for a, b in zip(got, exact):
+            assert_close(a, b, msg=str(c))
+    else:
+        rtol, atol = TOLERANCES[torch.float32]
+        for k, (a, ref32, b) in enumerate(zip(got, run(twin(ref64, "reference", dtype)), exact)):
+            if a.numel() == 0:
+                continue
+            err, bound = (a - b).abs().max(), 2 * (ref32 - b).abs().max() + atol + rtol * b.abs().max()
+            assert err <= bound, f"{c} float32 tensor {k}: error {err.item():.3g} > bound {bound.item():.3g}"
     assert ours.last_backend == "cpu"
+
+
+@pytest.mark.skipif(not CPU_BUILT, reason=CPU_SKIP)
+@pytest.mark.parametrize("case", [
+    dict(spec=CellSpec("lstm", "vanilla", "layer"), T=4, B=3, I=2, H=5, layers=2, bidirectional=True,
+         batch_first=False, lengths=[4, 2, 3], training=True, seed=1),
+    dict(spec=CellSpec("gru", norm="layer"), T=3, B=2, I=3, H=4, layers=1, bidirectional=False,
+         batch_first=True, lengths=None, training=True, seed=2),
+    dict(spec=CellSpec("lstm", "fgr", "batch"), T=5, B=4, I=3, H=3, layers=1, bidirectional=True,
+         batch_first=False, lengths=None, training=True, seed=3),
+    pytest.param(dict(spec=CellSpec("lstm", "nfg", "batch"), T=1, B=3, I=1, H=1, layers=2,
+                      bidirectional=False, batch_first=False, lengths=None, training=True, seed=0,
+                      hx_given=False),
+                 marks=pytest.mark.xfail(strict=True, reason=(
+                     "found by hypothesis: the CPU kernels' float32 batch-norm gradients lose precision "
+                     "when a gate's batch variance is near eps (layer 1's g gate here, var ~8e-6): "
+                     "bias_ih_l1 grad error 5.7e-5 vs the float32 reference's 2.5e-6"))),
+], ids=["ln-lstm", "ln-gru", "bn-fgr", "bn-var-near-eps"])
+def test_cpu_kernels_float32(case):
+    """float32 kernels vs the float64 reference: per tensor at most twice the float32 reference's
+    error plus the table's tolerance (STYLE.md's rule for reduced precision)."""
+    check_cpu_kernels_against_reference(case, case.get("hx_given", True), torch.float32)
