@@ -17,7 +17,7 @@ import torch
 from fusedrnn.spec import LSTM_VARIANTS, NORMS, CellSpec
 from conftest import spec_id
 from test_cuda_emulated import make_case
-from test_cuda_emulated_ops import check_ops
+from test_cuda_emulated_ops import check_ops, test_emulated_ops_half_precision_rule as half_precision_rule
 
 ROOT = Path(__file__).resolve().parents[1]
 LSTM_SPECS = [CellSpec("lstm", v, n) for v in LSTM_VARIANTS for n in NORMS]
@@ -73,6 +73,17 @@ def test_persistent_staged_in_batch_chunks(ops, persistent, spec):
     """h_{t-1} (forward) and dhw_t (backward) staged 2 batch rows at a time: chunks of 2, 2, 1 rows."""
     persistent.setenv("FUSEDRNN_PERSISTENT_CHUNK", "2")
     check_ops(ops, spec, T=3, B=5, I=3, H=8, dtype=torch.float64, lengths=[3, 1, 2, 3, 2], training=True)
+
+
+HALF_CASES = [(CellSpec("lstm", v, n), torch.bfloat16) for v in ("vanilla", "peephole", "cifg", "fgr") for n in NORMS] + \
+    [(CellSpec("lstm", "vanilla", n), torch.float16) for n in NORMS]
+
+
+@pytest.mark.parametrize("spec,dtype", HALF_CASES, ids=lambda v: spec_id(v) if isinstance(v, CellSpec) else str(v))
+def test_persistent_half_precision_rule(ops, persistent, spec, dtype):
+    """float16/bfloat16 storage with float accumulation and statistics, T=4, B=8, H=12 (3 CTAs of 4
+    units): the STYLE rule (error <= 2x the same-dtype reference's), forward and backward."""
+    half_precision_rule(ops, spec, dtype)
 
 
 def test_persistent_odd_sizes(ops, persistent):
