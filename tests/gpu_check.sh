@@ -60,6 +60,11 @@ for tool in memcheck racecheck synccheck; do
   step "sanitizer_$tool" 150 "$SAN" --tool "$tool" "${FILTER[@]}" --error-exitcode 1 \
     "$PY" tests/cuda_sanitize_ops.py
 done
+# issue 5: the persistent LSTM forward (forced by tests/persistent_sanitize.py) under racecheck/synccheck
+for tool in racecheck synccheck; do
+  step "sanitizer_persistent_$tool" 120 "$SAN" --tool "$tool" "${FILTER[@]}" --error-exitcode 1 \
+    "$PY" tests/persistent_sanitize.py
+done
 
 set +x
 echo "==================== gpu_check summary (logs in $OUT)"
