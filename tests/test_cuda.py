@@ -225,7 +225,8 @@ def test_auto_backend_is_cuda():
 
 
 def test_current_stream_and_device_guard():
-    """The kernels run on the caller's current stream; the result matches the default stream's."""
+    """The kernels run on the caller's current stream; the result matches the default stream's
+    (to the float32 tolerance: cuBLAS may pick another algorithm on another stream)."""
     torch.manual_seed(0)
     m = fusedrnn.LSTM(3, 8, norm="layer", device=DEV)
     x = torch.randn(5, 3, 3, device=DEV)
@@ -234,7 +235,7 @@ def test_current_stream_and_device_guard():
     with torch.cuda.stream(s):
         y1, _ = m(x)
     torch.cuda.synchronize()
-    torch.testing.assert_close(y1, y0, rtol=0, atol=0)
+    check_close(y1, y0, "y on a side stream")
 
 
 def test_compile_fullgraph():
