@@ -60,7 +60,7 @@ for tool in memcheck racecheck synccheck; do
   step "sanitizer_$tool" 150 "$SAN" --tool "$tool" "${FILTER[@]}" --error-exitcode 1 \
     "$PY" tests/cuda_sanitize_ops.py
 done
-# issue 5: the persistent LSTM forward (forced by tests/persistent_sanitize.py) under racecheck/synccheck
+# issue 5: the persistent LSTM kernels, fwd + bwd (forced by tests/persistent_sanitize.py), racecheck/synccheck
 for tool in racecheck synccheck; do
   step "sanitizer_persistent_$tool" 120 "$SAN" --tool "$tool" "${FILTER[@]}" --error-exitcode 1 \
     "$PY" tests/persistent_sanitize.py
