@@ -12,11 +12,11 @@ from fusedrnn.spec import CellSpec
 os.environ["FUSEDRNN_PERSISTENT"] = "require"
 torch.manual_seed(0)
 T, B, I, H = 4, 6, 8, 40
-for spec, smem in [(CellSpec("lstm"), None), (CellSpec("lstm", "peephole", "layer"), None),
+for spec, chunk in [(CellSpec("lstm"), None), (CellSpec("lstm", "peephole", "layer"), None),
                    (CellSpec("lstm", "cifg", "layer_per_gate"), None), (CellSpec("lstm", "fgr", "batch"), None),
-                   (CellSpec("lstm", "vanilla", "none"), 16 * 1024)]:
-    if smem:
-        os.environ["FUSEDRNN_PERSISTENT_SMEM"] = str(smem)
+                   (CellSpec("lstm", "vanilla", "none"), 2)]:
+    if chunk:  # rows of h_{t-1} / dhw_t staged per chunk
+        os.environ["FUSEDRNN_PERSISTENT_CHUNK"] = str(chunk)
     p = {k: (0.3 * torch.randn(*s, device="cuda")).requires_grad_()
          for k, s in spec.parameter_shapes(I, H).items()}
     for k, s in spec.buffer_shapes(H).items():
@@ -27,5 +27,5 @@ for spec, smem in [(CellSpec("lstm"), None), (CellSpec("lstm", "peephole", "laye
     y, final = _ops.run_layer(spec, x, state, p, lengths=lens, training=True)
     (y.sum() + sum(f.sum() for f in final)).backward()
     torch.cuda.synchronize()
-    os.environ.pop("FUSEDRNN_PERSISTENT_SMEM", None)
+    os.environ.pop("FUSEDRNN_PERSISTENT_CHUNK", None)
     print(f"persistent_sanitize: {spec} ok")
