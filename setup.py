@@ -26,8 +26,10 @@ def _extensions():
     with_cuda = (torch.version.cuda is not None and CUDA_HOME is not None) if force in (None, "") \
         else force == "1"
     include = [os.path.join(ROOT, "csrc", "include")]
-    # -O3 without -march: wheels must run on any x86-64; AVX2/FMA code is dispatched at run time.
-    cxx = ["-O3", "-g0", "-std=c++17"]
+    # -O3 without -march: wheels must run on any x86-64; AVX2/FMA code is dispatched at run time
+    # (csrc/cpu/units.h). -fno-trapping-math lets the unit loops' selects vectorize; it changes
+    # no value (no fast-math), only the assumption that FP exception flags are observed.
+    cxx = ["-O3", "-g0", "-std=c++17", "-fno-trapping-math"]
     if with_cuda:
         cuda_sources = rel("csrc/cuda/*.cu") + rel("csrc/cuda/*.cpp")
         ext = CUDAExtension(
