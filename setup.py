@@ -29,7 +29,7 @@ def _extensions():
     # -O3 without -march: wheels must run on any x86-64; AVX2/FMA code is dispatched at run time
     # (csrc/cpu/units.h). -fno-trapping-math lets the unit loops' selects vectorize; it changes
     # no value (no fast-math), only the assumption that FP exception flags are observed.
-    cxx = ["-O3", "-g0", "-std=c++17", "-fno-trapping-math"]
+    cxx = ["-O3", "-g0", "-fno-trapping-math"]
     if with_cuda:
         cuda_sources = rel("csrc/cuda/*.cu") + rel("csrc/cuda/*.cpp")
         ext = CUDAExtension(
