@@ -46,7 +46,7 @@ if [ "${GPU_CHECK_SKIP_BUILD:-0}" != 1 ]; then
 fi
 step import 60 "$PY" -c "import fusedrnn, fusedrnn._ops as o; print('HAS_CUDA', o.HAS_CUDA, o.LOAD_ERROR); assert o.HAS_CUDA"
 
-step pytest_cuda 300 "$PY" -m pytest -m cuda -q -x --no-header -p no:cacheprovider tests/test_cuda.py
+step pytest_cuda 300 "$PY" -m pytest -m cuda -q --no-header -p no:cacheprovider tests/test_cuda.py
 # other cuda-marked tests (e.g. the persistent kernels); pytest's "no tests collected" (5) is a pass
 step pytest_cuda_other 120 bash -c "$PY -m pytest -m cuda -q --no-header -p no:cacheprovider tests \
   --ignore=tests/test_cuda.py; rc=\$?; [ \$rc -eq 5 ] && exit 0; exit \$rc"
