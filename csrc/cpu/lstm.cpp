@@ -12,6 +12,7 @@
 #include "fusedrnn/cell_math.h"
 #include "fusedrnn/params.h"
 #include "recurrent_gemm.h"
+#include "units.h"
 
 namespace fusedrnn {
 namespace cpu {
@@ -95,6 +96,7 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
                   const at::Tensor& w_hh, const c10::optional<at::Tensor>& w_fgr) {
   const int64_t Tn = p.steps, B = p.batch, H = p.hidden, G = p.gates, GH = G * H;
   const LstmFlags fl = p.flags;
+  const bool vanilla = fl.num_peep == 0 && fl.num_gates == 4 && fl.input_act && fl.output_act && !fl.fgr;
   const int64_t* L = p.lengths;
   auto opts = xw_all.options();
   // carried state
@@ -175,23 +177,8 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
           }
         }
         T* c_b = cp + b * H;
-        for (int64_t j = 0; j < H; ++j) {
-          T i, f, g, o, cnew;
-          lstm_cell_fwd(fl, fl.gi >= 0 ? pre[fl.gi * H + j] : T(0), fl.gf >= 0 ? pre[fl.gf * H + j] : T(0),
-                        pre[fl.gg * H + j], fl.go >= 0 ? pre[fl.go * H + j] : T(0), c_b[j],
-                        fl.pi >= 0 ? p.w_peep[fl.pi * H + j] : T(0), fl.pf >= 0 ? p.w_peep[fl.pf * H + j] : T(0),
-                        fl.po >= 0 ? p.w_peep[fl.po * H + j] : T(0), &i, &f, &g, &o, &cnew);
-          if (fl.gi >= 0) acts_b[fl.gi * H + j] = i;
-          if (fl.gf >= 0) acts_b[fl.gf * H + j] = f;
-          acts_b[fl.gg * H + j] = g;
-          if (fl.go >= 0) acts_b[fl.go * H + j] = o;
-          cs_b[j] = cnew;
-          if (fl.fgr) {
-            ap[b * 3 * H + j] = i;
-            ap[b * 3 * H + H + j] = f;
-            ap[b * 3 * H + 2 * H + j] = o;
-          }
-        }
+        units_fwd_run<T>(vanilla, fl, H, static_cast<const T*>(pre.data()), static_cast<const T*>(c_b), p.w_peep,
+                         acts_b, cs_b, fl.fgr ? ap + b * 3 * H : static_cast<T*>(nullptr));
         if (NORM == kNormBatch) continue;  // pass B after the column statistics of c_t
         const T* cnp = cs_b;
         if (NORM != kNormNone) {
@@ -199,13 +186,8 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
           layer_norm_row_fwd<T, A>(cs_b, H, p.g_cell, p.b_cell, A(p.eps), cn.data(), sb, sb + 1);
           cnp = cn.data();
         }
-        for (int64_t j = 0; j < H; ++j) {
-          T o = fl.go >= 0 ? acts_b[fl.go * H + j] : T(1);
-          T hv = lstm_out_fwd(fl, o, cnp[j]);
-          y_b[j] = hv;
-          hp[b * H + j] = hv;
-          c_b[j] = cs_b[j];
-        }
+        units_out_run<T>(vanilla, fl, H, static_cast<const T*>(acts_b), cnp, static_cast<const T*>(cs_b), y_b,
+                         hp + b * H, c_b);
       }
     });
 
@@ -215,18 +197,15 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
       bn_column_stats(cs_t, B, H, L, t, p.training, p.rm_cell + slot * H, p.rv_cell + slot * H, mc, vc);
       for (int64_t j = 0; j < H; ++j) bn_rstd[2 * GH + j] = norm_rstd<T, A>(A(vc[j]), A(p.eps));
       at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+        std::vector<T> cn(H);
         for (int64_t b = b0; b < b1; ++b) {
           if (!active(L, b, t)) continue;
           const T* acts_b = acts_t + b * GH;
           const T* cs_b = cs_t + b * H;
-          for (int64_t j = 0; j < H; ++j) {
-            T o = fl.go >= 0 ? acts_b[fl.go * H + j] : T(1);
-            T cnv = norm_apply(cs_b[j], mc[j], bn_rstd[2 * GH + j], p.g_cell[j], p.b_cell[j]);
-            T hv = lstm_out_fwd(fl, o, cnv);
-            y_t[b * H + j] = hv;
-            hp[b * H + j] = hv;
-            cp[b * H + j] = cs_b[j];
-          }
+          for (int64_t j = 0; j < H; ++j)
+            cn[j] = norm_apply(cs_b[j], mc[j], bn_rstd[2 * GH + j], p.g_cell[j], p.b_cell[j]);
+          units_out_run<T>(vanilla, fl, H, acts_b, static_cast<const T*>(cn.data()), cs_b, y_t + b * H, hp + b * H,
+                           cp + b * H);
         }
       });
     }
@@ -368,6 +347,7 @@ void lstm_backward(const LstmBwdParams<T>& p, const at::Tensor& w_hh, const c10:
                    at::Tensor& dg_cell, at::Tensor& db_cell) {
   const int64_t Tn = p.steps, B = p.batch, H = p.hidden, G = p.gates, GH = G * H;
   const LstmFlags fl = p.flags;
+  const bool vanilla = fl.num_peep == 0 && fl.num_gates == 4 && fl.input_act && fl.output_act && !fl.fgr;
   const int64_t* L = p.lengths;
   auto opts = w_hh.options();
   const int64_t SW = stats_width(NORM, G, H), NB = 2 * GH + H;
@@ -413,11 +393,8 @@ void lstm_backward(const LstmBwdParams<T>& p, const at::Tensor& w_hh, const c10:
           const T* sb = st + b * SW + SW - 2;
           for (int64_t j = 0; j < H; ++j) cn[j] = norm_apply(cs_b[j], sb[0], sb[1], p.g_cell[j], p.b_cell[j]);
         }
-        for (int64_t j = 0; j < H; ++j) {
-          T o = fl.go >= 0 ? acts_b[fl.go * H + j] : T(1);
-          T dhv = dh[b * H + j] + dy_t[b * H + j];
-          lstm_out_bwd(fl, dhv, o, cn[j], &dop[b * H + j], &dcnp[b * H + j]);
-        }
+        units_out_bwd_run<T>(vanilla, fl, H, static_cast<const T*>(dh + b * H), dy_t + b * H, acts_b,
+                             static_cast<const T*>(cn.data()), dop + b * H, dcnp + b * H);
         if (NORM == kNormLayer || NORM == kNormLayerPerGate) {
           // dgc_row layout: [dg_cell H | db_cell H | dg_ih/dg_gates GH | dg_hh/db_gates GH]
           const T* sb = st + b * SW + SW - 2;
@@ -442,28 +419,9 @@ void lstm_backward(const LstmBwdParams<T>& p, const at::Tensor& w_hh, const c10:
         const T* cs_b = cs_t + b * H;
         const T* cprev = t > 0 ? p.cs + (t - 1) * B * H + b * H : p.c0 + b * H;
         T* dpre_b = dpre_t + b * GH;
-        for (int64_t j = 0; j < H; ++j) {
-          T i = fl.gi >= 0 ? acts_b[fl.gi * H + j] : T(1);
-          T f = fl.cifg ? T(1) - i : (fl.gf >= 0 ? acts_b[fl.gf * H + j] : T(1));
-          T g = acts_b[fl.gg * H + j];
-          T o = fl.go >= 0 ? acts_b[fl.go * H + j] : T(1);
-          T dai = fl.fgr ? da[b * 3 * H + j] : T(0);
-          T daf = fl.fgr ? da[b * 3 * H + H + j] : T(0);
-          T dao = fl.fgr ? da[b * 3 * H + 2 * H + j] : T(0);
-          T dpi, dpf, dpg, dpo, dcp, dwi, dwf, dwo;
-          lstm_cell_bwd(fl, dop[b * H + j] + dao, dcnp[b * H + j] + dc[b * H + j], dai, daf, i, f, g, o, cprev[j],
-                        cs_b[j], fl.pi >= 0 ? p.w_peep[fl.pi * H + j] : T(0),
-                        fl.pf >= 0 ? p.w_peep[fl.pf * H + j] : T(0), fl.po >= 0 ? p.w_peep[fl.po * H + j] : T(0),
-                        &dpi, &dpf, &dpg, &dpo, &dcp, &dwi, &dwf, &dwo);
-          if (fl.gi >= 0) dpre_b[fl.gi * H + j] = dpi;
-          if (fl.gf >= 0) dpre_b[fl.gf * H + j] = dpf;
-          dpre_b[fl.gg * H + j] = dpg;
-          if (fl.go >= 0) dpre_b[fl.go * H + j] = dpo;
-          dc[b * H + j] = dcp;
-          if (fl.pi >= 0) dpeep[fl.pi * H + j] += dwi;
-          if (fl.pf >= 0) dpeep[fl.pf * H + j] += dwf;
-          if (fl.po >= 0) dpeep[fl.po * H + j] += dwo;
-        }
+        units_bwd_run<T>(vanilla, fl, H, static_cast<const T*>(dop + b * H), static_cast<const T*>(dcnp + b * H),
+                         dc + b * H, fl.fgr ? static_cast<const T*>(da + b * 3 * H) : static_cast<const T*>(nullptr),
+                         acts_b, cprev, cs_b, p.w_peep, dpre_b, dpeep);
         const T* sb = st ? st + b * SW : nullptr;
         if (NORM == kNormLayer) {
           const T* xr = p.xw + (t * B + b) * GH;

@@ -1,0 +1,147 @@
+// Per-row unit loops of the LSTM kernels (the cell_math.h functions over the H units of one
+// batch row), compiled twice: for baseline x86-64 and, through a function-level target
+// attribute, for AVX2+FMA, chosen at run time (no -march for the whole build). With the
+// vanilla variant fixed at compile time every flag branch folds away and the loops vectorize
+// (the float activations are branch-free polynomials); other variants pass runtime flags.
+#pragma once
+
+#include <cstdint>
+
+#include "fusedrnn/cell_math.h"
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define FUSEDRNN_X86 1
+#define FUSEDRNN_AVX2_TARGET __attribute__((target("avx2,fma")))
+#else
+#define FUSEDRNN_X86 0
+#define FUSEDRNN_AVX2_TARGET
+#endif
+#define FUSEDRNN_ALWAYS_INLINE inline __attribute__((always_inline))
+
+namespace fusedrnn {
+namespace cpu {
+
+inline bool cpu_has_avx2() {
+#if FUSEDRNN_X86
+  static const bool v = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return v;
+#else
+  return false;
+#endif
+}
+
+// Pass A of one row: gates and c_t from the final pre-activations pre [GH] and c_{t-1}.
+// Writes acts [GH], c_new [H] and, for FGR, a [3H] = (i, f, o).
+template <typename T, int FIXED>
+FUSEDRNN_ALWAYS_INLINE void units_fwd(const LstmFlags& flr, int64_t H, const T* __restrict pre,
+                                      const T* __restrict c_prev, const T* __restrict wp, T* __restrict acts,
+                                      T* __restrict c_new, T* __restrict a) {
+  const LstmFlags fl = FIXED >= 0 ? lstm_flags(FIXED) : flr;
+  for (int64_t j = 0; j < H; ++j) {
+    T i, f, g, o, c;
+    lstm_cell_fwd(fl, fl.gi >= 0 ? pre[fl.gi * H + j] : T(0), fl.gf >= 0 ? pre[fl.gf * H + j] : T(0),
+                  pre[fl.gg * H + j], fl.go >= 0 ? pre[fl.go * H + j] : T(0), c_prev[j],
+                  fl.pi >= 0 ? wp[fl.pi * H + j] : T(0), fl.pf >= 0 ? wp[fl.pf * H + j] : T(0),
+                  fl.po >= 0 ? wp[fl.po * H + j] : T(0), &i, &f, &g, &o, &c);
+    if (fl.gi >= 0) acts[fl.gi * H + j] = i;
+    if (fl.gf >= 0) acts[fl.gf * H + j] = f;
+    acts[fl.gg * H + j] = g;
+    if (fl.go >= 0) acts[fl.go * H + j] = o;
+    c_new[j] = c;
+    if (fl.fgr) {
+      a[j] = i;
+      a[H + j] = f;
+      a[2 * H + j] = o;
+    }
+  }
+}
+
+// Pass B of one row: h = o * act(cn); writes y and the carried h and c.
+template <typename T, int FIXED>
+FUSEDRNN_ALWAYS_INLINE void units_out(const LstmFlags& flr, int64_t H, const T* __restrict acts,
+                                      const T* __restrict cn, const T* __restrict c_new, T* __restrict y,
+                                      T* __restrict h, T* __restrict c) {
+  const LstmFlags fl = FIXED >= 0 ? lstm_flags(FIXED) : flr;
+  for (int64_t j = 0; j < H; ++j) {
+    T o = fl.go >= 0 ? acts[fl.go * H + j] : T(1);
+    T hv = lstm_out_fwd(fl, o, cn[j]);
+    y[j] = hv;
+    h[j] = hv;
+    c[j] = c_new[j];
+  }
+}
+
+// Backward pass 1 of one row: dh (carried + dy) -> d_o, d_cn.
+template <typename T, int FIXED>
+FUSEDRNN_ALWAYS_INLINE void units_out_bwd(const LstmFlags& flr, int64_t H, const T* __restrict dh,
+                                          const T* __restrict dy, const T* __restrict acts, const T* __restrict cn,
+                                          T* __restrict d_o, T* __restrict d_cn) {
+  const LstmFlags fl = FIXED >= 0 ? lstm_flags(FIXED) : flr;
+  for (int64_t j = 0; j < H; ++j) {
+    T o = fl.go >= 0 ? acts[fl.go * H + j] : T(1);
+    lstm_out_bwd(fl, dh[j] + dy[j], o, cn[j], &d_o[j], &d_cn[j]);
+  }
+}
+
+// Backward pass 2 of one row: gate pre-activation gradients dpre [GH], dc carry (in place),
+// peephole-weight gradient accumulation dpeep [P, H]; da [3H]: FGR's carried gradient.
+template <typename T, int FIXED>
+FUSEDRNN_ALWAYS_INLINE void units_bwd(const LstmFlags& flr, int64_t H, const T* __restrict d_o,
+                                      const T* __restrict d_cn, T* __restrict dc, const T* __restrict da,
+                                      const T* __restrict acts, const T* __restrict c_prev,
+                                      const T* __restrict c_new, const T* __restrict wp, T* __restrict dpre,
+                                      T* __restrict dpeep) {
+  const LstmFlags fl = FIXED >= 0 ? lstm_flags(FIXED) : flr;
+  for (int64_t j = 0; j < H; ++j) {
+    T i = fl.gi >= 0 ? acts[fl.gi * H + j] : T(1);
+    T f = fl.cifg ? T(1) - i : (fl.gf >= 0 ? acts[fl.gf * H + j] : T(1));
+    T g = acts[fl.gg * H + j];
+    T o = fl.go >= 0 ? acts[fl.go * H + j] : T(1);
+    T dai = fl.fgr ? da[j] : T(0);
+    T daf = fl.fgr ? da[H + j] : T(0);
+    T dao = fl.fgr ? da[2 * H + j] : T(0);
+    T dpi, dpf, dpg, dpo, dcp, dwi, dwf, dwo;
+    lstm_cell_bwd(fl, d_o[j] + dao, d_cn[j] + dc[j], dai, daf, i, f, g, o, c_prev[j], c_new[j],
+                  fl.pi >= 0 ? wp[fl.pi * H + j] : T(0), fl.pf >= 0 ? wp[fl.pf * H + j] : T(0),
+                  fl.po >= 0 ? wp[fl.po * H + j] : T(0), &dpi, &dpf, &dpg, &dpo, &dcp, &dwi, &dwf, &dwo);
+    if (fl.gi >= 0) dpre[fl.gi * H + j] = dpi;
+    if (fl.gf >= 0) dpre[fl.gf * H + j] = dpf;
+    dpre[fl.gg * H + j] = dpg;
+    if (fl.go >= 0) dpre[fl.go * H + j] = dpo;
+    dc[j] = dcp;
+    if (fl.pi >= 0) dpeep[fl.pi * H + j] += dwi;
+    if (fl.pf >= 0) dpeep[fl.pf * H + j] += dwf;
+    if (fl.po >= 0) dpeep[fl.po * H + j] += dwo;
+  }
+}
+
+// Dispatch: vanilla variant fixed at compile time or runtime flags, x baseline or AVX2+FMA.
+#define FUSEDRNN_UNITS_DISPATCH(NAME)                                                          \
+  template <typename T, int FIXED, typename... Args>                                           \
+  FUSEDRNN_AVX2_TARGET void NAME##_avx2(const LstmFlags& fl, Args... args) {                   \
+    NAME<T, FIXED>(fl, args...);                                                               \
+  }                                                                                            \
+  template <typename T, int FIXED, typename... Args>                                           \
+  void NAME##_base(const LstmFlags& fl, Args... args) {                                        \
+    NAME<T, FIXED>(fl, args...);                                                               \
+  }                                                                                            \
+  template <typename T, typename... Args>                                                      \
+  void NAME##_run(bool vanilla, const LstmFlags& fl, Args... args) {                           \
+    if (cpu_has_avx2()) {                                                                      \
+      if (vanilla) NAME##_avx2<T, kVanilla>(fl, args...);                                      \
+      else NAME##_avx2<T, -1>(fl, args...);                                                    \
+    } else {                                                                                   \
+      if (vanilla) NAME##_base<T, kVanilla>(fl, args...);                                      \
+      else NAME##_base<T, -1>(fl, args...);                                                    \
+    }                                                                                          \
+  }
+
+FUSEDRNN_UNITS_DISPATCH(units_fwd)
+FUSEDRNN_UNITS_DISPATCH(units_out)
+FUSEDRNN_UNITS_DISPATCH(units_out_bwd)
+FUSEDRNN_UNITS_DISPATCH(units_bwd)
+
+#undef FUSEDRNN_UNITS_DISPATCH
+
+}  // namespace cpu
+}  // namespace fusedrnn
