@@ -333,7 +333,7 @@ lstm_bwd(const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& grad_c_n, c
     Tensor d_ifo = at::cat({dpre.slice(2, 0, 2 * H), dpre.slice(2, 3 * H, 4 * H)}, 2);
     dw_fgr = at::mm(d_ifo.view({T * B, 3 * H}).t(), a_prev_all.view({T * B, 3 * H}));
   }
-  Tensor w = wgrad.sum(0);
+  Tensor w = wgrad.sum(at::IntArrayRef{0});
   const bool bias = b_ih.has_value() && b_ih->defined();
   Tensor db_ih = bias && norm != kNormLayerPerGate ? take(w, 0, GH, dt) : none_like(x);
   Tensor db_hh = bias && norm != kNormLayerPerGate ? take(w, 0, GH, dt) : none_like(x);
@@ -505,7 +505,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_b
   Tensor dx = at::mm(dxw2, w_ih).view({T, B, I});
   Tensor dw_ih = at::mm(dxw2.t(), x.view({T * B, I}));
   Tensor dw_hh = at::mm(dhw.view({T * B, 3 * H}).t(), h_prev_all.view({T * B, H}));
-  Tensor w = wgrad.sum(0);
+  Tensor w = wgrad.sum(at::IntArrayRef{0});
   const bool bias = b_ih.has_value() && b_ih->defined();
   return {dx, dh, dw_ih, dw_hh,
           bias ? take(w, 0, 3 * H, dt) : none_like(x), bias ? take(w, 3 * H, 6 * H, dt) : none_like(x),
