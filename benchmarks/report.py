@@ -145,7 +145,7 @@ def detail_tables(rows, labels):
 
 def meta_lines(meta):
     keys = ("command", "suite", "device_name", "torch", "python", "threads", "git_commit", "dtype_note",
-            "fused_backend", "reference_torchscript", "timing", "memory", "floor", "nn_note", "script_note",
+            "fused_backend", "reference_torchscript", "timing", "memory", "floor", "nn_note", "check",
             "compile_note", "utc", "load", "wall_s", "interrupted")
     return [f"- {k}: {meta[k]}" for k in keys if k in meta]
 
