@@ -139,13 +139,14 @@ __device__ inline void persist_local_moments(F get, int n, A* mean, A* m2) {
   *m2 = q;
 }
 
-// Merges the per-CTA (mean, M2) of quantity q of row b (stride `width` per row) into mean, rstd.
-// count(c): number of values CTA c contributed.
+// Merges the per-CTA (mean, M2) of quantity q of row b (stride `width` per row) into mean, rstd,
+// with Chan et al.'s pairwise update. Called by a whole warp: lanes split the CTAs, then merge
+// through shuffles; every lane returns the result. count(c): values CTA c contributed.
 template <typename A, typename F>
 __device__ inline void persist_merge(const A* part, int B, int width, int b, int q, F count, A eps, A* mean,
                                      A* rstd) {
   A n = 0, m = 0, m2 = 0;
-  for (int c = 0; c < int(gridDim.x); ++c) {
+  for (int c = threadIdx.x & 31; c < int(gridDim.x); c += 32) {
     const A* pc = part + (long(c) * B + b) * width + 2 * q;
     const A nc = A(count(c)), mc = pc[0], m2c = pc[1];
     const A nn = n + nc, d = mc - m;
@@ -153,8 +154,28 @@ __device__ inline void persist_merge(const A* part, int B, int width, int b, int
     m2 += m2c + d * d * n * nc / nn;
     n = nn;
   }
+  for (int o = 16; o > 0; o >>= 1) {
+    const A no = __shfl_xor_sync(0xffffffffu, n, o), mo = __shfl_xor_sync(0xffffffffu, m, o);
+    const A m2o = __shfl_xor_sync(0xffffffffu, m2, o);
+    const A nn = n + no;
+    if (nn > A(0)) {
+      const A d = mo - m;
+      m += d * no / nn;
+      m2 += m2o + d * d * n * no / nn;
+    }
+    n = nn;
+  }
   *mean = m;
   *rstd = A(1) / sqrt(m2 / n + eps);
+}
+
+// Sum over the CTAs of part[(c * B + b) * width + k], by a whole warp; every lane returns it.
+template <typename A>
+__device__ inline A persist_sum(const A* part, int B, int width, int b, int k) {
+  A s = 0;
+  for (int c = threadIdx.x & 31; c < int(gridDim.x); c += 32) s += part[(long(c) * B + b) * width + k];
+  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+  return s;
 }
 
 template <typename T, int NORM>
@@ -166,7 +187,7 @@ __global__ void __launch_bounds__(256) persistent_lstm_fwd_kernel(PersistentLstm
   const int H = p.hidden, B = p.batch, G = fl.num_gates, GH = G * H, U = p.units;
   const int j0 = blockIdx.x * U, nu = H - j0 < U ? H - j0 : U;  // this CTA's units [j0, j0 + nu)
   const int R = G * nu, RF = fl.fgr ? 3 * nu : 0;
-  const int tid = threadIdx.x, nthr = blockDim.x;
+  const int tid = threadIdx.x, nthr = blockDim.x, lane = tid & 31, warp = tid >> 5, warps = nthr >> 5;
   const A eps = A(p.eps);
   constexpr bool kRowNorm = NORM == kNormLayer || NORM == kNormLayerPerGate;
   const int NQ = persist_row_quantities<NORM>(G), PW = 2 * (NQ + 1);  // partials per row
@@ -247,10 +268,15 @@ __global__ void __launch_bounds__(256) persistent_lstm_fwd_kernel(PersistentLstm
         }
       }
       grid.sync();
-      for (int b = tid; b < B; b += nthr)
-        for (int q = 0; q < NQ; ++q)
-          persist_merge<A>(p.part, B, PW, b, q, count_gates, eps, &rows_s[(b * (NQ + 1) + q) * 2],
-                           &rows_s[(b * (NQ + 1) + q) * 2 + 1]);
+      for (int b = warp; b < B; b += warps)  // warp-uniform: the merge shuffles
+        for (int q = 0; q < NQ; ++q) {
+          A mean, rstd;
+          persist_merge<A>(p.part, B, PW, b, q, count_gates, eps, &mean, &rstd);
+          if (lane == 0) {
+            rows_s[(b * (NQ + 1) + q) * 2] = mean;
+            rows_s[(b * (NQ + 1) + q) * 2 + 1] = rstd;
+          }
+        }
     }
     if (NORM == kNormBatch) {
       const long NB = 2L * GH + H;
@@ -349,14 +375,19 @@ __global__ void __launch_bounds__(256) persistent_lstm_fwd_kernel(PersistentLstm
         persist_local_moments<A>([&](int k) { return c_s[b * U + k]; }, nu, &pb[0], &pb[1]);
       }
       grid.sync();
-      for (int b = tid; b < B; b += nthr) {
+      for (int b = warp; b < B; b += warps) {
         A* rs = &rows_s[(b * (NQ + 1) + NQ) * 2];
-        persist_merge<A>(p.part, B, PW, b, NQ, count_units, eps, &rs[0], &rs[1]);
-        if (blockIdx.x == 0) {  // the row statistics record of the step
-          A* sb = st + long(b) * (NORM == kNormLayer ? 6 : 2 * G + 2);
-          for (int q = 0; q <= NQ; ++q) {
-            sb[2 * q] = rows_s[(b * (NQ + 1) + q) * 2];
-            sb[2 * q + 1] = rows_s[(b * (NQ + 1) + q) * 2 + 1];
+        A mean, rstd;
+        persist_merge<A>(p.part, B, PW, b, NQ, count_units, eps, &mean, &rstd);
+        if (lane == 0) {
+          rs[0] = mean;
+          rs[1] = rstd;
+          if (blockIdx.x == 0) {  // the row statistics record of the step (row b's rows_s: this lane's)
+            A* sb = st + long(b) * (NORM == kNormLayer ? 6 : 2 * G + 2);
+            for (int q = 0; q <= NQ; ++q) {
+              sb[2 * q] = rows_s[(b * (NQ + 1) + q) * 2];
+              sb[2 * q + 1] = rows_s[(b * (NQ + 1) + q) * 2 + 1];
+            }
           }
         }
       }

@@ -79,7 +79,7 @@ __global__ void __launch_bounds__(256) persistent_lstm_bwd_kernel(PersistentLstm
   const LstmFlags fl = lstm_flags(p.variant);
   const int H = p.hidden, B = p.batch, G = fl.num_gates, GH = G * H, U = p.units;
   const int j0 = blockIdx.x * U, nu = H - j0 < U ? H - j0 : U;
-  const int tid = threadIdx.x, nthr = blockDim.x;
+  const int tid = threadIdx.x, nthr = blockDim.x, lane = tid & 31, warp = tid >> 5, warps = nthr >> 5;
   const A eps = A(p.eps);
   constexpr bool kRowNorm = NORM == kNormLayer || NORM == kNormLayerPerGate;
   const bool cell_norm = NORM != kNormNone;
@@ -178,15 +178,12 @@ __global__ void __launch_bounds__(256) persistent_lstm_bwd_kernel(PersistentLstm
         pb[1] = s2;
       }
       grid.sync();
-      for (int b = tid; b < B; b += nthr) {
-        A s1 = 0, s2 = 0;
-        for (int c = 0; c < int(gridDim.x); ++c) {
-          const A* pc = p.part + (long(c) * B + b) * RW;
-          s1 += pc[0];
-          s2 += pc[1];
+      for (int b = warp; b < B; b += warps) {  // warp-uniform: the sums shuffle
+        const A s1 = persist_sum<A>(p.part, B, RW, b, 0), s2 = persist_sum<A>(p.part, B, RW, b, 1);
+        if (lane == 0) {
+          rows_s[b * RW] = s1 / A(H);
+          rows_s[b * RW + 1] = s2 / A(H);
         }
-        rows_s[b * RW] = s1 / A(H);
-        rows_s[b * RW + 1] = s2 / A(H);
       }
     }
     if (NORM == kNormBatch) {
@@ -308,11 +305,10 @@ __global__ void __launch_bounds__(256) persistent_lstm_bwd_kernel(PersistentLstm
         }
       }
       grid.sync();
-      for (int b = tid; b < B; b += nthr)
+      for (int b = warp; b < B; b += warps)
         for (int k = 2; k < RW; ++k) {
-          A s = 0;
-          for (int c = 0; c < int(gridDim.x); ++c) s += p.part[(long(c) * B + b) * RW + k];
-          rows_s[b * RW + k] = s / A(NORM == kNormLayer ? G * H : H);
+          const A sum = persist_sum<A>(p.part, B, RW, b, k);
+          if (lane == 0) rows_s[b * RW + k] = sum / A(NORM == kNormLayer ? G * H : H);
         }
       __syncthreads();
       for (int e = tid; e < B * nu; e += nthr) {
