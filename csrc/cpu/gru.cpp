@@ -126,8 +126,9 @@ gru_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& grad_h_n, const at::Tens
   auto opts = x.options();
   const int64_t* L = len_ptr(lengths);
   at::Tensor dh = grad_h_n.clone(), dh_direct = at::zeros({B, H}, opts), dh_new = at::empty({B, H}, opts);
-  at::Tensor dxs = at::zeros({T, B, GH}, opts), dhs = at::zeros({T, B, GH}, opts);
-  at::Tensor dxw = ln ? at::zeros({T, B, GH}, opts) : dxs, dhw = ln ? at::zeros({T, B, GH}, opts) : dhs;
+  // every row of these is written by the backward loop (zeros at finished steps)
+  at::Tensor dxs = at::empty({T, B, GH}, opts), dhs = at::empty({T, B, GH}, opts);
+  at::Tensor dxw = ln ? at::empty({T, B, GH}, opts) : dxs, dhw = ln ? at::empty({T, B, GH}, opts) : dhs;
   ThreadAcc acc(2 * GH, opts);
   AT_DISPATCH_FLOATING_TYPES(dt, "gru_bwd_cpu", [&] {
     using T_ = scalar_t;
@@ -145,7 +146,12 @@ gru_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& grad_h_n, const at::Tens
       at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
         T_* dg = ln ? acc.row<T_>() : nullptr;
         for (int64_t b = b0; b < b1; ++b) {
-          if (!active(L, b, t)) continue;
+          if (!active(L, b, t)) {  // finished sequence: no gradient into this step
+            const int64_t off = (t * B + b) * GH;
+            for (T_* buf : {dxs.data_ptr<T_>(), dhs.data_ptr<T_>(), dxw.data_ptr<T_>(), dhw.data_ptr<T_>()})
+              std::fill(buf + off, buf + off + GH, T_(0));
+            continue;
+          }
           const T_* a = a_t + b * GH;
           T_* dx_b = dxs_t + b * GH;
           T_* dh_b = dhs_t + b * GH;

@@ -342,8 +342,8 @@ lstm_fwd_cpu(const at::Tensor& x, const c10::optional<at::Tensor>& lengths, cons
 // ----------------------------------------------------------------------------- backward
 
 template <typename T, int NORM>
-void lstm_backward(const LstmBwdParams<T>& p, const at::Tensor& w_hh, const c10::optional<at::Tensor>& w_fgr,
-                   ThreadAcc& acc_peep, ThreadAcc& acc_gates, at::Tensor& dg_ih, at::Tensor& dg_hh,
+void lstm_backward(const LstmBwdParams<T>& p, bool full_dpre, const at::Tensor& w_hh,
+                   const c10::optional<at::Tensor>& w_fgr, ThreadAcc& acc_bias, ThreadAcc& acc_peep, ThreadAcc& acc_gates, at::Tensor& dg_ih, at::Tensor& dg_hh,
                    at::Tensor& dg_cell, at::Tensor& db_cell) {
   const int64_t Tn = p.steps, B = p.batch, H = p.hidden, G = p.gates, GH = G * H;
   const LstmFlags fl = p.flags;
@@ -374,7 +374,7 @@ void lstm_backward(const LstmBwdParams<T>& p, const at::Tensor& w_hh, const c10:
     const T* st = p.stats ? p.stats + (NORM == kNormBatch ? t * SW : t * B * SW) : nullptr;
     if (NORM == kNormBatch)
       for (int64_t k = 0; k < NB; ++k) bn_rstd[k] = norm_rstd<T, A>(A(st[NB + k]), A(p.eps));
-    T* dpre_t = p.dpre + t * B * GH;
+    T* dpre_t = p.dpre + (full_dpre ? t * B * GH : 0);
 
     // Pass 1 (rows): dh -> d_o, d_cn; for norm none / layer norm of c also dc through the norm.
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
@@ -412,9 +412,15 @@ void lstm_backward(const LstmBwdParams<T>& p, const at::Tensor& w_hh, const c10:
     // Pass 2 (rows): gates backward -> dpre, dc carry, peepholes; row norms of the gates.
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
       T* dpeep = fl.num_peep ? acc_peep.row<T>() : nullptr;
+      T* dbias = p.b_ih ? acc_bias.row<T>() : nullptr;
       T* dgr = (NORM == kNormLayer || NORM == kNormLayerPerGate) ? acc_gates.row<T>() + 2 * H : nullptr;
       for (int64_t b = b0; b < b1; ++b) {
-        if (!active(L, b, t)) continue;
+        if (!active(L, b, t)) {  // finished sequence: no gradient into this step's weights or inputs
+          std::fill(dpre_t + b * GH, dpre_t + (b + 1) * GH, T(0));
+          if (p.dxw != p.dpre) std::fill(p.dxw + (t * B + b) * GH, p.dxw + (t * B + b + 1) * GH, T(0));
+          if (p.dhw != p.dxw) std::fill(p.dhw + (t * B + b) * GH, p.dhw + (t * B + b + 1) * GH, T(0));
+          continue;
+        }
         const T* acts_b = acts_t + b * GH;
         const T* cs_b = cs_t + b * H;
         const T* cprev = t > 0 ? p.cs + (t - 1) * B * H + b * H : p.c0 + b * H;
@@ -422,6 +428,8 @@ void lstm_backward(const LstmBwdParams<T>& p, const at::Tensor& w_hh, const c10:
         units_bwd_run<T>(vanilla, fl, H, static_cast<const T*>(dop + b * H), static_cast<const T*>(dcnp + b * H),
                          dc + b * H, fl.fgr ? static_cast<const T*>(da + b * 3 * H) : static_cast<const T*>(nullptr),
                          acts_b, cprev, cs_b, p.w_peep, dpre_b, dpeep);
+        if (dbias)
+          for (int64_t k = 0; k < GH; ++k) dbias[k] += dpre_b[k];
         const T* sb = st ? st + b * SW : nullptr;
         if (NORM == kNormLayer) {
           const T* xr = p.xw + (t * B + b) * GH;
@@ -504,10 +512,15 @@ T16 lstm_bwd_cpu(
   auto opts = x.options();
   at::Tensor dh0 = at::empty({B, H}, opts), dc0 = at::empty({B, H}, opts);
   at::Tensor da0 = fl.fgr ? at::empty({B, 3 * H}, opts) : none_like(x);
-  at::Tensor dpre = at::zeros({T, B, GH}, opts);
-  at::Tensor dxw = norm == kNormNone ? dpre : at::zeros({T, B, GH}, opts);
-  at::Tensor dhw = two ? at::zeros({T, B, GH}, opts) : dxw;
-  ThreadAcc acc_peep(fl.num_peep * H, opts), acc_gates(2 * H + 2 * GH, opts);
+  // Every row of these is written by the backward loop (zeros at finished steps). The gate
+  // gradients of all steps are kept only where a GEMM after the loop reads them (no norm:
+  // they are dxw; FGR: dW_fgr); otherwise one step's buffer is reused.
+  const bool full_dpre = norm == kNormNone || fl.fgr;
+  at::Tensor dpre = full_dpre ? at::empty({T, B, GH}, opts) : at::empty({B, GH}, opts);
+  at::Tensor dxw = norm == kNormNone ? dpre : at::empty({T, B, GH}, opts);
+  at::Tensor dhw = two ? at::empty({T, B, GH}, opts) : dxw;
+  const bool has_bias = b_ih.has_value() && b_ih->defined();
+  ThreadAcc acc_bias(has_bias ? GH : 0, opts), acc_peep(fl.num_peep * H, opts), acc_gates(2 * H + 2 * GH, opts);
   at::Tensor dg_ih = norm == kNormBatch ? at::zeros({GH}, opts) : at::Tensor();
   at::Tensor dg_hh = norm == kNormBatch ? at::zeros({GH}, opts) : at::Tensor();
   at::Tensor dg_cell = norm == kNormBatch ? at::zeros({H}, opts) : at::Tensor();
@@ -528,17 +541,17 @@ T16 lstm_bwd_cpu(
     p.dpre = dpre.data_ptr<scalar_t>(); p.dxw = dxw.data_ptr<scalar_t>(); p.dhw = dhw.data_ptr<scalar_t>();
     switch (norm) {
       case kNormNone:
-        lstm_backward<scalar_t, kNormNone>(p, w_hh, w_fgr, acc_peep, acc_gates, dg_ih, dg_hh, dg_cell, db_cell);
+        lstm_backward<scalar_t, kNormNone>(p, full_dpre, w_hh, w_fgr, acc_bias, acc_peep, acc_gates, dg_ih, dg_hh, dg_cell, db_cell);
         break;
       case kNormLayer:
-        lstm_backward<scalar_t, kNormLayer>(p, w_hh, w_fgr, acc_peep, acc_gates, dg_ih, dg_hh, dg_cell, db_cell);
+        lstm_backward<scalar_t, kNormLayer>(p, full_dpre, w_hh, w_fgr, acc_bias, acc_peep, acc_gates, dg_ih, dg_hh, dg_cell, db_cell);
         break;
       case kNormLayerPerGate:
-        lstm_backward<scalar_t, kNormLayerPerGate>(p, w_hh, w_fgr, acc_peep, acc_gates, dg_ih, dg_hh, dg_cell,
+        lstm_backward<scalar_t, kNormLayerPerGate>(p, full_dpre, w_hh, w_fgr, acc_bias, acc_peep, acc_gates, dg_ih, dg_hh, dg_cell,
                                                    db_cell);
         break;
       default:
-        lstm_backward<scalar_t, kNormBatch>(p, w_hh, w_fgr, acc_peep, acc_gates, dg_ih, dg_hh, dg_cell, db_cell);
+        lstm_backward<scalar_t, kNormBatch>(p, full_dpre, w_hh, w_fgr, acc_bias, acc_peep, acc_gates, dg_ih, dg_hh, dg_cell, db_cell);
         break;
     }
   });
@@ -548,8 +561,7 @@ T16 lstm_bwd_cpu(
   at::Tensor dw_ih = at::mm(dxw2.t(), x.reshape({T * B, I}));
   at::Tensor h_prev = at::cat({h0.unsqueeze(0), y.narrow(0, 0, T - 1)}, 0).view({T * B, H});
   at::Tensor dw_hh = at::mm(dhw2.t(), h_prev);
-  bool has_bias = b_ih.has_value() && b_ih->defined();
-  at::Tensor db = has_bias ? dpre.sum(at::IntArrayRef{0, 1}) : none_like(x);
+  at::Tensor db = has_bias ? acc_bias.total() : none_like(x);
   at::Tensor dw_fgr = none_like(x);
   if (fl.fgr) {
     auto ifo = [&](const at::Tensor& v) {

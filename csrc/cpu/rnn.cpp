@@ -86,7 +86,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   check_tensor(kBwd, "y", y, dt, {T, B, H});
   auto opts = x.options();
   const int64_t* L = len_ptr(lengths);
-  at::Tensor dh = grad_h_n.clone(), dh_new = at::empty({B, H}, opts), dpre = at::zeros({T, B, H}, opts);
+  at::Tensor dh = grad_h_n.clone(), dh_new = at::empty({B, H}, opts), dpre = at::empty({T, B, H}, opts);  // all rows written below
   AT_DISPATCH_FLOATING_TYPES(dt, "rnn_bwd_cpu", [&] {
     using T_ = scalar_t;
     T_* dhp = dh.data_ptr<T_>();
@@ -97,7 +97,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       T_* dp = dpre.data_ptr<T_>() + t * B * H;
       at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b) {
-          if (!active(L, b, t)) continue;
+          if (!active(L, b, t)) {  // finished sequence: no gradient into this step
+            std::fill(dp + b * H, dp + (b + 1) * H, T_(0));
+            continue;
+          }
           for (int64_t j = 0; j < H; ++j)
             dp[b * H + j] = rnn_cell_bwd(static_cast<int>(kind), dhp[b * H + j] + dy_t[b * H + j], y_t[b * H + j]);
         }
