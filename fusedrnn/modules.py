@@ -142,6 +142,20 @@ def _attach_checkpoint_hooks(module: nn.Module) -> None:
     module.register_load_state_dict_pre_hook(_check_cell_name)
 
 
+def _options_repr(spec: CellSpec, backend: str) -> str:
+    """The fusedrnn options of a module's repr (what torch.nn has no argument for)."""
+    s = ""
+    if spec.family == "lstm" and spec.variant != "vanilla":
+        s += f", variant={spec.variant!r}"
+    if spec.norm != "none":
+        s += f", norm={spec.norm!r}"
+    if spec.norm == "batch":
+        s += f", max_bn_steps={spec.max_bn_steps}"
+    if backend != "auto":
+        s += f", backend={backend!r}"
+    return s
+
+
 class _RNNBase(nn.Module):
     """Shared engine of LSTM, GRU and RNN: parameters per layer-direction, input checks,
     PackedSequence / batch_first / unbatched handling; the loop itself is reference.rnn."""
@@ -207,15 +221,7 @@ class _RNNBase(nn.Module):
                               ("bidirectional", False)):
             if getattr(self, name) != default:
                 s += f", {name}={getattr(self, name)}"
-        if self.spec.family == "lstm" and self.spec.variant != "vanilla":
-            s += f", variant={self.spec.variant!r}"
-        if self.spec.norm != "none":
-            s += f", norm={self.spec.norm!r}"
-        if self.spec.norm == "batch":
-            s += f", max_bn_steps={self.spec.max_bn_steps}"
-        if self.backend != "auto":
-            s += f", backend={self.backend!r}"
-        return s
+        return s + _options_repr(self.spec, self.backend)
 
     # ------------------------------------------------------------------ forward
     def _check_input(self, x: torch.Tensor, batched: bool):
@@ -392,15 +398,7 @@ class _CellBase(nn.Module):
             s += f", bias={self.bias}"
         if getattr(self, "nonlinearity", "tanh") != "tanh":
             s += f", nonlinearity={self.nonlinearity}"
-        if self.spec.family == "lstm" and self.spec.variant != "vanilla":
-            s += f", variant={self.spec.variant!r}"
-        if self.spec.norm != "none":
-            s += f", norm={self.spec.norm!r}"
-        if self.spec.norm == "batch":
-            s += f", max_bn_steps={self.spec.max_bn_steps}"
-        if self.backend != "auto":
-            s += f", backend={self.backend!r}"
-        return s
+        return s + _options_repr(self.spec, self.backend)
 
     def forward(self, input, hx=None, bn_step: int = 0):
         name = type(self).__name__
