@@ -115,11 +115,19 @@ def compare_half(spec, x, state, p, lengths=None, training=False, t0=0):
 @pytest.mark.parametrize("dtype", (torch.float64, torch.float32), ids=str)
 @pytest.mark.parametrize("spec", ALL_SPECS, ids=spec_id)
 def test_matches_reference(spec, dtype):
-    x, state, p = make_layer(spec, 5, 4, 3, 7, dtype)
+    # B = 8 and lengths leaving 8, 7, 6, 4, 1 active rows at steps 0..4: batch norm over 2 (or 3)
+    # active rows is ill-conditioned -- with 2 rows xhat = +-1 and the input gradient is
+    # (dy_a - dy_b) / 2 * (1 - xhat^2) / sigma, a cancellation whose float32 rounding depends on
+    # the order of operations, so the float32 kernel vs float32 reference comparison was luck.
+    # The old inputs (B = 4, lengths [5, 3, 5, 1]: 2 active rows at steps 3, 4) failed for
+    # nig/nog-batch on the H100 and intermittently on the CPU kernels (error ratio up to 6.6x the
+    # allowance over seeds 0-5); these stay below 0.8x (CPU kernels, seeds 0-5, nig/nog/vanilla/
+    # noaf/fgr). One row alone (step 4) is well conditioned (xhat = 0, exact zero gradient).
+    x, state, p = make_layer(spec, 5, 8, 3, 7, dtype)
     compare(spec, x, state, p, training=True)
-    lengths = torch.tensor([5, 3, 5, 1], device=DEV)
+    lengths = torch.tensor([5, 3, 4, 1, 4, 4, 3, 2], device=DEV)
     compare(spec, x, state, p, lengths=lengths, training=True, t0=2)
-    compare(spec, x, state, p, lengths=torch.tensor([2, 5, 4, 3], device=DEV), training=False, t0=1)
+    compare(spec, x, state, p, lengths=torch.tensor([2, 5, 4, 3, 5, 1, 5, 4], device=DEV), training=False, t0=1)
 
 
 @pytest.mark.parametrize("dtype", HALF, ids=str)
