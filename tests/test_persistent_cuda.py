@@ -89,21 +89,38 @@ def test_persistent_cuda_half_forward(monkeypatch, spec, dtype):
 @pytest.mark.parametrize("spec", [CellSpec("lstm"), CellSpec("lstm", "vanilla", "layer"),
                                   CellSpec("lstm", "vanilla", "batch")], ids=spec_id)
 def test_persistent_cuda_matches_per_step_large(monkeypatch, spec):
-    """A realistic shape, forward and backward, also with rows staged in chunks, vs the per-step path."""
+    """A realistic shape (128 CTAs of 4 units on an H100), forward and backward, also with rows staged
+    in chunks; the persistent and the per-step paths each against the float64 reference.
+
+    Not an elementwise float32 comparison of the two paths: at this shape the layer-norm backward
+    is beyond float32's elementwise accuracy. The float32 *reference* itself misses the float32
+    table against float64 on dx in 84 of 61440 elements (max abs error 7.6e-5, |dx| up to 21;
+    CPU, this make() and seed), and on the H100 persistent vs per-step differed by 4.9e-5 in 44
+    elements -- the same size, summation order, not a wrong merge (that would be O(1) errors).
+    So: relative error vs float64 at most 2x that of the float32 reference + rtol, as check()."""
     T, B, I, H = 20, 48, 64, 512
     x, state, p, lens = make(spec, T, B, I, H, None)
     gen = torch.Generator().manual_seed(1)
     grads = [torch.randn(T, B, H, generator=gen, dtype=torch.float64)] + \
             [torch.randn(s.shape, generator=gen, dtype=torch.float64) for s in state]
+    exact = run(reference.run_layer, spec, x, state, p, lens, torch.float64, False, grads)
+    same = run(reference.run_layer, spec, x, state, p, lens, torch.float32, False, grads)
+    slack = TOLERANCES[torch.float32][0]
+
+    def check_vs_exact(got, what):
+        for k in exact:
+            err, ref_err = half_rule_error(got[k], exact[k]), half_rule_error(same[k], exact[k])
+            assert err <= 2 * ref_err + slack, (f"{k} {spec_id(spec)} {what}: relative error {err:.3g} > 2 x float32 "
+                                                f"reference error {ref_err:.3g} + {slack:.3g}")
+
     monkeypatch.setenv("FUSEDRNN_PERSISTENT", "0")
-    step = run(_ops.run_layer, spec, x, state, p, lens, torch.float32, False, grads)
+    check_vs_exact(run(_ops.run_layer, spec, x, state, p, lens, torch.float32, False, grads), "per-step")
     monkeypatch.setenv("FUSEDRNN_PERSISTENT", "require")
     for chunk in (None, "16"):
         if chunk:
             monkeypatch.setenv("FUSEDRNN_PERSISTENT_CHUNK", chunk)
-        pers = run(_ops.run_layer, spec, x, state, p, lens, torch.float32, False, grads)
-        for k in step:
-            assert_close(pers[k], step[k], dtype=torch.float32, msg=f"{k} {spec_id(spec)} chunk={chunk}")
+        check_vs_exact(run(_ops.run_layer, spec, x, state, p, lens, torch.float32, False, grads),
+                       f"persistent chunk={chunk}")
 
 
 def test_persistent_cuda_auto_and_fallback(monkeypatch):
