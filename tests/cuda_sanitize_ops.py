@@ -13,6 +13,8 @@ from fusedrnn.spec import CellSpec
 
 
 def run(spec, dtype, training, H=40, T=4, B=3, I=5):
+    # one line per case before it runs, flushed: a sanitizer log that ends in a host crash names the case
+    print(f"cuda_sanitize_ops: {spec} {dtype} training={training} H={H} B={B}", flush=True)
     g = torch.Generator().manual_seed(0)
     p = {r: torch.empty(s, dtype=torch.float32) for r, s in spec.parameter_shapes(I, H).items()}
     init_parameters(spec, p, H)
