@@ -125,3 +125,15 @@ def test_persistent_backward_is_persistent(ops, monkeypatch):
     g = torch.ones_like(out[0]), torch.ones_like(out[1]), torch.ones_like(out[2]), x.new_zeros(0)
     with pytest.raises(RuntimeError, match=r"lstm_bwd \(CUDA, persistent\): FUSEDRNN_PERSISTENT=require"):
         ops.lstm_bwd(*g, *args, out[0], *out[4:9], 0, 0, False, 1e-5)
+
+
+@pytest.mark.parametrize("norm", ["none", "layer"])
+def test_persistent_auto_threshold(ops, monkeypatch, norm):
+    """FUSEDRNN_PERSISTENT=auto picks the persistent kernel up to B = 8 only (persistent_launch.h:
+    on an H100 it won at B = 8 and lost to the per-step path at B = 64, vanilla and layer norm)."""
+    monkeypatch.delenv("FUSEDRNN_PERSISTENT_SMEM", raising=False)
+    monkeypatch.delenv("FUSEDRNN_PERSISTENT_CHUNK", raising=False)
+    code = NORMS.index(norm)
+    assert ops.persist_auto_why(8, 8, code) == ""
+    assert ops.persist_auto_why(9, 8, code) == "batch above the auto threshold"
+    assert ops.persist_auto_why(64, 8, code) == "batch above the auto threshold"

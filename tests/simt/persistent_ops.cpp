@@ -6,4 +6,20 @@
 #define FUSEDRNN_EMULATED
 #include "../../csrc/cuda/rnn_cuda.cu"
 
-TORCH_LIBRARY(fusedrnn_persistent_emulated, m) { FUSEDRNN_CUDA_OPS(m); }
+namespace {
+// The FUSEDRNN_PERSISTENT=auto verdict for a float32 LSTM layer (variant 0) of batch B, hidden H
+// and norm code `norm` on the emulated device: "" when auto picks the persistent kernel, else why not.
+std::string persist_auto_why(int64_t B, int64_t H, int64_t norm) {
+  using namespace fusedrnn::cuda;
+  const PersistDevice dev = persist_device();
+  const PersistPlan plan = persist_plan(int(norm), false, 4, int(H), int(B), dev.sms, dev.smem_max, kPersistThreads, 4);
+  std::string why;
+  persist_selected("persist_auto_why", PersistMode::kAuto, dev, plan, at::kFloat, 1, B, H, &why);
+  return why;
+}
+}  // namespace
+
+TORCH_LIBRARY(fusedrnn_persistent_emulated, m) {
+  FUSEDRNN_CUDA_OPS(m);
+  m.def("persist_auto_why", &persist_auto_why);
+}
