@@ -59,6 +59,13 @@ inline const int64_t* len_ptr(const c10::optional<at::Tensor>& t) {
 
 inline bool active(const int64_t* lengths, int64_t b, int64_t t) { return !lengths || t < lengths[b]; }
 
+// Grain of at::parallel_for over items of `per_item` elements each: at least ATen's GRAIN_SIZE
+// elements per chunk, so a step's small passes run on one thread instead of paying a thread
+// barrier per pass (hundreds per sequence; costly when the cores are oversubscribed).
+inline int64_t grain(int64_t per_item) {
+  return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, per_item));
+}
+
 // Zeroed [threads, n] buffer: each thread of at::parallel_for accumulates into its own row,
 // then total() sums the rows (no races, deterministic for a fixed thread count).
 struct ThreadAcc {

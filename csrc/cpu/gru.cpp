@@ -67,7 +67,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       T_* hn_t = hn.data_ptr<T_>() + t * B * H;
       T_* y_t = y.data_ptr<T_>() + t * B * H;
       T_* st = ln ? stats.data_ptr<T_>() + t * B * 4 : nullptr;
-      at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      at::parallel_for(0, B, grain(GH), [&](int64_t b0, int64_t b1) {
         std::vector<T_> xs(GH), hs(GH);
         for (int64_t b = b0; b < b1; ++b) {
           T_* a = acts_t + b * GH;
@@ -143,7 +143,7 @@ gru_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& grad_h_n, const at::Tens
       const T_* hprev_t = t > 0 ? y.data_ptr<T_>() + (t - 1) * B * H : h0.data_ptr<T_>();
       T_* dxs_t = dxs.data_ptr<T_>() + t * B * GH;
       T_* dhs_t = dhs.data_ptr<T_>() + t * B * GH;
-      at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      at::parallel_for(0, B, grain(GH), [&](int64_t b0, int64_t b1) {
         T_* dg = ln ? acc.row<T_>() : nullptr;
         for (int64_t b = b0; b < b1; ++b) {
           if (!active(L, b, t)) {  // finished sequence: no gradient into this step

@@ -38,7 +38,7 @@ inline int64_t stats_width(int norm, int64_t G, int64_t H) {
 template <typename T>
 void bn_column_stats(const T* v, int64_t B, int64_t N, const int64_t* lengths, int64_t t, bool training,
                      const T* rm_slot, const T* rv_slot, T* mean, T* var) {
-  at::parallel_for(0, N, 64, [&](int64_t k0, int64_t k1) {
+  at::parallel_for(0, N, grain(B), [&](int64_t k0, int64_t k1) {
     for (int64_t k = k0; k < k1; ++k) {
       if (!training) {
         mean[k] = rm_slot[k];
@@ -63,7 +63,7 @@ void bn_column_stats(const T* v, int64_t B, int64_t N, const int64_t* lengths, i
 template <typename T>
 void bn_column_bwd(const T* v, const T* dy, T* dv, int64_t B, int64_t N, const int64_t* lengths, int64_t t,
                    bool training, const T* mean, const T* rstd, const T* gain, T* dgain, T* dbias) {
-  at::parallel_for(0, N, 64, [&](int64_t k0, int64_t k1) {
+  at::parallel_for(0, N, grain(B), [&](int64_t k0, int64_t k1) {
     for (int64_t k = k0; k < k1; ++k) {
       A s1 = 0, s2 = 0;
       int64_t n = 0;
@@ -132,7 +132,7 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
     T* y_t = p.y + t * B * H;
 
     // Row pass A: gate pre-activations, gates, c_t; and (unless batch norm) pass B: h_t.
-    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    at::parallel_for(0, B, grain(GH), [&](int64_t b0, int64_t b1) {
       std::vector<T> pre(GH), tmp(GH), cn(H);
       for (int64_t b = b0; b < b1; ++b) {
         T* acts_b = acts_t + b * GH;
@@ -196,7 +196,7 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
       T* vc = st + NB + 2 * GH;
       bn_column_stats(cs_t, B, H, L, t, p.training, p.rm_cell + slot * H, p.rv_cell + slot * H, mc, vc);
       for (int64_t j = 0; j < H; ++j) bn_rstd[2 * GH + j] = norm_rstd<T, A>(A(vc[j]), A(p.eps));
-      at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      at::parallel_for(0, B, grain(GH), [&](int64_t b0, int64_t b1) {
         std::vector<T> cn(H);
         for (int64_t b = b0; b < b1; ++b) {
           if (!active(L, b, t)) continue;
@@ -377,7 +377,7 @@ void lstm_backward(const LstmBwdParams<T>& p, bool full_dpre, const at::Tensor& 
     T* dpre_t = p.dpre + (full_dpre ? t * B * GH : 0);
 
     // Pass 1 (rows): dh -> d_o, d_cn; for norm none / layer norm of c also dc through the norm.
-    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    at::parallel_for(0, B, grain(GH), [&](int64_t b0, int64_t b1) {
       std::vector<T> cn(H);
       T* dgc_row = (NORM == kNormLayer || NORM == kNormLayerPerGate) ? acc_gates.row<T>() : nullptr;
       for (int64_t b = b0; b < b1; ++b) {
@@ -410,7 +410,7 @@ void lstm_backward(const LstmBwdParams<T>& p, bool full_dpre, const at::Tensor& 
     }
 
     // Pass 2 (rows): gates backward -> dpre, dc carry, peepholes; row norms of the gates.
-    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    at::parallel_for(0, B, grain(GH), [&](int64_t b0, int64_t b1) {
       T* dpeep = fl.num_peep ? acc_peep.row<T>() : nullptr;
       T* dbias = p.b_ih ? acc_bias.row<T>() : nullptr;
       T* dgr = (NORM == kNormLayer || NORM == kNormLayerPerGate) ? acc_gates.row<T>() + 2 * H : nullptr;

@@ -55,7 +55,7 @@ std::tuple<at::Tensor, at::Tensor> rnn_fwd_cpu(const at::Tensor& x, const c10::o
       gemm.run(hp, hwp);
       const T_* xw_t = xw.data_ptr<T_>() + t * B * H;
       T_* y_t = y.data_ptr<T_>() + t * B * H;
-      at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      at::parallel_for(0, B, grain(H), [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b) {
           if (!active(L, b, t)) {
             for (int64_t j = 0; j < H; ++j) y_t[b * H + j] = T_(0);
@@ -95,7 +95,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       const T_* y_t = y.data_ptr<T_>() + t * B * H;
       const T_* dy_t = grad_y.data_ptr<T_>() + t * B * H;
       T_* dp = dpre.data_ptr<T_>() + t * B * H;
-      at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      at::parallel_for(0, B, grain(H), [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b) {
           if (!active(L, b, t)) {  // finished sequence: no gradient into this step
             std::fill(dp + b * H, dp + (b + 1) * H, T_(0));
