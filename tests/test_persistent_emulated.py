@@ -137,3 +137,14 @@ def test_persistent_auto_threshold(ops, monkeypatch, norm):
     assert ops.persist_auto_why(8, 8, code) == ""
     assert ops.persist_auto_why(9, 8, code) == "batch above the auto threshold"
     assert ops.persist_auto_why(64, 8, code) == "batch above the auto threshold"
+
+
+@pytest.mark.parametrize("spec", [CellSpec("lstm", "vanilla", "layer"), CellSpec("lstm", "peephole", "layer_per_gate")],
+                         ids=spec_id)
+def test_persistent_many_ctas(ops, persistent, spec):
+    """40 emulated SMs, H = 40: 40 CTAs of one unit each, so the warp-wide cross-CTA merges of the
+    layer-norm statistics (forward) and row sums (backward) loop over two CTAs in lanes 0-7 -- the
+    regime of a real GPU (an H100 runs H = 512 as 128 CTAs, 4 per lane), which 3 emulated CTAs
+    never reach. fp64 against the reference, forward and backward, variable lengths."""
+    persistent.setenv("FUSEDRNN_EMULATED_SMS", "40")
+    check_ops(ops, spec, T=2, B=3, I=3, H=40, dtype=torch.float64, lengths=[2, 1, 2], training=True)

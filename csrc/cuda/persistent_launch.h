@@ -9,6 +9,7 @@
 //   FUSEDRNN_PERSISTENT=1            persistent whenever it fits, else per-step (never fails)
 //   FUSEDRNN_PERSISTENT=require      persistent or a RuntimeError saying why not (tests, benchmarks)
 //   FUSEDRNN_PERSISTENT_SMEM=<bytes> caps the shared memory the plan may use (tests)
+//   FUSEDRNN_EMULATED_SMS=<n>        the emulated build only: SMs of the emulated device (default 3)
 //   FUSEDRNN_PERSISTENT_CHUNK=<rows> caps the batch rows of h_{t-1} (forward) / dhw_t (backward)
 //                                    staged in shared memory at once (tests: forces several chunks)
 // Heuristic (auto): persistent when the dtype is float32/float16/bfloat16 (float64 always runs
@@ -79,6 +80,12 @@ inline PersistDevice persist_device() {
   d.sms = 3;  // a small grid of a few emulated CTAs
   d.smem_max = 96 * 1024;
   d.cooperative = true;
+  // Tests: more emulated SMs, e.g. over 32 CTAs so the cross-CTA merges' lanes loop over several
+  // CTAs each, as on a real GPU (132 SMs on an H100) -- every CTA is 64 std::threads, keep it small.
+  if (const char* sms = std::getenv("FUSEDRNN_EMULATED_SMS")) {
+    d.sms = std::atoi(sms);
+    TORCH_CHECK(d.sms >= 1 && d.sms <= 256, "FUSEDRNN_EMULATED_SMS must be in [1, 256], got '", sms, "'");
+  }
 #else
   int device = 0, sms = 0, smem = 0, coop = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
