@@ -49,7 +49,8 @@ def parse_args(argv=None):
         formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available, else cpu)")
     ap.add_argument("--suite", default=None, choices=sorted(SUITES),
-                    help="default: 'default' on CPU (~1 min on 2 cores), 'gpu' on CUDA (~4 min); 'full': everything")
+                    help="default: 'default' on CPU (a few minutes on 2 cores), 'gpu' on CUDA (~3 min on an H100); "
+                         "'full': every cell on every workload shape (long); 'tiny': smoke test")
     ap.add_argument("--cells", default=None, help=f"comma list replacing the suite's cells ({', '.join(CELLS)})")
     ap.add_argument("--shapes", default=None,
                     help="comma list replacing the suite's shapes: named shapes or TxBxIxH (e.g. 100x32x256x256)")

@@ -116,7 +116,8 @@ def _cpu_default() -> Suite:
     named = (NAMED_SHAPES["rowmnist"], NAMED_SHAPES["generic"])
     return Suite(
         "default",
-        "CPU default (~1 min on 2 idle cores, plus torch.compile time): LSTM, LN-LSTM, BN-LSTM, GRU on row "
+        "CPU default (meant for about a minute on 2 idle cores plus torch.compile time; 280 s with --threads 1 "
+        "on the busy shared 2-core machine, compile included): LSTM, LN-LSTM, BN-LSTM, GRU on row "
         "MNIST and the generic shape (torch.compile for LSTM and LN-LSTM only), and small T/B/H sweeps "
         "(LSTM and LN-LSTM, every candidate but torch.compile) for the plot",
         (Entry(core, named, ("fused", "reference", "script", "nn", "floor")),
@@ -149,7 +150,8 @@ def _gpu_default() -> Suite:
     st_big = sweep("gpu-T-H1024", "T", (100, 1000), T=0, B=8, I=1024, H=1024)
     return Suite(
         "gpu",
-        "GPU default (~4 min on an H100): issue 5's B, H and T sweeps for LSTM, LN-LSTM, BN-LSTM and GRU "
+        "GPU default (166 s of measurement on an H100 with fusedrnn-cuda, compile included): issue 5's B, H "
+        "and T sweeps for LSTM, LN-LSTM, BN-LSTM and GRU "
         "(fused, cuDNN, GEMM floor), the eager reference and TorchScript on the workload shapes, "
         "torch.compile for LSTM and LN-LSTM on the generic shape; fp32 (TF32 off) and bf16",
         (Entry(("vanilla", "ln", "bn", "gru"), tuple(sb + sh + st + st_big), FAST),
