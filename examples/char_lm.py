@@ -15,8 +15,9 @@ Cells (--cells, comma list): lstm, gru, ln_lstm (layer-normalized LSTM), ln_gru,
 Greff et al. variant as lstm:<variant> (lstm:peephole, lstm:cifg, lstm:fgr, ...).
 
 Expected result (measured, see examples/results/README.md; shared 2-core CPU): the
-default run (2 layers x 128, 6 epochs over Macbeth) reaches validation bpc of about
-2.0-2.1 for each cell -- it learns words and line structure, not Shakespeare.
+default run (2 layers x 128, 8 epochs over Macbeth, seed 1) reaches validation bpc of
+LSTM 2.59, GRU 2.39, LN-LSTM 2.33 -- it learns words, names and line structure, not
+Shakespeare; more epochs or the complete works (--data) go further.
 Outputs in --out: metrics.json, loss.png, samples.txt and a checkpoint per cell.
 """
 from __future__ import annotations

@@ -85,18 +85,20 @@ def plot(path: Path, results: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.4))
-    for name, r in results.items():
-        line, = axes[0].plot(r["cpu"], "-", linewidth=1.2, label=f"{name} cpu")
-        axes[0].plot(r["reference"], "o", markersize=3, color=line.get_color(), label=f"{name} reference")
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5))
+    cmap = plt.get_cmap("tab20")
+    for k, (name, r) in enumerate(results.items()):
+        color = cmap(k % 20)
+        axes[0].semilogy(r["cpu"], "-", linewidth=1.2, color=color)
+        axes[0].semilogy(r["reference"], "o", markersize=3, color=color)
         diff = [max(abs(a - b), 1e-18) for a, b in zip(r["cpu"], r["reference"])]
-        axes[1].semilogy(diff, marker=".", label=name, color=line.get_color())
+        axes[1].semilogy(diff, marker=".", linewidth=0.8, label=name, color=color)
     axes[1].axhline(ATOL, color="k", linestyle="--", linewidth=0.8, label="atol 1e-9")
     axes[0].set_xlabel("optimizer step")
-    axes[0].set_ylabel("training loss (nats), line: cpu, dots: reference")
+    axes[0].set_ylabel("training loss (nats, log scale); line: cpu, dots: reference")
     axes[1].set_xlabel("optimizer step")
     axes[1].set_ylabel("|loss cpu - loss reference| (1e-18 = identical)")
-    axes[1].legend(fontsize=6, ncol=2)
+    axes[1].legend(fontsize=6, ncol=2, loc="upper left")
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.suptitle("float64 training-loss parity, fused CPU kernels vs reference, same seed and dropout masks",
