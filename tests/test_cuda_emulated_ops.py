@@ -209,3 +209,33 @@ def test_emulated_ops_half_precision_rule(ops, spec, dtype):
                       **{k: ep[k] for k in _BN if k in ep}}
     for name, t in results[torch.float64].items():
         check_half_rule(f"{spec_id(spec)} {name}", kernel[name], results[dtype][name], t, dtype)
+
+
+@pytest.mark.slow
+def test_emulated_ops_asan_error_path_and_half_ln(tmp_path):
+    """rnn_cuda.cu's host code and the emulated kernels built with -fsanitize=address,undefined:
+    the argument-error paths (an H100 run segfaulted where lstm_fwd should raise) and the
+    bfloat16/float16 norm cases of tests/cuda_sanitize_ops.py, per step and persistent, raise or
+    run with no sanitizer report (tests/simt/asan_error_path.py). About 7 min to build on 2 cores."""
+    import subprocess
+    import sys
+    from torch.utils.cpp_extension import include_paths, library_paths
+    # built by g++ directly: cpp_extension.load would also load it here, where the ASan runtime
+    # is not preloaded (ASan then aborts the process)
+    so = tmp_path / "fusedrnn_emulated_ops_asan.so"
+    san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined"]
+    cmd = ["g++", "-shared", "-fPIC", "-std=c++20", "-O1", "-g0", "-pthread", *san,
+           f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
+           *(f"-I{d}" for d in [*include_paths(), str(ROOT / "csrc" / "include")]),
+           str(ROOT / "tests" / "simt" / "emulated_ops.cpp"), "-o", str(so),
+           *(f"-L{d}" for d in library_paths()), "-lc10", "-ltorch_cpu", "-ltorch"]
+    subprocess.run(cmd, check=True, timeout=1800)
+    runtimes = [subprocess.run(["g++", f"-print-file-name={lib}"], capture_output=True, text=True).stdout.strip()
+                for lib in ("libasan.so", "libubsan.so")]
+    env = dict(os.environ, LD_PRELOAD=" ".join(runtimes), ASAN_OPTIONS="detect_leaks=0:halt_on_error=1",
+               UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1")
+    env.pop("FUSEDRNN_PERSISTENT", None)
+    r = subprocess.run([sys.executable, str(ROOT / "tests" / "simt" / "asan_error_path.py"), str(so)], env=env,
+                       capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0 and "asan_error_path: all ok" in r.stdout, r.stdout + r.stderr[-4000:]
+    assert "runtime error" not in r.stderr and "AddressSanitizer" not in r.stderr, r.stderr[-4000:]
