@@ -26,8 +26,8 @@ skip() {
   say "SKIPPED: $*"; exit 0
 }
 command -v "$cxx" >/dev/null 2>&1 || skip "no C++ compiler $cxx"
-libasan="$("$cxx" -print-file-name=libasan.so)"
-libubsan="$("$cxx" -print-file-name=libubsan.so)"
+libasan="$("$cxx" -print-file-name=libasan.so 2>/dev/null || true)"
+libubsan="$("$cxx" -print-file-name=libubsan.so 2>/dev/null || true)"
 [ -f "$libasan" ] || skip "$cxx has no AddressSanitizer runtime (libasan.so; apt install libasan8 or the gcc package)"
 [ -f "$libubsan" ] || skip "$cxx has no UndefinedBehaviorSanitizer runtime (libubsan.so)"
 
