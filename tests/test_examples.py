@@ -191,8 +191,8 @@ def test_init_recurrent_orthogonal_and_forget_bias():
 def test_char_lm_training_parity_fused_vs_reference(cell):
     """20 float64 training steps (2 layers with dropout for lstm/gru/ln_lstm): same loss curve."""
     text = char_lm.DEFAULT_TEXT.read_text()[:3000]
-    fused = torch.tensor(parity.char_losses(cell, "cpu", 20, text, hidden=16, bptt=12))
-    ref = torch.tensor(parity.char_losses(cell, "reference", 20, text, hidden=16, bptt=12))
+    fused = torch.tensor(parity.char_losses(cell, "cpu", 20, text, hidden=12, bptt=8))
+    ref = torch.tensor(parity.char_losses(cell, "reference", 20, text, hidden=12, bptt=8))
     assert fused.numel() == 20
     assert_close(fused, ref, dtype=torch.float64, msg=f"char_lm {cell}: loss curves differ")
 
@@ -203,8 +203,8 @@ def test_char_lm_training_parity_fused_vs_reference(cell):
 def test_seq_mnist_training_parity_fused_vs_reference(cell, mnist):
     """20 float64 training steps of the MNIST classifier (BN: per-step statistics, h0 noise)."""
     X, y = mnist
-    fused = torch.tensor(parity.mnist_losses(cell, "cpu", 20, X, y, hidden=16, batch_size=16, n_test=16))
-    ref = torch.tensor(parity.mnist_losses(cell, "reference", 20, X, y, hidden=16, batch_size=16, n_test=16))
+    fused = torch.tensor(parity.mnist_losses(cell, "cpu", 20, X, y, hidden=12, batch_size=8, n_test=8))
+    ref = torch.tensor(parity.mnist_losses(cell, "reference", 20, X, y, hidden=12, batch_size=8, n_test=8))
     assert_close(fused, ref, dtype=torch.float64, msg=f"seq_mnist {cell}: loss curves differ")
 
 
