@@ -239,3 +239,43 @@ def test_emulated_ops_asan_error_path_and_half_ln(tmp_path):
                        capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0 and "asan_error_path: all ok" in r.stdout, r.stdout + r.stderr[-4000:]
     assert "runtime error" not in r.stderr and "AddressSanitizer" not in r.stderr, r.stderr[-4000:]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.version.cuda is None or shutil.which("nvcc") is None,
+                    reason="needs a CUDA build of torch (its c10_cuda/torch_cuda libraries) and nvcc")
+def test_nvcc_built_error_path(tmp_path):
+    """The argument-error path of the nvcc-compiled host code (tests/simt/nvcc_error_ops.cu), no GPU:
+    an H100 run segfaulted where lstm_fwd should raise. Built with setup.py's nvcc flags, called on
+    CPU tensors in a subprocess (a crash fails the test instead of the session). About 3 min."""
+    import subprocess
+    import sys
+    from torch.utils.cpp_extension import include_paths, library_paths
+    so = tmp_path / "nvcc_error_ops.so"
+    std = "-std=c++20" if tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 14) else "-std=c++17"
+    cmd = ["nvcc", "-shared", "-Xcompiler", "-fPIC", "-O3", std, "-gencode", "arch=compute_90,code=sm_90",
+           "--expt-relaxed-constexpr", "-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE", "-DFUSEDRNN_WITH_CUDA",
+           "-DTORCH_API_INCLUDE_EXTENSION_H", f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
+           "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__", "-D__CUDA_NO_BFLOAT16_CONVERSIONS__",
+           "-D__CUDA_NO_HALF2_OPERATORS__", *(f"-I{d}" for d in [*include_paths(), str(ROOT / "csrc" / "include")]),
+           str(ROOT / "tests" / "simt" / "nvcc_error_ops.cu"), "-o", str(so),
+           *(f"-L{d}" for d in library_paths()), "-lc10", "-ltorch_cpu", "-ltorch", "-lc10_cuda", "-ltorch_cuda"]
+    subprocess.run(cmd, check=True, timeout=1800)
+    script = f"""
+import torch
+torch.ops.load_library({str(so)!r})
+ops = torch.ops.fusedrnn_nvcc_errors
+x, h, c = torch.randn(3, 2, 2), torch.zeros(2, 3), torch.zeros(2, 3)
+calls = [lambda: ops.lstm_fwd(x, None, h, c, None, torch.randn(12, 2), torch.randn(12, 3), *([None] * 16), 0, 0,
+                              True, 0, 1e-5),
+         lambda: ops.gru_fwd(x, None, h, torch.randn(9, 2), torch.randn(9, 3), None, None, None, None, 0, 1e-5),
+         lambda: ops.rnn_fwd(x, None, h, torch.randn(3, 2), torch.randn(3, 3), None, None, 0)]
+for call in calls:
+    try:
+        call()
+    except RuntimeError as e:
+        assert "expected tensors on cuda, got x on cpu" in str(e), str(e)
+        print("raised", flush=True)
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.count("raised") == 3, (r.returncode, r.stdout, r.stderr[-3000:])
