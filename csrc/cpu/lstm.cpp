@@ -318,7 +318,8 @@ lstm_fwd_cpu(const at::Tensor& x, const c10::optional<at::Tensor>& lengths, cons
     fill_common(p, args, fl, norm, eps);
     p.bn_slots = static_cast<int>(S);
     p.training = training;
-    p.t0 = static_cast<int>(t0);
+    // slot min(t0 + t, S - 1) == min(min(t0, S - 1) + t, S - 1): clamp before narrowing to int
+    p.t0 = static_cast<int>(std::min<int64_t>(t0, std::max<int64_t>(S - 1, 0)));
     p.rm_ih = ptr<scalar_t>(rm_ih); p.rv_ih = ptr<scalar_t>(rv_ih);
     p.rm_hh = ptr<scalar_t>(rm_hh); p.rv_hh = ptr<scalar_t>(rv_hh);
     p.rm_cell = ptr<scalar_t>(rm_cell); p.rv_cell = ptr<scalar_t>(rv_cell);
