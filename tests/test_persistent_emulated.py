@@ -148,3 +148,28 @@ def test_persistent_many_ctas(ops, persistent, spec):
     never reach. fp64 against the reference, forward and backward, variable lengths."""
     persistent.setenv("FUSEDRNN_EMULATED_SMS", "40")
     check_ops(ops, spec, T=2, B=3, I=3, H=40, dtype=torch.float64, lengths=[2, 1, 2], training=True)
+
+
+@pytest.mark.parametrize("mode", ["0", "require"])
+def test_batchnorm_huge_t0(ops, monkeypatch, mode):
+    """t0 >= 2^31 (a long stream fed in chunks): the slot min(t0 + t, S - 1) is S - 1, as for
+    t0 = S - 1 -- t0 was narrowed to int before the clamp (a negative slot, out-of-bounds reads of
+    the running statistics in eval and writes in bn_update_). Per step and persistent, and bn_update_."""
+    monkeypatch.setenv("FUSEDRNN_PERSISTENT", mode)
+    spec = CellSpec("lstm", "vanilla", "batch", max_bn_steps=3)
+    x, state, p, lens = make_case(spec, 2, 3, 3, 8, torch.float64, [2, 1, 2])
+    bn = [p[k] for k in ("rm_ih", "rv_ih", "rm_hh", "rv_hh", "rm_cell", "rv_cell")]
+    args = (x, lens, state[0], state[1], None, p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"], None, None,
+            p["g_ih"], p["g_hh"], p["g_cell"], p["b_cell"], None, None, *bn)
+    S = bn[0].shape[0]
+    for training in (False, True):
+        ref = ops.lstm_fwd(*args, 0, 3, training, S - 1, spec.eps)
+        big = ops.lstm_fwd(*args, 0, 3, training, 2**31 + 5, spec.eps)
+        for a, b in zip(ref, big):
+            torch.testing.assert_close(b, a, rtol=0, atol=0)
+    stats = ops.lstm_fwd(*args, 0, 3, True, 0, spec.eps)[8]
+    want, got = [t.clone() for t in bn], [t.clone() for t in bn]
+    ops.bn_update_(*want, stats, lens, 3, S - 1, 0.1)
+    ops.bn_update_(*got, stats, lens, 3, 2**31 + 5, 0.1)
+    for a, b in zip(want, got):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)

@@ -203,7 +203,9 @@ inline bool persistent_lstm_fwd(const at::Tensor& x, const int64_t* lengths, con
     };
     PersistentLstmFwd<T_> p{};
     p.steps = int(T); p.batch = int(B); p.hidden = int(H); p.variant = int(variant);
-    p.training = int(training); p.t0 = int(t0); p.slots = int(slots > 0 ? slots : 1);
+    p.training = int(training); p.slots = int(slots > 0 ? slots : 1);
+    // slot min(t0 + t, S - 1) == min(min(t0, S - 1) + t, S - 1): clamp before narrowing to int
+    p.t0 = int(std::min<int64_t>(t0, p.slots - 1));
     p.units = plan.units; p.chunk = plan.chunk; p.eps = eps; p.lengths = lengths;
     p.h0 = h0.data_ptr<T_>(); p.c0 = c0.data_ptr<T_>(); p.a0 = ptr(a0);
     p.w_hh = w_hh.data_ptr<T_>(); p.w_fgr = ptr(w_fgr);

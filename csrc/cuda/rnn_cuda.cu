@@ -374,6 +374,7 @@ void bn_update_(Tensor& rm_ih, Tensor& rv_ih, Tensor& rm_hh, Tensor& rv_hh, Tens
   check(op, "rm_cell", rm_cell, rm_ih, {S, H});
   check(op, "rv_cell", rv_cell, rm_ih, {S, H});
   TORCH_CHECK(t0 >= 0 && batch >= 1, op, ": need t0 >= 0 and batch >= 1, got t0 = ", t0, ", batch = ", batch);
+  TORCH_CHECK(S >= 1, op, ": running statistics need at least one slot, got S = ", S);
   const int64_t* L = nullptr;
   if (lengths.has_value() && lengths->defined()) {
     TORCH_CHECK(lengths->device() == stats.device() && lengths->scalar_type() == at::kLong &&
@@ -385,7 +386,8 @@ void bn_update_(Tensor& rm_ih, Tensor& rv_ih, Tensor& rm_hh, Tensor& rv_hh, Tens
   FUSEDRNN_DEVICE_GUARD(stats);
   FUSEDRNN_DISPATCH(rm_ih.scalar_type(), "fusedrnn_bn_update_cuda", [&] {
     BnUpdate<scalar_t> p{};
-    p.steps = int(T); p.batch = int(batch); p.slots = int(S); p.t0 = int(t0); p.gh = int(GH); p.hidden = int(H);
+    p.steps = int(T); p.batch = int(batch); p.slots = int(S); p.gh = int(GH); p.hidden = int(H);
+    p.t0 = int(std::min<int64_t>(t0, S - 1));  // the slot min(t0 + t, S - 1) is unchanged; fits in int
     p.momentum = momentum;
     p.lengths = L;
     p.stats = stats.data_ptr<typename AccOf<scalar_t>::type>();
