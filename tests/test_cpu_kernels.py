@@ -111,11 +111,16 @@ def compare(spec, x, state, p, lengths=None, training=False, t0=0):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("spec", ALL_SPECS, ids=spec_id)
 def test_matches_reference(spec, dtype):
-    x, state, p = make_layer(spec, 5, 4, 3, 7, dtype)
+    # B = 8 with lengths leaving 8, 7, 6, 4 and 1 active rows at steps 0..4. Batch norm over exactly
+    # 2 active rows is ill-conditioned (xhat = +-1 whatever the input, so the true input gradient is
+    # ~0 and float32 results are rounding noise amplified by 1 / sigma): the earlier B = 4 inputs
+    # had 2 active rows at steps 3-4 and made the float32 comparison a matter of luck (failed
+    # intermittently for nog/nig-batch, here and on the H100; same change in test_cuda.py).
+    x, state, p = make_layer(spec, 5, 8, 3, 7, dtype)
     compare(spec, x, state, p, training=True)
-    # variable lengths (one sequence alone at the last steps: BN normalizes, no update), t0 offset
-    compare(spec, x, state, p, lengths=torch.tensor([5, 3, 5, 1]), training=True, t0=2)
-    compare(spec, x, state, p, lengths=torch.tensor([2, 5, 4, 3]), training=False, t0=1)
+    # variable lengths (one sequence alone at the last step: BN normalizes, no update), t0 offset
+    compare(spec, x, state, p, lengths=torch.tensor([5, 3, 4, 1, 4, 4, 3, 2]), training=True, t0=2)
+    compare(spec, x, state, p, lengths=torch.tensor([2, 5, 4, 3, 5, 1, 5, 4]), training=False, t0=1)
 
 
 @pytest.mark.parametrize("spec", ALL_SPECS, ids=spec_id)
