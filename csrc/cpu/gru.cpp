@@ -20,18 +20,8 @@ void check_gru(const char* op, const at::Tensor& x, const c10::optional<at::Tens
                const c10::optional<at::Tensor>& b_hh, const c10::optional<at::Tensor>& g_ih,
                const c10::optional<at::Tensor>& g_hh, int64_t norm) {
   TORCH_CHECK(norm == kNormNone || norm == kNormLayer, op, ": GRU norm must be 0 (none) or 1 (layer), got ", norm);
-  TORCH_CHECK(x.dim() == 3, op, ": x must be [T, B, I], got shape ", x.sizes());
+  const int64_t H = check_recurrence(op, x, lengths, h0, w_ih, w_hh, 3);
   auto dt = x.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble, op, ": x must be float32 or float64 on the CPU, got ", dt);
-  const int64_t T = x.size(0), B = x.size(1), I = x.size(2);
-  TORCH_CHECK(T >= 1, op, ": x must have at least one time step, got shape ", x.sizes());
-  check_tensor(op, "x", x, dt, {T, B, I});
-  TORCH_CHECK(w_hh.dim() == 2, op, ": w_hh must be [3H, H], got shape ", w_hh.sizes());
-  const int64_t H = w_hh.size(1);
-  check_tensor(op, "w_hh", w_hh, dt, {3 * H, H});
-  check_tensor(op, "w_ih", w_ih, dt, {3 * H, I});
-  check_tensor(op, "h0", h0, dt, {B, H});
-  check_lengths(op, lengths, B, T);
   TORCH_CHECK(!(b_ih.has_value() && b_ih->defined()) == !(b_hh.has_value() && b_hh->defined()), op,
               ": b_ih and b_hh must be given together");
   check_opt(op, "b_ih", b_ih, dt, {3 * H}, false);

@@ -224,23 +224,14 @@ struct LstmArgs {
   c10::optional<at::Tensor> b_ih, b_hh, w_peep, w_fgr, g_ih, g_hh, g_cell, b_cell, g_gates, b_gates;
 };
 
-// Validates every argument against x and the variant/norm; returns (T, B, I, H, G).
+// Validates every argument against x and the variant/norm.
 void check_lstm(const char* op, const LstmArgs& a, const LstmFlags& fl, int64_t norm, int64_t variant) {
   TORCH_CHECK(variant >= 0 && variant <= kFGR, op, ": variant must be in [0, 8], got ", variant);
   TORCH_CHECK(norm >= 0 && norm <= kNormBatch, op, ": norm must be in [0, 3], got ", norm);
-  TORCH_CHECK(a.x.dim() == 3, op, ": x must be [T, B, I], got shape ", a.x.sizes());
+  const int64_t H = check_recurrence(op, a.x, a.lengths, a.h0, a.w_ih, a.w_hh, fl.num_gates);
+  const int64_t B = a.x.size(1), GH = fl.num_gates * H;
   auto dt = a.x.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble, op, ": x must be float32 or float64 on the CPU, got ", dt);
-  const int64_t T = a.x.size(0), B = a.x.size(1), I = a.x.size(2);
-  TORCH_CHECK(T >= 1, op, ": x must have at least one time step, got shape ", a.x.sizes());
-  check_tensor(op, "x", a.x, dt, {T, B, I});
-  TORCH_CHECK(a.w_hh.dim() == 2, op, ": w_hh must be [GH, H], got shape ", a.w_hh.sizes());
-  const int64_t H = a.w_hh.size(1), G = fl.num_gates, GH = G * H;
-  check_tensor(op, "w_hh", a.w_hh, dt, {GH, H});
-  check_tensor(op, "w_ih", a.w_ih, dt, {GH, I});
-  check_tensor(op, "h0", a.h0, dt, {B, H});
   check_tensor(op, "c0", a.c0, dt, {B, H});
-  check_lengths(op, a.lengths, B, T);
   check_opt(op, "a0", a.a0, dt, {B, 3 * H}, fl.fgr);
   TORCH_CHECK(!(a.b_ih.has_value() && a.b_ih->defined()) == !(a.b_hh.has_value() && a.b_hh->defined()), op,
               ": b_ih and b_hh must be given together");

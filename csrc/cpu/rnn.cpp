@@ -16,18 +16,7 @@ constexpr const char* kBwd = "fusedrnn::rnn_bwd";
 void check_rnn(const char* op, const at::Tensor& x, const c10::optional<at::Tensor>& lengths, const at::Tensor& h0,
                const at::Tensor& w_ih, const at::Tensor& w_hh, int64_t kind) {
   TORCH_CHECK(kind == kRnnTanh || kind == kRnnRelu, op, ": kind must be 0 (tanh) or 1 (relu), got ", kind);
-  TORCH_CHECK(x.dim() == 3, op, ": x must be [T, B, I], got shape ", x.sizes());
-  auto dt = x.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble, op, ": x must be float32 or float64 on the CPU, got ", dt);
-  const int64_t T = x.size(0), B = x.size(1), I = x.size(2);
-  TORCH_CHECK(T >= 1, op, ": x must have at least one time step, got shape ", x.sizes());
-  check_tensor(op, "x", x, dt, {T, B, I});
-  TORCH_CHECK(w_hh.dim() == 2, op, ": w_hh must be [H, H], got shape ", w_hh.sizes());
-  const int64_t H = w_hh.size(1);
-  check_tensor(op, "w_hh", w_hh, dt, {H, H});
-  check_tensor(op, "w_ih", w_ih, dt, {H, I});
-  check_tensor(op, "h0", h0, dt, {B, H});
-  check_lengths(op, lengths, B, T);
+  check_recurrence(op, x, lengths, h0, w_ih, w_hh, 1);
 }
 
 std::tuple<at::Tensor, at::Tensor> rnn_fwd_cpu(const at::Tensor& x, const c10::optional<at::Tensor>& lengths,
