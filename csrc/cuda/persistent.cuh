@@ -453,17 +453,18 @@ struct PersistPlan {
 };
 
 // Units per CTA: spread H over at most `sms` CTAs (one per SM). Batch rows staged at once:
-// as many as fit next to the weights, up to B. `acc_bytes`: sizeof(A).
-inline PersistPlan persist_plan(int norm, bool fgr, int G, int H, int B, int sms, long smem_max, int threads,
-                                int acc_bytes) {
+// as many as fit next to the weights, up to B. `acc_bytes`: sizeof(A). `smem_of(units, chunk)`
+// gives the shared-memory element count of the kernel being planned (forward or backward).
+template <typename SmemOf>
+inline PersistPlan persist_search(int H, int B, int sms, long smem_max, int threads, int acc_bytes,
+                                  SmemOf smem_of) {
   PersistPlan plan;
   plan.threads = threads;
   if (sms < 1 || H < 1 || B < 1) { plan.why = "empty problem or no SMs"; return plan; }
   plan.units = (H + sms - 1) / sms;
   plan.blocks = (H + plan.units - 1) / plan.units;
   for (int chunk = B;; chunk = (chunk + 1) / 2) {
-    const PersistSmem s = persist_smem(norm, fgr, G, H, B, plan.units, chunk, threads / 32);
-    const long bytes = s.total * acc_bytes;
+    const long bytes = smem_of(plan.units, chunk) * acc_bytes;
     if (bytes <= smem_max) {
       plan.chunk = chunk;
       plan.smem_bytes = bytes;
@@ -474,6 +475,13 @@ inline PersistPlan persist_plan(int norm, bool fgr, int G, int H, int B, int sms
   }
   plan.why = "the weight slice does not fit in shared memory";
   return plan;
+}
+
+inline PersistPlan persist_plan(int norm, bool fgr, int G, int H, int B, int sms, long smem_max, int threads,
+                                int acc_bytes) {
+  return persist_search(H, B, sms, smem_max, threads, acc_bytes, [&](int units, int chunk) {
+    return long(persist_smem(norm, fgr, G, H, B, units, chunk, threads / 32).total);
+  });
 }
 
 }  // namespace cuda

@@ -414,23 +414,9 @@ __global__ void __launch_bounds__(256) persistent_lstm_bwd_kernel(PersistentLstm
 // Like persist_plan, for the backward's shared memory.
 inline PersistPlan persist_bwd_plan(int norm, bool fgr, int G, int H, int B, int sms, long smem_max, int threads,
                                     int acc_bytes) {
-  PersistPlan plan;
-  plan.threads = threads;
-  if (sms < 1 || H < 1 || B < 1) { plan.why = "empty problem or no SMs"; return plan; }
-  plan.units = (H + sms - 1) / sms;
-  plan.blocks = (H + plan.units - 1) / plan.units;
-  for (int chunk = B;; chunk = (chunk + 1) / 2) {
-    const long bytes = persist_bwd_smem(norm, fgr, G, H, B, plan.units, chunk, threads / 32).total * acc_bytes;
-    if (bytes <= smem_max) {
-      plan.chunk = chunk;
-      plan.smem_bytes = bytes;
-      plan.fits = true;
-      return plan;
-    }
-    if (chunk <= 1) break;
-  }
-  plan.why = "the weight slice does not fit in shared memory";
-  return plan;
+  return persist_search(H, B, sms, smem_max, threads, acc_bytes, [&](int units, int chunk) {
+    return long(persist_bwd_smem(norm, fgr, G, H, B, units, chunk, threads / 32).total);
+  });
 }
 
 }  // namespace cuda
