@@ -7,16 +7,23 @@ Builds standalone C++ programs with g++ in a temp dir (no torch headers, a few s
   * tests/simt/race.cpp under ThreadSanitizer: the kernel with its __syncthreads() removed
     must be reported as a data race, the correct kernel must not;
   * tests/simt/pointwise_tsan.cpp under ThreadSanitizer: every CUDA pointwise kernel of
-    csrc/cuda/pointwise.cuh is race-free, and a copy with one real barrier removed is not.
+    csrc/cuda/pointwise.cuh is race-free, and a copy with one real barrier removed is not;
+  * tests/simt/persistent_tsan.cpp under ThreadSanitizer: the persistent LSTM forward and
+    backward (csrc/cuda/persistent.cuh, persistent_bwd.cuh) on a grid of 3 CTAs are race-free
+    and equal a one-CTA run; a copy without any one of their grid syncs is caught.
 ThreadSanitizer runs in standalone binaries because it does not work well inside Python with
 torch's OpenMP runtime.
 """
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+import torch
+
+from conftest import TOLERANCES
 
 ROOT = Path(__file__).resolve().parents[1]
 SIMT_TESTS = ROOT / "tests" / "simt"
@@ -33,8 +40,8 @@ def build(src, out, *flags):
     return out
 
 
-def run(exe, timeout=120):
-    return subprocess.run([str(exe)], capture_output=True, text=True, timeout=timeout)
+def run(exe, *args, timeout=120):
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=timeout)
 
 
 def test_emulator_selftest(tmp_path):
@@ -110,3 +117,57 @@ def test_tsan_pointwise_kernels_race_free_and_barrier_needed(tmp_path):
     res = run(broken, timeout=300)
     assert "WARNING: ThreadSanitizer: data race" in res.stderr, res.stdout + res.stderr[-4000:]
     assert "lstm_bwd_rows_kernel" in res.stderr or "lstm_unit_bwd" in res.stderr
+
+
+# (--drop name, header); the hook's KERNEL argument is the index. The last grid.sync() of each
+# header is its end-of-step sync (h_t forward, dhw_t backward to every CTA).
+PERSISTENT_KERNELS = (("fwd", "persistent.cuh"), ("bwd", "persistent_bwd.cuh"))
+GRID_SYNC = "grid.sync();"
+
+
+def test_tsan_persistent_kernels_race_free_and_grid_syncs_needed(tmp_path):
+    """The persistent LSTM kernels under TSan on 3 CTAs (tests/simt/persistent_tsan.cpp: vanilla with
+    every norm, FGR, peephole; float32; T=3, B=3, H=10) against a one-CTA run: no race, no mismatch.
+    Then a copy in which every grid.sync() of the two kernels can be skipped at run time
+    (--drop fwd:K / bwd:K), each dropped in turn on the layer-norm case, which runs them all."""
+    ok, why = _tsan_available(tmp_path)
+    if not ok:
+        pytest.skip(why)
+    rtol, atol = TOLERANCES[torch.float32]
+    tol = ["--rtol", repr(rtol), "--atol", repr(atol)]
+    flags = ["-fsanitize=thread", f"-I{ROOT / 'csrc' / 'include'}"]
+    good = build(SIMT_TESTS / "persistent_tsan.cpp", tmp_path / "persistent_good", *flags)
+    res = run(good, *tol, timeout=300)
+    assert res.returncode == 0 and "7 case(s), 0 mismatch(es)" in res.stdout, res.stdout + res.stderr[-4000:]
+    assert "ThreadSanitizer" not in res.stderr, res.stderr[-6000:]
+
+    mutant = tmp_path / "mutant"
+    (mutant / "csrc" / "cuda").mkdir(parents=True)
+    (mutant / "tests" / "simt").mkdir(parents=True)
+    shutil.copytree(ROOT / "csrc" / "simt", mutant / "csrc" / "simt")
+    shutil.copy(ROOT / "csrc" / "cuda" / "pointwise.cuh", mutant / "csrc" / "cuda")
+    shutil.copy(SIMT_TESTS / "persistent_tsan.cpp", mutant / "tests" / "simt")
+    sites = []
+    for k, (kernel, header) in enumerate(PERSISTENT_KERNELS):
+        pieces = (ROOT / "csrc" / "cuda" / header).read_text().split(GRID_SYNC)
+        assert len(pieces) > 1, f"no {GRID_SYNC} left in {header}"
+        hooked = "".join(f"if (!::persistent_tsan_drop({k}, {i})) {GRID_SYNC}{rest}"
+                         for i, rest in enumerate(pieces[1:]))
+        (mutant / "csrc" / "cuda" / header).write_text(pieces[0] + hooked)
+        sites += [(kernel, i, i == len(pieces) - 2) for i in range(len(pieces) - 1)]
+    broken = build(mutant / "tests" / "simt" / "persistent_tsan.cpp", tmp_path / "persistent_mutant", *flags,
+                   "-DPERSISTENT_TSAN_MUTANT")
+    for kernel, i, end_of_step in sites:
+        # The end-of-step sync must be reported by TSan (--repeat 6: reported in 10 of 10 runs each when measured). The others must be caught by
+        # TSan or by the comparison: the emulator takes one lock per launch for every barrier and
+        # shuffle, which TSan also counts as ordering between unrelated threads, so it reported
+        # their races in only 7 to 13 of 15 single runs; the comparison failed in all of them.
+        res = run(broken, *tol, "--case", "vanilla/layer", "--drop", f"{kernel}:{i}",
+                  "--repeat", "6" if end_of_step else "1", timeout=300)
+        out = res.stdout + res.stderr[-4000:]
+        skipped = re.search(r"skipped (\d+) time", res.stdout)
+        assert skipped and int(skipped.group(1)) > 0, f"{kernel} grid sync #{i} was never reached:\n{out}"
+        raced = "WARNING: ThreadSanitizer: data race" in res.stderr
+        assert res.returncode != 0 and (raced or "MISMATCH" in res.stdout), f"{kernel} grid sync #{i}:\n{out}"
+        if end_of_step:
+            assert raced and f"persistent_lstm_{kernel}_kernel" in res.stderr, f"{kernel} grid sync #{i}:\n{out}"
