@@ -6,6 +6,7 @@ build time, so install with `pip install --no-build-isolation -e .`.
 """
 import glob
 import os
+import sys
 
 from setuptools import find_packages, setup
 
@@ -30,16 +31,25 @@ def _extensions():
     # (csrc/cpu/units.h). -fno-trapping-math lets the unit loops' selects vectorize; it changes
     # no value (no fast-math), only the assumption that FP exception flags are observed.
     cxx = ["-O3", "-g0", "-fno-trapping-math"]
+    # at::parallel_for is a header template whose OpenMP pragmas only take effect in a TU built
+    # with -fopenmp; without it every parallel_for of the kernels (the CPU thread team of
+    # csrc/cpu/team.h) runs on one thread. At run time libgomp.so.1 resolves to the copy torch
+    # already loaded.
+    link = []
+    if torch.backends.openmp.is_available() and sys.platform.startswith("linux"):
+        cxx.append("-fopenmp")
+        link.append("-fopenmp")
     if with_cuda:
         cuda_sources = rel("csrc/cuda/*.cu") + rel("csrc/cuda/*.cpp")
         ext = CUDAExtension(
             "fusedrnn._C", sources + cuda_sources, include_dirs=include,
             define_macros=[("FUSEDRNN_WITH_CUDA", None)],
+            extra_link_args=link,
             extra_compile_args={"cxx": cxx,
                                 "nvcc": ["-O3", "-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE",
                                          "-DFUSEDRNN_WITH_CUDA", "--expt-relaxed-constexpr"]})
     else:
-        ext = CppExtension("fusedrnn._C", sources, include_dirs=include,
+        ext = CppExtension("fusedrnn._C", sources, include_dirs=include, extra_link_args=link,
                            extra_compile_args={"cxx": cxx})
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 

@@ -123,6 +123,42 @@ def test_matches_reference(spec, dtype):
     compare(spec, x, state, p, lengths=torch.tensor([2, 5, 4, 3, 5, 1, 5, 4]), training=False, t0=1)
 
 
+@pytest.mark.parametrize("members", ["2", "3"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("spec", ALL_SPECS, ids=spec_id)
+def test_team_matches_reference(monkeypatch, spec, dtype, members):
+    """The time loop split over a thread team (csrc/cpu/team.h): FUSEDRNN_CPU_TEAM forces the
+    member count at a test-sized shape (by default a team starts above ~64k multiply-adds per
+    step). 3 members on this 2-thread machine also runs one thread playing two members. H = 20
+    gives members column slices of different widths (16-aligned, one may be empty), B = 8 rows
+    split 3/3/2 with rows finishing at different steps."""
+    monkeypatch.setenv("FUSEDRNN_CPU_TEAM", members)
+    x, state, p = make_layer(spec, 5, 8, 3, 20, dtype, seed=5)
+    compare(spec, x, state, p, lengths=torch.tensor([5, 3, 4, 1, 4, 4, 3, 2]), training=True, t0=2)
+    compare(spec, x, state, p, training=False)
+
+
+@pytest.mark.parametrize("mode", ["0", "loop"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("spec", [CellSpec("lstm", "fgr", "layer"), CellSpec("gru"), CellSpec("rnn_tanh")],
+                         ids=spec_id)
+def test_recurrent_gemm_fallbacks(monkeypatch, spec, dtype, mode):
+    """The recurrent products without MKL's packed GEMM: FUSEDRNN_PACKED_GEMM=0 uses BLAS ?gemm_
+    every step, =loop the plain loop a torch without BLAS symbols would run (csrc/cpu/recurrent_gemm.h)."""
+    monkeypatch.setenv("FUSEDRNN_PACKED_GEMM", mode)
+    monkeypatch.setenv("FUSEDRNN_CPU_TEAM", "2")
+    x, state, p = make_layer(spec, 4, 5, 3, 20, dtype, seed=6)
+    compare(spec, x, state, p, lengths=torch.tensor([4, 2, 3, 1, 4]), training=True)
+
+
+def test_team_env_rejects_bad_count(monkeypatch):
+    spec = CellSpec("lstm")
+    x, state, p = make_layer(spec, 2, 2, 3, 4, torch.float64)
+    monkeypatch.setenv("FUSEDRNN_CPU_TEAM", "0")
+    with pytest.raises(RuntimeError, match="FUSEDRNN_CPU_TEAM must be a member count >= 1, got '0'"):
+        _ops.run_layer(spec, x, state, p)
+
+
 @pytest.mark.parametrize("spec", ALL_SPECS, ids=spec_id)
 def test_gradcheck(spec):
     x, state, p = make_layer(spec, 3, 3, 2, 2, torch.float64, seed=3)

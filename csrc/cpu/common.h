@@ -1,4 +1,4 @@
-// Shared helpers of the CPU kernels: argument checks, optional-tensor pointers, per-thread
+// Shared helpers of the CPU kernels: argument checks, optional-tensor pointers, per-member
 // accumulators and the active-row test.
 #pragma once
 
@@ -78,20 +78,14 @@ inline const int64_t* len_ptr(const c10::optional<at::Tensor>& t) {
 
 inline bool active(const int64_t* lengths, int64_t b, int64_t t) { return !lengths || t < lengths[b]; }
 
-// Grain of at::parallel_for over items of `per_item` elements each: at least ATen's GRAIN_SIZE
-// elements per chunk, so a step's small passes run on one thread instead of paying a thread
-// barrier per pass (hundreds per sequence; costly when the cores are oversubscribed).
-inline int64_t grain(int64_t per_item) {
-  return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, per_item));
-}
-
-// Zeroed [threads, n] buffer: each thread of at::parallel_for accumulates into its own row,
-// then total() sums the rows (no races, deterministic for a fixed thread count).
+// Zeroed [members, n] buffer: each member of a thread team (team.h) accumulates into its own
+// row, then total() sums the rows (no races; deterministic for a fixed member count).
 struct ThreadAcc {
   at::Tensor buf;
-  ThreadAcc(int64_t n, const at::TensorOptions& opts) : buf(at::zeros({at::get_num_threads(), n}, opts)) {}
+  ThreadAcc(int64_t members, int64_t n, const at::TensorOptions& opts) : buf(at::zeros({members, n}, opts)) {}
   template <typename T>
-  T* row() { return buf.data_ptr<T>() + at::get_thread_num() * buf.size(1); }
+  T* row(int64_t member) { return buf.data_ptr<T>() + member * buf.size(1); }
+  int64_t rows() const { return buf.size(0); }
   at::Tensor total() const { return buf.sum(0); }
 };
 

@@ -5,7 +5,7 @@
 
 #include "common.h"
 #include "fusedrnn/cell_math.h"
-#include "recurrent_gemm.h"
+#include "team.h"
 
 namespace fusedrnn {
 namespace cpu {
@@ -46,48 +46,56 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const int64_t* L = len_ptr(lengths);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gru_fwd_cpu", [&] {
     using T_ = scalar_t;
-    RecurrentGemm<T_> gemm(w_hh, B);
+    const int64_t n = team_members(B * GH * H);
+    auto gemm = member_gemms<T_>(w_hh, B, /*transposed=*/true, n);
     const T_ *bi = ptr<T_>(b_ih), *bh = ptr<T_>(b_hh), *gi = ptr<T_>(g_ih), *gh = ptr<T_>(g_hh);
     T_* hp = h.data_ptr<T_>();
-    for (int64_t t = 0; t < T; ++t) {
-      const T_* xw_t = xw.data_ptr<T_>() + t * B * GH;
-      T_* hw_t = hw.data_ptr<T_>() + (ln ? t * B * GH : 0);
-      gemm.run(hp, hw_t);
-      T_* acts_t = acts.data_ptr<T_>() + t * B * GH;
-      T_* hn_t = hn.data_ptr<T_>() + t * B * H;
-      T_* y_t = y.data_ptr<T_>() + t * B * H;
-      T_* st = ln ? stats.data_ptr<T_>() + t * B * 4 : nullptr;
-      at::parallel_for(0, B, grain(GH), [&](int64_t b0, int64_t b1) {
-        std::vector<T_> xs(GH), hs(GH);
-        for (int64_t b = b0; b < b1; ++b) {
-          T_* a = acts_t + b * GH;
-          if (!active(L, b, t)) {
-            for (int64_t k = 0; k < GH; ++k) a[k] = T_(0);
-            for (int64_t j = 0; j < H; ++j) { y_t[b * H + j] = T_(0); hn_t[b * H + j] = T_(0); }
-            continue;
+    at::Tensor scratch = at::empty({n, 2 * GH}, opts);  // per member: xs, hs [GH]
+    run_team(n, [&](Team& team) {  // csrc/cpu/team.h: members own gate columns of the product, then rows
+      for (int64_t t = 0; t < T; ++t) {
+        const T_* xw_t = xw.data_ptr<T_>() + t * B * GH;
+        T_* hw_t = hw.data_ptr<T_>() + (ln ? t * B * GH : 0);
+        team.each([&](int64_t m) { gemm[m].run(hp, hw_t); });
+        team.barrier();
+        T_* acts_t = acts.data_ptr<T_>() + t * B * GH;
+        T_* hn_t = hn.data_ptr<T_>() + t * B * H;
+        T_* y_t = y.data_ptr<T_>() + t * B * H;
+        T_* st = ln ? stats.data_ptr<T_>() + t * B * 4 : nullptr;
+        team.each([&](int64_t m) {
+          T_* xs = scratch.data_ptr<T_>() + m * 2 * GH;
+          T_* hs = xs + GH;
+          auto r = split(B, n, m);
+          for (int64_t b = r.first; b < r.second; ++b) {
+            T_* a = acts_t + b * GH;
+            if (!active(L, b, t)) {
+              for (int64_t k = 0; k < GH; ++k) a[k] = T_(0);
+              for (int64_t j = 0; j < H; ++j) { y_t[b * H + j] = T_(0); hn_t[b * H + j] = T_(0); }
+              continue;
+            }
+            const T_* xr = xw_t + b * GH;
+            const T_* hr = hw_t + b * GH;
+            if (ln) {
+              layer_norm_row_fwd<T_, A>(xr, GH, gi, nullptr, A(eps), xs, st + b * 4, st + b * 4 + 1);
+              layer_norm_row_fwd<T_, A>(hr, GH, gh, nullptr, A(eps), hs, st + b * 4 + 2, st + b * 4 + 3);
+            } else {
+              for (int64_t k = 0; k < GH; ++k) { xs[k] = xr[k]; hs[k] = hr[k]; }
+            }
+            if (bi)
+              for (int64_t k = 0; k < GH; ++k) { xs[k] += bi[k]; hs[k] += bh[k]; }
+            T_* hb = hp + b * H;
+            for (int64_t j = 0; j < H; ++j) {
+              T_ r_, z, n_, hv;
+              gru_cell_fwd(xs[j], xs[H + j], xs[2 * H + j], hs[j], hs[H + j], hs[2 * H + j], hb[j], &r_, &z, &n_, &hv);
+              a[j] = r_; a[H + j] = z; a[2 * H + j] = n_;
+              hn_t[b * H + j] = hs[2 * H + j];
+              y_t[b * H + j] = hv;
+              hb[j] = hv;
+            }
           }
-          const T_* xr = xw_t + b * GH;
-          const T_* hr = hw_t + b * GH;
-          if (ln) {
-            layer_norm_row_fwd<T_, A>(xr, GH, gi, nullptr, A(eps), xs.data(), st + b * 4, st + b * 4 + 1);
-            layer_norm_row_fwd<T_, A>(hr, GH, gh, nullptr, A(eps), hs.data(), st + b * 4 + 2, st + b * 4 + 3);
-          } else {
-            for (int64_t k = 0; k < GH; ++k) { xs[k] = xr[k]; hs[k] = hr[k]; }
-          }
-          if (bi)
-            for (int64_t k = 0; k < GH; ++k) { xs[k] += bi[k]; hs[k] += bh[k]; }
-          T_* hb = hp + b * H;
-          for (int64_t j = 0; j < H; ++j) {
-            T_ r, z, n, hv;
-            gru_cell_fwd(xs[j], xs[H + j], xs[2 * H + j], hs[j], hs[H + j], hs[2 * H + j], hb[j], &r, &z, &n, &hv);
-            a[j] = r; a[H + j] = z; a[2 * H + j] = n;
-            hn_t[b * H + j] = hs[2 * H + j];
-            y_t[b * H + j] = hv;
-            hb[j] = hv;
-          }
-        }
-      });
-    }
+        });
+        team.barrier();
+      }
+    });
   });
   return {y, h, acts, hn, ln ? xw : none_like(x), ln ? hw : none_like(x), stats};
 }
@@ -119,58 +127,67 @@ gru_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& grad_h_n, const at::Tens
   // every row of these is written by the backward loop (zeros at finished steps)
   at::Tensor dxs = at::empty({T, B, GH}, opts), dhs = at::empty({T, B, GH}, opts);
   at::Tensor dxw = ln ? at::empty({T, B, GH}, opts) : dxs, dhw = ln ? at::empty({T, B, GH}, opts) : dhs;
-  ThreadAcc acc(2 * GH, opts);
+  ThreadAcc acc(team_members(B * GH * H), 2 * GH, opts);  // one row per team member
   AT_DISPATCH_FLOATING_TYPES(dt, "gru_bwd_cpu", [&] {
     using T_ = scalar_t;
     const T_ *gi = ptr<T_>(g_ih), *gh = ptr<T_>(g_hh);
     T_* dhp = dh.data_ptr<T_>();
     T_* ddp = dh_direct.data_ptr<T_>();
-    RecurrentGemm<T_> gemm_bwd(w_hh, B, /*transposed=*/false);
-    for (int64_t t = T - 1; t >= 0; --t) {
-      const T_* a_t = acts.data_ptr<T_>() + t * B * GH;
-      const T_* hn_t = hn.data_ptr<T_>() + t * B * H;
-      const T_* dy_t = grad_y.data_ptr<T_>() + t * B * H;
-      const T_* hprev_t = t > 0 ? y.data_ptr<T_>() + (t - 1) * B * H : h0.data_ptr<T_>();
-      T_* dxs_t = dxs.data_ptr<T_>() + t * B * GH;
-      T_* dhs_t = dhs.data_ptr<T_>() + t * B * GH;
-      at::parallel_for(0, B, grain(GH), [&](int64_t b0, int64_t b1) {
-        T_* dg = ln ? acc.row<T_>() : nullptr;
-        for (int64_t b = b0; b < b1; ++b) {
-          if (!active(L, b, t)) {  // finished sequence: no gradient into this step
-            const int64_t off = (t * B + b) * GH;
-            for (T_* buf : {dxs.data_ptr<T_>(), dhs.data_ptr<T_>(), dxw.data_ptr<T_>(), dhw.data_ptr<T_>()})
-              std::fill(buf + off, buf + off + GH, T_(0));
-            continue;
+    const int64_t n = acc.rows();
+    auto gemm_bwd = member_gemms<T_>(w_hh, B, /*transposed=*/false, n);
+    T_* dnp = dh_new.data_ptr<T_>();
+    run_team(n, [&](Team& team) {  // as the forward: rows, then dh columns of the product
+      for (int64_t t = T - 1; t >= 0; --t) {
+        const T_* a_t = acts.data_ptr<T_>() + t * B * GH;
+        const T_* hn_t = hn.data_ptr<T_>() + t * B * H;
+        const T_* dy_t = grad_y.data_ptr<T_>() + t * B * H;
+        const T_* hprev_t = t > 0 ? y.data_ptr<T_>() + (t - 1) * B * H : h0.data_ptr<T_>();
+        T_* dxs_t = dxs.data_ptr<T_>() + t * B * GH;
+        T_* dhs_t = dhs.data_ptr<T_>() + t * B * GH;
+        team.each([&](int64_t m) {
+          T_* dg = ln ? acc.row<T_>(m) : nullptr;
+          auto r = split(B, n, m);
+          for (int64_t b = r.first; b < r.second; ++b) {
+            if (!active(L, b, t)) {  // finished sequence: no gradient into this step
+              const int64_t off = (t * B + b) * GH;
+              for (T_* buf : {dxs.data_ptr<T_>(), dhs.data_ptr<T_>(), dxw.data_ptr<T_>(), dhw.data_ptr<T_>()})
+                std::fill(buf + off, buf + off + GH, T_(0));
+              continue;
+            }
+            const T_* a = a_t + b * GH;
+            T_* dx_b = dxs_t + b * GH;
+            T_* dh_b = dhs_t + b * GH;
+            for (int64_t j = 0; j < H; ++j) {
+              T_ dhv = dhp[b * H + j] + dy_t[b * H + j];
+              T_ dxr, dxz, dxn, dhn, dd;
+              gru_cell_bwd(dhv, a[j], a[H + j], a[2 * H + j], hn_t[b * H + j], hprev_t[b * H + j], &dxr, &dxz,
+                           &dxn, &dhn, &dd);
+              dx_b[j] = dxr; dx_b[H + j] = dxz; dx_b[2 * H + j] = dxn;
+              dh_b[j] = dxr; dh_b[H + j] = dxz; dh_b[2 * H + j] = dhn;
+              ddp[b * H + j] = dd;
+            }
+            if (ln) {
+              const T_* sb = stats.data_ptr<T_>() + (t * B + b) * 4;
+              const int64_t off = (t * B + b) * GH;
+              layer_norm_row_bwd<T_, A>(xw.data_ptr<T_>() + off, dx_b, GH, gi, sb[0], sb[1],
+                                        dxw.data_ptr<T_>() + off, dg, nullptr);
+              layer_norm_row_bwd<T_, A>(hw.data_ptr<T_>() + off, dh_b, GH, gh, sb[2], sb[3],
+                                        dhw.data_ptr<T_>() + off, dg + GH, nullptr);
+            }
           }
-          const T_* a = a_t + b * GH;
-          T_* dx_b = dxs_t + b * GH;
-          T_* dh_b = dhs_t + b * GH;
-          for (int64_t j = 0; j < H; ++j) {
-            T_ dhv = dhp[b * H + j] + dy_t[b * H + j];
-            T_ dxr, dxz, dxn, dhn, dd;
-            gru_cell_bwd(dhv, a[j], a[H + j], a[2 * H + j], hn_t[b * H + j], hprev_t[b * H + j], &dxr, &dxz, &dxn,
-                         &dhn, &dd);
-            dx_b[j] = dxr; dx_b[H + j] = dxz; dx_b[2 * H + j] = dxn;
-            dh_b[j] = dxr; dh_b[H + j] = dxz; dh_b[2 * H + j] = dhn;
-            ddp[b * H + j] = dd;
+        });
+        team.barrier();
+        team.each([&](int64_t m) { gemm_bwd[m].run(dhw.data_ptr<T_>() + t * B * GH, dnp); });
+        team.barrier();
+        team.each([&](int64_t m) {  // carried into step t - 1 (same rows as the next row pass)
+          auto r = split(B, n, m);
+          for (int64_t b = r.first; b < r.second; ++b) {
+            if (!active(L, b, t)) continue;
+            for (int64_t j = 0; j < H; ++j) dhp[b * H + j] = ddp[b * H + j] + dnp[b * H + j];
           }
-          if (ln) {
-            const T_* sb = stats.data_ptr<T_>() + (t * B + b) * 4;
-            const int64_t off = (t * B + b) * GH;
-            layer_norm_row_bwd<T_, A>(xw.data_ptr<T_>() + off, dx_b, GH, gi, sb[0], sb[1],
-                                      dxw.data_ptr<T_>() + off, dg, nullptr);
-            layer_norm_row_bwd<T_, A>(hw.data_ptr<T_>() + off, dh_b, GH, gh, sb[2], sb[3],
-                                      dhw.data_ptr<T_>() + off, dg + GH, nullptr);
-          }
-        }
-      });
-      gemm_bwd.run(dhw.data_ptr<T_>() + t * B * GH, dh_new.data_ptr<T_>());
-      const T_* dn = dh_new.data_ptr<T_>();
-      for (int64_t b = 0; b < B; ++b) {
-        if (!active(L, b, t)) continue;
-        for (int64_t j = 0; j < H; ++j) dhp[b * H + j] = ddp[b * H + j] + dn[b * H + j];
+        });
       }
-    }
+    });
   });
   at::Tensor dxw2 = dxw.view({T * B, GH}), dhw2 = dhw.view({T * B, GH});
   at::Tensor dx = at::mm(dxw2, w_ih).view({T, B, I});

@@ -11,7 +11,7 @@
 #include "common.h"
 #include "fusedrnn/cell_math.h"
 #include "fusedrnn/params.h"
-#include "recurrent_gemm.h"
+#include "team.h"
 #include "units.h"
 
 namespace fusedrnn {
@@ -36,57 +36,54 @@ inline int64_t stats_width(int norm, int64_t G, int64_t H) {
 // Column statistics of v [B, N] (row-major) over the rows active at step t, for columns
 // [k0, k1). Training: batch mean and biased variance; eval: the running slot.
 template <typename T>
-void bn_column_stats(const T* v, int64_t B, int64_t N, const int64_t* lengths, int64_t t, bool training,
-                     const T* rm_slot, const T* rv_slot, T* mean, T* var) {
-  at::parallel_for(0, N, grain(B), [&](int64_t k0, int64_t k1) {
-    for (int64_t k = k0; k < k1; ++k) {
-      if (!training) {
-        mean[k] = rm_slot[k];
-        var[k] = rv_slot[k];
-        continue;
-      }
-      A s = 0;
-      int64_t n = 0;
-      for (int64_t b = 0; b < B; ++b)
-        if (active(lengths, b, t)) { s += A(v[b * N + k]); ++n; }
-      A m = n ? s / A(n) : A(0), q = 0;
-      for (int64_t b = 0; b < B; ++b)
-        if (active(lengths, b, t)) { A d = A(v[b * N + k]) - m; q += d * d; }
-      mean[k] = T(m);
-      var[k] = n ? T(q / A(n)) : T(0);
+void bn_column_stats(const T* v, int64_t B, int64_t N, int64_t k0, int64_t k1, const int64_t* lengths, int64_t t,
+                     bool training, const T* rm_slot, const T* rv_slot, T* mean, T* var) {
+  for (int64_t k = k0; k < k1; ++k) {
+    if (!training) {
+      mean[k] = rm_slot[k];
+      var[k] = rv_slot[k];
+      continue;
     }
-  });
+    A s = 0;
+    int64_t n = 0;
+    for (int64_t b = 0; b < B; ++b)
+      if (active(lengths, b, t)) { s += A(v[b * N + k]); ++n; }
+    A m = n ? s / A(n) : A(0), q = 0;
+    for (int64_t b = 0; b < B; ++b)
+      if (active(lengths, b, t)) { A d = A(v[b * N + k]) - m; q += d * d; }
+    mean[k] = T(m);
+    var[k] = n ? T(q / A(n)) : T(0);
+  }
 }
 
-// Backward through a batch norm of column block v [B, N] for columns [0, N): dy (gradient of the
+// Backward through a batch norm of column block v [B, N] for columns [k0, k1): dy (gradient of the
 // normalized output, before gain) -> dv; accumulates dgain (and dbias if non-null).
 template <typename T>
-void bn_column_bwd(const T* v, const T* dy, T* dv, int64_t B, int64_t N, const int64_t* lengths, int64_t t,
-                   bool training, const T* mean, const T* rstd, const T* gain, T* dgain, T* dbias) {
-  at::parallel_for(0, N, grain(B), [&](int64_t k0, int64_t k1) {
-    for (int64_t k = k0; k < k1; ++k) {
-      A s1 = 0, s2 = 0;
-      int64_t n = 0;
-      for (int64_t b = 0; b < B; ++b) {
-        if (!active(lengths, b, t)) continue;
-        T vhat = (v[b * N + k] - mean[k]) * rstd[k];
-        T g = dy[b * N + k];
-        s1 += A(g * gain[k]);
-        s2 += A(g * gain[k] * vhat);
-        dgain[k] += g * vhat;
-        if (dbias) dbias[k] += g;
-        ++n;
-      }
-      if (n == 0) continue;
-      T m1 = T(s1 / A(n)), m2 = T(s2 / A(n));
-      for (int64_t b = 0; b < B; ++b) {
-        if (!active(lengths, b, t)) continue;
-        T vhat = (v[b * N + k] - mean[k]) * rstd[k];
-        T dyg = dy[b * N + k] * gain[k];
-        dv[b * N + k] = training ? norm_bwd(dyg, vhat, rstd[k], m1, m2) : rstd[k] * dyg;
-      }
+void bn_column_bwd(const T* v, const T* dy, T* dv, int64_t B, int64_t N, int64_t k0, int64_t k1,
+                   const int64_t* lengths, int64_t t, bool training, const T* mean, const T* rstd, const T* gain,
+                   T* dgain, T* dbias) {
+  for (int64_t k = k0; k < k1; ++k) {
+    A s1 = 0, s2 = 0;
+    int64_t n = 0;
+    for (int64_t b = 0; b < B; ++b) {
+      if (!active(lengths, b, t)) continue;
+      T vhat = (v[b * N + k] - mean[k]) * rstd[k];
+      T g = dy[b * N + k];
+      s1 += A(g * gain[k]);
+      s2 += A(g * gain[k] * vhat);
+      dgain[k] += g * vhat;
+      if (dbias) dbias[k] += g;
+      ++n;
     }
-  });
+    if (n == 0) continue;
+    T m1 = T(s1 / A(n)), m2 = T(s2 / A(n));
+    for (int64_t b = 0; b < B; ++b) {
+      if (!active(lengths, b, t)) continue;
+      T vhat = (v[b * N + k] - mean[k]) * rstd[k];
+      T dyg = dy[b * N + k] * gain[k];
+      dv[b * N + k] = training ? norm_bwd(dyg, vhat, rstd[k], m1, m2) : rstd[k] * dyg;
+    }
+  }
 }
 
 // ----------------------------------------------------------------------------- forward
@@ -104,7 +101,11 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
   at::Tensor c = at::from_blob(const_cast<T*>(p.c0), {B, H}, opts).clone();
   at::Tensor a = fl.fgr ? at::from_blob(const_cast<T*>(p.a0), {B, 3 * H}, opts).clone() : at::Tensor();
   at::Tensor a_rec = fl.fgr ? at::empty({B, 3 * H}, opts) : at::Tensor();
-  RecurrentGemm<T> gemm(w_hh, B);
+  // the team: member m owns gate columns [lo, hi) of the recurrent products (its W_hh / W_fgr
+  // rows, packed once), a slice of batch rows of the row passes and of the BN columns
+  const int64_t n = team_members(B * GH * H);
+  auto gemm = member_gemms<T>(w_hh, B, /*transposed=*/true, n);
+  auto gemm_fgr = fl.fgr ? member_gemms<T>(*w_fgr, B, /*transposed=*/true, n) : std::vector<RecurrentGemm<T>>();
   // batch norm: per-step rstd of the ih, hh and cell columns
   const int64_t NB = 2 * GH + H;
   std::vector<T> bn_rstd(NORM == kNormBatch ? NB : 0);
@@ -112,104 +113,140 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
   T* hp = h.data_ptr<T>();
   T* cp = c.data_ptr<T>();
   T* ap = fl.fgr ? a.data_ptr<T>() : nullptr;
+  T* arp = fl.fgr ? a_rec.data_ptr<T>() : nullptr;
+  at::Tensor scratch = at::empty({n, 2 * GH + H}, opts);  // per member: pre [GH], tmp [GH], cn [H]
 
-  for (int64_t t = 0; t < Tn; ++t) {
-    T* xw_t = xw_all.data_ptr<T>() + t * B * GH;
-    T* hw_t = hw_all.data_ptr<T>() + (hw_all.dim() == 3 ? t * B * GH : 0);
-    gemm.run(hp, hw_t);
-    if (fl.fgr) at::mm_out(a_rec, a, w_fgr->t());
-    const T* arp = fl.fgr ? a_rec.data_ptr<T>() : nullptr;
+  // Row pass A of rows [b0, b1): gate pre-activations, gates, c_t; and (unless batch norm) pass B: h_t.
+  auto rows_a = [&](int64_t t, int64_t m, int64_t b0, int64_t b1) {
+    T* pre = scratch.data_ptr<T>() + m * (2 * GH + H);
+    T* tmp = pre + GH;
+    T* cn = tmp + GH;
+    const T* xw_t = xw_all.data_ptr<T>() + t * B * GH;
+    const T* hw_t = hw_all.data_ptr<T>() + (hw_all.dim() == 3 ? t * B * GH : 0);
     T* st = p.stats ? p.stats + (NORM == kNormBatch ? t * SW : t * B * SW) : nullptr;
-    const int64_t slot = std::min<int64_t>(p.t0 + t, p.bn_slots - 1);
-    if (NORM == kNormBatch) {
-      bn_column_stats(xw_t, B, GH, L, t, p.training, p.rm_ih + slot * GH, p.rv_ih + slot * GH, st, st + NB);
-      bn_column_stats(hw_t, B, GH, L, t, p.training, p.rm_hh + slot * GH, p.rv_hh + slot * GH, st + GH,
-                      st + NB + GH);
-      for (int64_t k = 0; k < 2 * GH; ++k) bn_rstd[k] = norm_rstd<T, A>(A(st[NB + k]), A(p.eps));
-    }
     T* acts_t = p.acts + t * B * GH;
     T* cs_t = p.cs + t * B * H;
     T* y_t = p.y + t * B * H;
-
-    // Row pass A: gate pre-activations, gates, c_t; and (unless batch norm) pass B: h_t.
-    at::parallel_for(0, B, grain(GH), [&](int64_t b0, int64_t b1) {
-      std::vector<T> pre(GH), tmp(GH), cn(H);
-      for (int64_t b = b0; b < b1; ++b) {
-        T* acts_b = acts_t + b * GH;
-        T* cs_b = cs_t + b * H;
-        T* y_b = y_t + b * H;
-        if (!active(L, b, t)) {
-          for (int64_t k = 0; k < GH; ++k) acts_b[k] = T(0);
-          for (int64_t j = 0; j < H; ++j) { cs_b[j] = cp[b * H + j]; y_b[j] = T(0); }
-          if (st && NORM != kNormBatch) for (int64_t k = 0; k < SW; ++k) st[b * SW + k] = T(0);
-          continue;
-        }
-        const T* xr = xw_t + b * GH;
-        const T* hr = hw_t + b * GH;
-        if (NORM == kNormNone) {
-          for (int64_t k = 0; k < GH; ++k)
-            pre[k] = xr[k] + hr[k] + (p.b_ih ? p.b_ih[k] : T(0)) + (p.b_hh ? p.b_hh[k] : T(0));
-        } else if (NORM == kNormLayer) {
-          T* sb = st + b * SW;
-          layer_norm_row_fwd<T, A>(xr, GH, p.g_ih, nullptr, A(p.eps), pre.data(), sb + 0, sb + 1);
-          layer_norm_row_fwd<T, A>(hr, GH, p.g_hh, nullptr, A(p.eps), tmp.data(), sb + 2, sb + 3);
-          for (int64_t k = 0; k < GH; ++k)
-            pre[k] += tmp[k] + (p.b_ih ? p.b_ih[k] : T(0)) + (p.b_hh ? p.b_hh[k] : T(0));
-        } else if (NORM == kNormLayerPerGate) {
-          T* vr = xw_t + b * GH;  // saved: x W_ih^T + h W_hh^T, normalized per gate
-          for (int64_t k = 0; k < GH; ++k) vr[k] += hr[k];
-          T* sb = st + b * SW;
-          for (int64_t g = 0; g < G; ++g)
-            layer_norm_row_fwd<T, A>(vr + g * H, H, p.g_gates + g * H, p.b_gates + g * H, A(p.eps),
-                                     pre.data() + g * H, sb + 2 * g, sb + 2 * g + 1);
-        } else {  // batch
-          for (int64_t k = 0; k < GH; ++k)
-            pre[k] = norm_apply(xr[k], st[k], bn_rstd[k], p.g_ih[k], T(0)) +
-                     norm_apply(hr[k], st[GH + k], bn_rstd[GH + k], p.g_hh[k], T(0)) +
-                     (p.b_ih ? p.b_ih[k] : T(0)) + (p.b_hh ? p.b_hh[k] : T(0));
-        }
-        if (fl.fgr) {
-          const T* ar = arp + b * 3 * H;
-          for (int64_t j = 0; j < H; ++j) {
-            pre[fl.gi * H + j] += ar[j];
-            pre[fl.gf * H + j] += ar[H + j];
-            pre[fl.go * H + j] += ar[2 * H + j];
-          }
-        }
-        T* c_b = cp + b * H;
-        units_fwd_run<T>(vanilla, fl, H, static_cast<const T*>(pre.data()), static_cast<const T*>(c_b), p.w_peep,
-                         acts_b, cs_b, fl.fgr ? ap + b * 3 * H : static_cast<T*>(nullptr));
-        if (NORM == kNormBatch) continue;  // pass B after the column statistics of c_t
-        const T* cnp = cs_b;
-        if (NORM != kNormNone) {
-          T* sb = st + b * SW + SW - 2;
-          layer_norm_row_fwd<T, A>(cs_b, H, p.g_cell, p.b_cell, A(p.eps), cn.data(), sb, sb + 1);
-          cnp = cn.data();
-        }
-        units_out_run<T>(vanilla, fl, H, static_cast<const T*>(acts_b), cnp, static_cast<const T*>(cs_b), y_b,
-                         hp + b * H, c_b);
+    for (int64_t b = b0; b < b1; ++b) {
+      T* acts_b = acts_t + b * GH;
+      T* cs_b = cs_t + b * H;
+      T* y_b = y_t + b * H;
+      if (!active(L, b, t)) {
+        for (int64_t k = 0; k < GH; ++k) acts_b[k] = T(0);
+        for (int64_t j = 0; j < H; ++j) { cs_b[j] = cp[b * H + j]; y_b[j] = T(0); }
+        if (st && NORM != kNormBatch) for (int64_t k = 0; k < SW; ++k) st[b * SW + k] = T(0);
+        continue;
       }
-    });
-
-    if (NORM == kNormBatch) {
-      T* mc = st + 2 * GH;
-      T* vc = st + NB + 2 * GH;
-      bn_column_stats(cs_t, B, H, L, t, p.training, p.rm_cell + slot * H, p.rv_cell + slot * H, mc, vc);
-      for (int64_t j = 0; j < H; ++j) bn_rstd[2 * GH + j] = norm_rstd<T, A>(A(vc[j]), A(p.eps));
-      at::parallel_for(0, B, grain(GH), [&](int64_t b0, int64_t b1) {
-        std::vector<T> cn(H);
-        for (int64_t b = b0; b < b1; ++b) {
-          if (!active(L, b, t)) continue;
-          const T* acts_b = acts_t + b * GH;
-          const T* cs_b = cs_t + b * H;
-          for (int64_t j = 0; j < H; ++j)
-            cn[j] = norm_apply(cs_b[j], mc[j], bn_rstd[2 * GH + j], p.g_cell[j], p.b_cell[j]);
-          units_out_run<T>(vanilla, fl, H, acts_b, static_cast<const T*>(cn.data()), cs_b, y_t + b * H, hp + b * H,
-                           cp + b * H);
+      const T* xr = xw_t + b * GH;
+      const T* hr = hw_t + b * GH;
+      if (NORM == kNormNone) {
+        for (int64_t k = 0; k < GH; ++k)
+          pre[k] = xr[k] + hr[k] + (p.b_ih ? p.b_ih[k] : T(0)) + (p.b_hh ? p.b_hh[k] : T(0));
+      } else if (NORM == kNormLayer) {
+        T* sb = st + b * SW;
+        layer_norm_row_fwd<T, A>(xr, GH, p.g_ih, nullptr, A(p.eps), pre, sb + 0, sb + 1);
+        layer_norm_row_fwd<T, A>(hr, GH, p.g_hh, nullptr, A(p.eps), tmp, sb + 2, sb + 3);
+        for (int64_t k = 0; k < GH; ++k)
+          pre[k] += tmp[k] + (p.b_ih ? p.b_ih[k] : T(0)) + (p.b_hh ? p.b_hh[k] : T(0));
+      } else if (NORM == kNormLayerPerGate) {
+        T* vr = const_cast<T*>(xr);  // saved: x W_ih^T + h W_hh^T, normalized per gate
+        for (int64_t k = 0; k < GH; ++k) vr[k] += hr[k];
+        T* sb = st + b * SW;
+        for (int64_t g = 0; g < G; ++g)
+          layer_norm_row_fwd<T, A>(vr + g * H, H, p.g_gates + g * H, p.b_gates + g * H, A(p.eps), pre + g * H,
+                                   sb + 2 * g, sb + 2 * g + 1);
+      } else {  // batch
+        for (int64_t k = 0; k < GH; ++k)
+          pre[k] = norm_apply(xr[k], st[k], bn_rstd[k], p.g_ih[k], T(0)) +
+                   norm_apply(hr[k], st[GH + k], bn_rstd[GH + k], p.g_hh[k], T(0)) +
+                   (p.b_ih ? p.b_ih[k] : T(0)) + (p.b_hh ? p.b_hh[k] : T(0));
+      }
+      if (fl.fgr) {
+        const T* ar = arp + b * 3 * H;
+        for (int64_t j = 0; j < H; ++j) {
+          pre[fl.gi * H + j] += ar[j];
+          pre[fl.gf * H + j] += ar[H + j];
+          pre[fl.go * H + j] += ar[2 * H + j];
         }
-      });
+      }
+      T* c_b = cp + b * H;
+      units_fwd_run<T>(vanilla, fl, H, static_cast<const T*>(pre), static_cast<const T*>(c_b), p.w_peep, acts_b,
+                       cs_b, fl.fgr ? ap + b * 3 * H : static_cast<T*>(nullptr));
+      if (NORM == kNormBatch) continue;  // pass B after the column statistics of c_t
+      const T* cnp = cs_b;
+      if (NORM != kNormNone) {
+        T* sb = st + b * SW + SW - 2;
+        layer_norm_row_fwd<T, A>(cs_b, H, p.g_cell, p.b_cell, A(p.eps), cn, sb, sb + 1);
+        cnp = cn;
+      }
+      units_out_run<T>(vanilla, fl, H, static_cast<const T*>(acts_b), cnp, static_cast<const T*>(cs_b), y_b,
+                       hp + b * H, c_b);
     }
-  }
+  };
+  // Batch norm, pass B of rows [b0, b1): h_t from the normalized c_t.
+  auto rows_b = [&](int64_t t, int64_t m, int64_t b0, int64_t b1) {
+    T* cn = scratch.data_ptr<T>() + m * (2 * GH + H) + 2 * GH;
+    const T* mc = p.stats + t * SW + 2 * GH;
+    for (int64_t b = b0; b < b1; ++b) {
+      if (!active(L, b, t)) continue;
+      const T* acts_b = p.acts + (t * B + b) * GH;
+      const T* cs_b = p.cs + (t * B + b) * H;
+      for (int64_t j = 0; j < H; ++j)
+        cn[j] = norm_apply(cs_b[j], mc[j], bn_rstd[2 * GH + j], p.g_cell[j], p.b_cell[j]);
+      units_out_run<T>(vanilla, fl, H, acts_b, static_cast<const T*>(cn), cs_b, p.y + (t * B + b) * H, hp + b * H,
+                       cp + b * H);
+    }
+  };
+
+  run_team(n, [&](Team& team) {
+    for (int64_t t = 0; t < Tn; ++t) {
+      const T* xw_t = xw_all.data_ptr<T>() + t * B * GH;
+      T* hw_t = hw_all.data_ptr<T>() + (hw_all.dim() == 3 ? t * B * GH : 0);
+      team.each([&](int64_t m) {
+        gemm[m].run(hp, hw_t);
+        if (fl.fgr) gemm_fgr[m].run(ap, arp);
+      });
+      team.barrier();
+      if (NORM == kNormBatch) {
+        T* st = p.stats + t * SW;
+        const int64_t slot = std::min<int64_t>(p.t0 + t, p.bn_slots - 1);
+        team.each([&](int64_t m) {
+          auto k = split(GH, n, m);
+          bn_column_stats(xw_t, B, GH, k.first, k.second, L, t, p.training, p.rm_ih + slot * GH,
+                          p.rv_ih + slot * GH, st, st + NB);
+          bn_column_stats(static_cast<const T*>(hw_t), B, GH, k.first, k.second, L, t, p.training,
+                          p.rm_hh + slot * GH, p.rv_hh + slot * GH, st + GH, st + NB + GH);
+          for (int64_t c = k.first; c < k.second; ++c) {
+            bn_rstd[c] = norm_rstd<T, A>(A(st[NB + c]), A(p.eps));
+            bn_rstd[GH + c] = norm_rstd<T, A>(A(st[NB + GH + c]), A(p.eps));
+          }
+        });
+        team.barrier();
+      }
+      team.each([&](int64_t m) {
+        auto r = split(B, n, m);
+        rows_a(t, m, r.first, r.second);
+      });
+      team.barrier();
+      if (NORM == kNormBatch) {
+        T* st = p.stats + t * SW;
+        const int64_t slot = std::min<int64_t>(p.t0 + t, p.bn_slots - 1);
+        team.each([&](int64_t m) {
+          auto k = split(H, n, m);
+          bn_column_stats(static_cast<const T*>(p.cs + t * B * H), B, H, k.first, k.second, L, t, p.training,
+                          p.rm_cell + slot * H, p.rv_cell + slot * H, st + 2 * GH, st + NB + 2 * GH);
+          for (int64_t j = k.first; j < k.second; ++j)
+            bn_rstd[2 * GH + j] = norm_rstd<T, A>(A(st[NB + 2 * GH + j]), A(p.eps));
+        });
+        team.barrier();
+        team.each([&](int64_t m) {
+          auto r = split(B, n, m);
+          rows_b(t, m, r.first, r.second);
+        });
+        team.barrier();
+      }
+    }
+  });
   std::copy(hp, hp + B * H, p.h_n);
   std::copy(cp, cp + B * H, p.c_n);
   if (fl.fgr) std::copy(ap, ap + B * 3 * H, p.a_n);
@@ -334,7 +371,7 @@ lstm_fwd_cpu(const at::Tensor& x, const c10::optional<at::Tensor>& lengths, cons
 // ----------------------------------------------------------------------------- backward
 
 template <typename T, int NORM>
-void lstm_backward(const LstmBwdParams<T>& p, bool full_dpre, const at::Tensor& w_hh,
+void lstm_backward(const LstmBwdParams<T>& p, int64_t n, bool full_dpre, const at::Tensor& w_hh,
                    const c10::optional<at::Tensor>& w_fgr, ThreadAcc& acc_bias, ThreadAcc& acc_peep, ThreadAcc& acc_gates, at::Tensor& dg_ih, at::Tensor& dg_hh,
                    at::Tensor& dg_cell, at::Tensor& db_cell) {
   const int64_t Tn = p.steps, B = p.batch, H = p.hidden, G = p.gates, GH = G * H;
@@ -352,117 +389,159 @@ void lstm_backward(const LstmBwdParams<T>& p, bool full_dpre, const at::Tensor& 
   if (fl.fgr) std::copy(p.da_n, p.da_n + B * 3 * H, da);
   at::Tensor d_o = at::empty({B, H}, opts), d_cn = at::empty({B, H}, opts), dh_new = at::empty({B, H}, opts);
   at::Tensor da_new = fl.fgr ? at::empty({B, 3 * H}, opts) : at::Tensor();
+  at::Tensor dpre_ifo = fl.fgr ? at::empty({B, 3 * H}, opts) : at::Tensor();
   T* dop = d_o.data_ptr<T>();
   T* dcnp = d_cn.data_ptr<T>();
+  T* dhn = dh_new.data_ptr<T>();
+  T* dan = fl.fgr ? da_new.data_ptr<T>() : nullptr;
+  T* difo = fl.fgr ? dpre_ifo.data_ptr<T>() : nullptr;
   std::vector<T> bn_rstd(NORM == kNormBatch ? NB : 0);
-  RecurrentGemm<T> gemm_bwd(w_hh, B, /*transposed=*/false);
+  // the team of n members (see lstm_forward): member m owns columns of dh (W_hh columns, packed
+  // once), rows of the row passes, BN columns, and row m of the parameter-gradient accumulators
+  auto gemm_bwd = member_gemms<T>(w_hh, B, /*transposed=*/false, n);
+  auto gemm_fgr = fl.fgr ? member_gemms<T>(*w_fgr, B, /*transposed=*/false, n) : std::vector<RecurrentGemm<T>>();
+  at::Tensor scratch = at::empty({n, H}, opts);  // per member: cn [H]
+  TORCH_INTERNAL_ASSERT(n <= acc_gates.rows() && n <= acc_bias.rows() && n <= acc_peep.rows());
   T* dgc = dg_cell.defined() && dg_cell.numel() ? dg_cell.data_ptr<T>() : nullptr;
   T* dbc = db_cell.defined() && db_cell.numel() ? db_cell.data_ptr<T>() : nullptr;
 
-  for (int64_t t = Tn - 1; t >= 0; --t) {
+  // Pass 1 (rows): dh -> d_o, d_cn; for norm none / layer norm of c also dc through the norm.
+  auto pass1 = [&](int64_t t, int64_t m, int64_t b0, int64_t b1) {
     const T* acts_t = p.acts + t * B * GH;
     const T* cs_t = p.cs + t * B * H;
     const T* dy_t = p.dy + t * B * H;
     const T* st = p.stats ? p.stats + (NORM == kNormBatch ? t * SW : t * B * SW) : nullptr;
-    if (NORM == kNormBatch)
-      for (int64_t k = 0; k < NB; ++k) bn_rstd[k] = norm_rstd<T, A>(A(st[NB + k]), A(p.eps));
-    T* dpre_t = p.dpre + (full_dpre ? t * B * GH : 0);
-
-    // Pass 1 (rows): dh -> d_o, d_cn; for norm none / layer norm of c also dc through the norm.
-    at::parallel_for(0, B, grain(GH), [&](int64_t b0, int64_t b1) {
-      std::vector<T> cn(H);
-      T* dgc_row = (NORM == kNormLayer || NORM == kNormLayerPerGate) ? acc_gates.row<T>() : nullptr;
-      for (int64_t b = b0; b < b1; ++b) {
-        if (!active(L, b, t)) continue;
-        const T* acts_b = acts_t + b * GH;
-        const T* cs_b = cs_t + b * H;
-        if (NORM == kNormNone) {
-          for (int64_t j = 0; j < H; ++j) cn[j] = cs_b[j];
-        } else if (NORM == kNormBatch) {
-          for (int64_t j = 0; j < H; ++j)
-            cn[j] = norm_apply(cs_b[j], st[2 * GH + j], bn_rstd[2 * GH + j], p.g_cell[j], p.b_cell[j]);
-        } else {
-          const T* sb = st + b * SW + SW - 2;
-          for (int64_t j = 0; j < H; ++j) cn[j] = norm_apply(cs_b[j], sb[0], sb[1], p.g_cell[j], p.b_cell[j]);
-        }
-        units_out_bwd_run<T>(vanilla, fl, H, static_cast<const T*>(dh + b * H), dy_t + b * H, acts_b,
-                             static_cast<const T*>(cn.data()), dop + b * H, dcnp + b * H);
-        if (NORM == kNormLayer || NORM == kNormLayerPerGate) {
-          // dgc_row layout: [dg_cell H | db_cell H | dg_ih/dg_gates GH | dg_hh/db_gates GH]
-          const T* sb = st + b * SW + SW - 2;
-          layer_norm_row_bwd<T, A>(cs_b, dcnp + b * H, H, p.g_cell, sb[0], sb[1], dcnp + b * H, dgc_row,
-                                   dgc_row + H);
-        }
-      }
-    });
-    if (NORM == kNormBatch) {
-      // d_cn -> dc through BN(c) (columns); d_cn is [B, H] with the cell columns of the stats.
-      bn_column_bwd(cs_t, dcnp, dcnp, B, H, L, t, p.training, st + 2 * GH, bn_rstd.data() + 2 * GH, p.g_cell,
-                    dgc, dbc);
-    }
-
-    // Pass 2 (rows): gates backward -> dpre, dc carry, peepholes; row norms of the gates.
-    at::parallel_for(0, B, grain(GH), [&](int64_t b0, int64_t b1) {
-      T* dpeep = fl.num_peep ? acc_peep.row<T>() : nullptr;
-      T* dbias = p.b_ih ? acc_bias.row<T>() : nullptr;
-      T* dgr = (NORM == kNormLayer || NORM == kNormLayerPerGate) ? acc_gates.row<T>() + 2 * H : nullptr;
-      for (int64_t b = b0; b < b1; ++b) {
-        if (!active(L, b, t)) {  // finished sequence: no gradient into this step's weights or inputs
-          std::fill(dpre_t + b * GH, dpre_t + (b + 1) * GH, T(0));
-          if (p.dxw != p.dpre) std::fill(p.dxw + (t * B + b) * GH, p.dxw + (t * B + b + 1) * GH, T(0));
-          if (p.dhw != p.dxw) std::fill(p.dhw + (t * B + b) * GH, p.dhw + (t * B + b + 1) * GH, T(0));
-          continue;
-        }
-        const T* acts_b = acts_t + b * GH;
-        const T* cs_b = cs_t + b * H;
-        const T* cprev = t > 0 ? p.cs + (t - 1) * B * H + b * H : p.c0 + b * H;
-        T* dpre_b = dpre_t + b * GH;
-        units_bwd_run<T>(vanilla, fl, H, static_cast<const T*>(dop + b * H), static_cast<const T*>(dcnp + b * H),
-                         dc + b * H, fl.fgr ? static_cast<const T*>(da + b * 3 * H) : static_cast<const T*>(nullptr),
-                         acts_b, cprev, cs_b, p.w_peep, dpre_b, dpeep);
-        if (dbias)
-          for (int64_t k = 0; k < GH; ++k) dbias[k] += dpre_b[k];
-        const T* sb = st ? st + b * SW : nullptr;
-        if (NORM == kNormLayer) {
-          const T* xr = p.xw + (t * B + b) * GH;
-          const T* hr = p.hw + (t * B + b) * GH;
-          layer_norm_row_bwd<T, A>(xr, dpre_b, GH, p.g_ih, sb[0], sb[1], p.dxw + (t * B + b) * GH, dgr, nullptr);
-          layer_norm_row_bwd<T, A>(hr, dpre_b, GH, p.g_hh, sb[2], sb[3], p.dhw + (t * B + b) * GH, dgr + GH,
-                                   nullptr);
-        } else if (NORM == kNormLayerPerGate) {
-          const T* vr = p.xw + (t * B + b) * GH;
-          T* dv = p.dxw + (t * B + b) * GH;
-          for (int64_t g = 0; g < G; ++g)
-            layer_norm_row_bwd<T, A>(vr + g * H, dpre_b + g * H, H, p.g_gates + g * H, sb[2 * g], sb[2 * g + 1],
-                                     dv + g * H, dgr + g * H, dgr + GH + g * H);
-        }
-      }
-    });
-    if (NORM == kNormBatch) {
-      const T* xr = p.xw + t * B * GH;
-      const T* hr = p.hw + t * B * GH;
-      bn_column_bwd(xr, dpre_t, p.dxw + t * B * GH, B, GH, L, t, p.training, st, bn_rstd.data(), p.g_ih,
-                    dg_ih.data_ptr<T>(), static_cast<T*>(nullptr));
-      bn_column_bwd(hr, dpre_t, p.dhw + t * B * GH, B, GH, L, t, p.training, st + GH, bn_rstd.data() + GH,
-                    p.g_hh, dg_hh.data_ptr<T>(), static_cast<T*>(nullptr));
-    }
-
-    // Recurrent gradients: dh_{t-1} = dhw_t W_hh, da_{t-1} = dpre_ifo W_fgr (active rows only).
-    gemm_bwd.run(p.dhw + t * B * GH, dh_new.data_ptr<T>());
-    if (fl.fgr) {
-      at::Tensor dpre_tt = at::from_blob(dpre_t, {B, GH}, opts);
-      at::Tensor dpre_ifo = at::cat({dpre_tt.narrow(1, fl.gi * H, H), dpre_tt.narrow(1, fl.gf * H, H),
-                                     dpre_tt.narrow(1, fl.go * H, H)}, 1);
-      at::mm_out(da_new, dpre_ifo, *w_fgr);
-    }
-    const T* dhn = dh_new.data_ptr<T>();
-    const T* dan = fl.fgr ? da_new.data_ptr<T>() : nullptr;
-    for (int64_t b = 0; b < B; ++b) {
+    T* cn = scratch.data_ptr<T>() + m * H;
+    T* dgc_row = (NORM == kNormLayer || NORM == kNormLayerPerGate) ? acc_gates.row<T>(m) : nullptr;
+    for (int64_t b = b0; b < b1; ++b) {
       if (!active(L, b, t)) continue;
-      std::copy(dhn + b * H, dhn + (b + 1) * H, dh + b * H);
-      if (fl.fgr) std::copy(dan + b * 3 * H, dan + (b + 1) * 3 * H, da + b * 3 * H);
+      const T* acts_b = acts_t + b * GH;
+      const T* cs_b = cs_t + b * H;
+      if (NORM == kNormNone) {
+        for (int64_t j = 0; j < H; ++j) cn[j] = cs_b[j];
+      } else if (NORM == kNormBatch) {
+        for (int64_t j = 0; j < H; ++j)
+          cn[j] = norm_apply(cs_b[j], st[2 * GH + j], bn_rstd[2 * GH + j], p.g_cell[j], p.b_cell[j]);
+      } else {
+        const T* sb = st + b * SW + SW - 2;
+        for (int64_t j = 0; j < H; ++j) cn[j] = norm_apply(cs_b[j], sb[0], sb[1], p.g_cell[j], p.b_cell[j]);
+      }
+      units_out_bwd_run<T>(vanilla, fl, H, static_cast<const T*>(dh + b * H), dy_t + b * H, acts_b,
+                           static_cast<const T*>(cn), dop + b * H, dcnp + b * H);
+      if (NORM == kNormLayer || NORM == kNormLayerPerGate) {
+        // dgc_row layout: [dg_cell H | db_cell H | dg_ih/dg_gates GH | dg_hh/db_gates GH]
+        const T* sb = st + b * SW + SW - 2;
+        layer_norm_row_bwd<T, A>(cs_b, dcnp + b * H, H, p.g_cell, sb[0], sb[1], dcnp + b * H, dgc_row,
+                                 dgc_row + H);
+      }
     }
-  }
+  };
+  // Pass 2 (rows): gates backward -> dpre, dc carry, peepholes; row norms of the gates.
+  auto pass2 = [&](int64_t t, int64_t m, int64_t b0, int64_t b1) {
+    const T* acts_t = p.acts + t * B * GH;
+    const T* cs_t = p.cs + t * B * H;
+    const T* st = p.stats ? p.stats + (NORM == kNormBatch ? t * SW : t * B * SW) : nullptr;
+    T* dpre_t = p.dpre + (full_dpre ? t * B * GH : 0);
+    T* dpeep = fl.num_peep ? acc_peep.row<T>(m) : nullptr;
+    T* dbias = p.b_ih ? acc_bias.row<T>(m) : nullptr;
+    T* dgr = (NORM == kNormLayer || NORM == kNormLayerPerGate) ? acc_gates.row<T>(m) + 2 * H : nullptr;
+    for (int64_t b = b0; b < b1; ++b) {
+      if (!active(L, b, t)) {  // finished sequence: no gradient into this step's weights or inputs
+        std::fill(dpre_t + b * GH, dpre_t + (b + 1) * GH, T(0));
+        if (p.dxw != p.dpre) std::fill(p.dxw + (t * B + b) * GH, p.dxw + (t * B + b + 1) * GH, T(0));
+        if (p.dhw != p.dxw) std::fill(p.dhw + (t * B + b) * GH, p.dhw + (t * B + b + 1) * GH, T(0));
+        if (fl.fgr) std::fill(difo + b * 3 * H, difo + (b + 1) * 3 * H, T(0));
+        continue;
+      }
+      const T* acts_b = acts_t + b * GH;
+      const T* cs_b = cs_t + b * H;
+      const T* cprev = t > 0 ? p.cs + (t - 1) * B * H + b * H : p.c0 + b * H;
+      T* dpre_b = dpre_t + b * GH;
+      units_bwd_run<T>(vanilla, fl, H, static_cast<const T*>(dop + b * H), static_cast<const T*>(dcnp + b * H),
+                       dc + b * H, fl.fgr ? static_cast<const T*>(da + b * 3 * H) : static_cast<const T*>(nullptr),
+                       acts_b, cprev, cs_b, p.w_peep, dpre_b, dpeep);
+      if (dbias)
+        for (int64_t k = 0; k < GH; ++k) dbias[k] += dpre_b[k];
+      if (fl.fgr) {  // the FGR gates' gradients, gathered for da_{t-1} = dpre_ifo W_fgr
+        std::copy(dpre_b + fl.gi * H, dpre_b + fl.gi * H + H, difo + b * 3 * H);
+        std::copy(dpre_b + fl.gf * H, dpre_b + fl.gf * H + H, difo + b * 3 * H + H);
+        std::copy(dpre_b + fl.go * H, dpre_b + fl.go * H + H, difo + b * 3 * H + 2 * H);
+      }
+      const T* sb = st ? st + b * SW : nullptr;
+      if (NORM == kNormLayer) {
+        const T* xr = p.xw + (t * B + b) * GH;
+        const T* hr = p.hw + (t * B + b) * GH;
+        layer_norm_row_bwd<T, A>(xr, dpre_b, GH, p.g_ih, sb[0], sb[1], p.dxw + (t * B + b) * GH, dgr, nullptr);
+        layer_norm_row_bwd<T, A>(hr, dpre_b, GH, p.g_hh, sb[2], sb[3], p.dhw + (t * B + b) * GH, dgr + GH,
+                                 nullptr);
+      } else if (NORM == kNormLayerPerGate) {
+        const T* vr = p.xw + (t * B + b) * GH;
+        T* dv = p.dxw + (t * B + b) * GH;
+        for (int64_t g = 0; g < G; ++g)
+          layer_norm_row_bwd<T, A>(vr + g * H, dpre_b + g * H, H, p.g_gates + g * H, sb[2 * g], sb[2 * g + 1],
+                                   dv + g * H, dgr + g * H, dgr + GH + g * H);
+      }
+    }
+  };
+
+  run_team(n, [&](Team& team) {
+    for (int64_t t = Tn - 1; t >= 0; --t) {
+      const T* cs_t = p.cs + t * B * H;
+      const T* st = p.stats ? p.stats + (NORM == kNormBatch ? t * SW : t * B * SW) : nullptr;
+      T* dpre_t = p.dpre + (full_dpre ? t * B * GH : 0);
+      if (NORM == kNormBatch) {
+        team.each([&](int64_t m) {
+          auto k = split(NB, n, m);
+          for (int64_t c = k.first; c < k.second; ++c) bn_rstd[c] = norm_rstd<T, A>(A(st[NB + c]), A(p.eps));
+        });
+        team.barrier();
+      }
+      team.each([&](int64_t m) {
+        auto r = split(B, n, m);
+        pass1(t, m, r.first, r.second);
+      });
+      if (NORM == kNormBatch) {  // d_cn -> dc through BN(c), by columns
+        team.barrier();
+        team.each([&](int64_t m) {
+          auto k = split(H, n, m);
+          bn_column_bwd(cs_t, static_cast<const T*>(dcnp), dcnp, B, H, k.first, k.second, L, t, p.training,
+                        st + 2 * GH, bn_rstd.data() + 2 * GH, p.g_cell, dgc, dbc);
+        });
+        team.barrier();
+      }
+      team.each([&](int64_t m) {
+        auto r = split(B, n, m);
+        pass2(t, m, r.first, r.second);
+      });
+      team.barrier();
+      if (NORM == kNormBatch) {
+        team.each([&](int64_t m) {
+          auto k = split(GH, n, m);
+          bn_column_bwd(p.xw + t * B * GH, static_cast<const T*>(dpre_t), p.dxw + t * B * GH, B, GH, k.first,
+                        k.second, L, t, p.training, st, bn_rstd.data(), p.g_ih, dg_ih.data_ptr<T>(),
+                        static_cast<T*>(nullptr));
+          bn_column_bwd(p.hw + t * B * GH, static_cast<const T*>(dpre_t), p.dhw + t * B * GH, B, GH, k.first,
+                        k.second, L, t, p.training, st + GH, bn_rstd.data() + GH, p.g_hh, dg_hh.data_ptr<T>(),
+                        static_cast<T*>(nullptr));
+        });
+        team.barrier();
+      }
+      // Recurrent gradients: dh_{t-1} = dhw_t W_hh, da_{t-1} = dpre_ifo W_fgr, by columns.
+      team.each([&](int64_t m) {
+        gemm_bwd[m].run(p.dhw + t * B * GH, dhn);
+        if (fl.fgr) gemm_fgr[m].run(difo, dan);
+      });
+      team.barrier();
+      team.each([&](int64_t m) {  // carried into step t - 1 for the rows still active at t
+        auto r = split(B, n, m);
+        for (int64_t b = r.first; b < r.second; ++b) {
+          if (!active(L, b, t)) continue;
+          std::copy(dhn + b * H, dhn + (b + 1) * H, dh + b * H);
+          if (fl.fgr) std::copy(dan + b * 3 * H, dan + (b + 1) * 3 * H, da + b * 3 * H);
+        }
+      });
+    }
+  });
 }
 
 using T16 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
@@ -512,7 +591,9 @@ T16 lstm_bwd_cpu(
   at::Tensor dxw = norm == kNormNone ? dpre : at::empty({T, B, GH}, opts);
   at::Tensor dhw = two ? at::empty({T, B, GH}, opts) : dxw;
   const bool has_bias = b_ih.has_value() && b_ih->defined();
-  ThreadAcc acc_bias(has_bias ? GH : 0, opts), acc_peep(fl.num_peep * H, opts), acc_gates(2 * H + 2 * GH, opts);
+  const int64_t members = team_members(B * GH * H);
+  ThreadAcc acc_bias(members, has_bias ? GH : 0, opts), acc_peep(members, fl.num_peep * H, opts),
+      acc_gates(members, 2 * H + 2 * GH, opts);
   at::Tensor dg_ih = norm == kNormBatch ? at::zeros({GH}, opts) : at::Tensor();
   at::Tensor dg_hh = norm == kNormBatch ? at::zeros({GH}, opts) : at::Tensor();
   at::Tensor dg_cell = norm == kNormBatch ? at::zeros({H}, opts) : at::Tensor();
@@ -533,17 +614,17 @@ T16 lstm_bwd_cpu(
     p.dpre = dpre.data_ptr<scalar_t>(); p.dxw = dxw.data_ptr<scalar_t>(); p.dhw = dhw.data_ptr<scalar_t>();
     switch (norm) {
       case kNormNone:
-        lstm_backward<scalar_t, kNormNone>(p, full_dpre, w_hh, w_fgr, acc_bias, acc_peep, acc_gates, dg_ih, dg_hh, dg_cell, db_cell);
+        lstm_backward<scalar_t, kNormNone>(p, members, full_dpre, w_hh, w_fgr, acc_bias, acc_peep, acc_gates, dg_ih, dg_hh, dg_cell, db_cell);
         break;
       case kNormLayer:
-        lstm_backward<scalar_t, kNormLayer>(p, full_dpre, w_hh, w_fgr, acc_bias, acc_peep, acc_gates, dg_ih, dg_hh, dg_cell, db_cell);
+        lstm_backward<scalar_t, kNormLayer>(p, members, full_dpre, w_hh, w_fgr, acc_bias, acc_peep, acc_gates, dg_ih, dg_hh, dg_cell, db_cell);
         break;
       case kNormLayerPerGate:
-        lstm_backward<scalar_t, kNormLayerPerGate>(p, full_dpre, w_hh, w_fgr, acc_bias, acc_peep, acc_gates, dg_ih, dg_hh, dg_cell,
+        lstm_backward<scalar_t, kNormLayerPerGate>(p, members, full_dpre, w_hh, w_fgr, acc_bias, acc_peep, acc_gates, dg_ih, dg_hh, dg_cell,
                                                    db_cell);
         break;
       default:
-        lstm_backward<scalar_t, kNormBatch>(p, full_dpre, w_hh, w_fgr, acc_bias, acc_peep, acc_gates, dg_ih, dg_hh, dg_cell, db_cell);
+        lstm_backward<scalar_t, kNormBatch>(p, members, full_dpre, w_hh, w_fgr, acc_bias, acc_peep, acc_gates, dg_ih, dg_hh, dg_cell, db_cell);
         break;
     }
   });

@@ -6,7 +6,7 @@
 // MKL's internal blocked layout once per layer call and every step reuses it, which is what
 // oneDNN's RNN primitive does, instead of re-packing W_hh inside each step's GEMM. The symbols
 // are weak references resolved at load time, so a torch without MKL loads this library and
-// falls back to at::mm (also used for float64: MKL exports no packed dgemm here).
+// falls back to Fortran BLAS or a plain loop (float64 uses dgemm_: MKL exports no packed dgemm).
 // FUSEDRNN_PACKED_GEMM=0 in the environment forces the fallback (for comparisons).
 #pragma once
 
@@ -21,6 +21,13 @@ void cblas_sgemm_pack(int layout, int identifier, int trans, int m, int n, int k
                       int ld, float* dest) __attribute__((weak));
 void cblas_sgemm_compute(int layout, int transa, int transb, int m, int n, int k, const float* a, int lda,
                          const float* b, int ldb, float beta, float* c, int ldc) __attribute__((weak));
+// Fortran BLAS (column-major, arguments by pointer), also exported by MKL in those wheels.
+void sgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k, const float* alpha,
+            const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
+            const int* ldc) __attribute__((weak));
+void dgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k, const double* alpha,
+            const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
+            const int* ldc) __attribute__((weak));
 }
 
 namespace fusedrnn {
@@ -29,55 +36,92 @@ namespace cpu {
 namespace mkl {
 enum : int { kRowMajor = 101, kNoTrans = 111, kTrans = 112, kPacked = 151, kBMatrix = 162 };
 
+// FUSEDRNN_PACKED_GEMM (read per layer call): unset/1 = the fastest available, 0 = no packed
+// GEMM (BLAS ?gemm_ each step), loop = the plain loop (the fallback of a torch without BLAS
+// symbols, tested through this).
+inline const char* gemm_mode() {
+  const char* env = std::getenv("FUSEDRNN_PACKED_GEMM");
+  return env ? env : "1";
+}
+
 inline bool packed_gemm_available() {
-  static const bool ok = [] {
-    const char* env = std::getenv("FUSEDRNN_PACKED_GEMM");
-    if (env && std::strcmp(env, "0") == 0) return false;
-    return cblas_sgemm_pack_get_size != nullptr && cblas_sgemm_pack != nullptr && cblas_sgemm_compute != nullptr;
-  }();
-  return ok;
+  return std::strcmp(gemm_mode(), "1") == 0 && cblas_sgemm_pack_get_size != nullptr && cblas_sgemm_pack != nullptr &&
+         cblas_sgemm_compute != nullptr;
+}
+
+inline bool blas_available(bool single) {
+  if (std::strcmp(gemm_mode(), "loop") == 0) return false;
+  return single ? sgemm_ != nullptr : dgemm_ != nullptr;
 }
 }  // namespace mkl
 
-// Recurrent product with a fixed weight W [GH, H] and a fixed row count M (the batch).
-// transposed=true:  out[M, GH] = a[M, H] W^T   (forward)
-// transposed=false: out[M, H]  = a[M, GH] W    (backward)
+// Recurrent product with a fixed weight W [GH, H] and a fixed row count M (the batch), for the
+// output columns [lo, hi) (all by default): one team member (team.h) owns one such slice.
+// transposed=true:  out[M, lo:hi] = a[M, H] W[lo:hi, :]^T   (forward; out is [M, GH])
+// transposed=false: out[M, lo:hi] = a[M, GH] W[:, lo:hi]    (backward; out is [M, H])
+// run() calls no ATen operator: it runs on team threads, which do not carry the caller's
+// thread-local state (grad mode, dispatch guards), and must not throw. float32 with MKL: W's
+// slice is packed once into MKL's blocked layout and every step reuses it (what oneDNN's RNN
+// primitive does); otherwise Fortran BLAS ?gemm_ when exported, else a plain loop.
 template <typename T>
 class RecurrentGemm {
  public:
-  RecurrentGemm(const at::Tensor& w, int64_t M, bool transposed = true)
-      : w_(w), M_(M), transposed_(transposed) {
-    N_ = transposed ? w.size(0) : w.size(1);
+  RecurrentGemm(const at::Tensor& w, int64_t M, bool transposed = true, int64_t lo = 0, int64_t hi = -1)
+      : M_(M), lo_(lo), ldw_(w.size(1)), transposed_(transposed) {
+    ldc_ = transposed ? w.size(0) : w.size(1);
+    N_ = (hi < 0 ? ldc_ : hi) - lo;
     K_ = transposed ? w.size(1) : w.size(0);
+    w_ = w.data_ptr<T>() + (transposed ? lo * ldw_ : lo);
     packed_ = std::is_same<T, float>::value && mkl::packed_gemm_available() && M > 0 && N_ > 0 && K_ > 0;
+    blas_ = mkl::blas_available(std::is_same<T, float>::value);
     if (packed_) {
       size_t bytes = cblas_sgemm_pack_get_size(mkl::kBMatrix, int(M_), int(N_), int(K_));
-      buf_ = at::empty({int64_t((bytes + sizeof(float) - 1) / sizeof(float))}, w.options());
+      buf_ = at::empty({int64_t((bytes + sizeof(float) - 1) / sizeof(float))}, w.options().dtype(at::kFloat));
       cblas_sgemm_pack(mkl::kRowMajor, mkl::kBMatrix, transposed ? mkl::kTrans : mkl::kNoTrans, int(M_), int(N_),
-                       int(K_), 1.0f, reinterpret_cast<const float*>(w.data_ptr<T>()), int(w.size(1)),
-                       buf_.data_ptr<float>());
-    } else {
-      wt_ = transposed ? w.t() : w;
+                       int(K_), 1.0f, reinterpret_cast<const float*>(w_), int(ldw_), buf_.data_ptr<float>());
     }
   }
 
-  // a: [M, K] contiguous; out: [M, N] contiguous.
+  // a: [M, K] contiguous; out: the full [M, ldc] output (this slice's columns are written).
   void run(const T* a, T* out) const {
+    if (N_ <= 0 || M_ <= 0) return;
+    T* c = out + lo_;
     if (packed_) {
       cblas_sgemm_compute(mkl::kRowMajor, mkl::kNoTrans, mkl::kPacked, int(M_), int(N_), int(K_),
-                          reinterpret_cast<const float*>(a), int(K_), buf_.data_ptr<float>(), int(w_.size(1)),
-                          0.0f, reinterpret_cast<float*>(out), int(N_));
+                          reinterpret_cast<const float*>(a), int(K_), buf_.data_ptr<float>(), int(ldw_), 0.0f,
+                          reinterpret_cast<float*>(c), int(ldc_));
       return;
     }
-    auto opts = w_.options();
-    at::Tensor o = at::from_blob(out, {M_, N_}, opts);
-    at::mm_out(o, at::from_blob(const_cast<T*>(a), {M_, K_}, opts), wt_);
+    // Row-major out = a op(W) is column-major out^T = op(W)^T a^T.
+    const char ta = transposed_ ? 'T' : 'N', tb = 'N';
+    const int m = int(N_), n = int(M_), k = int(K_), lda = int(ldw_), ldb = int(K_), ldc = int(ldc_);
+    const T one = 1, zero = 0;
+    if (blas_ && std::is_same<T, float>::value) {
+      sgemm_(&ta, &tb, &m, &n, &k, reinterpret_cast<const float*>(&one), reinterpret_cast<const float*>(w_), &lda,
+             reinterpret_cast<const float*>(a), &ldb, reinterpret_cast<const float*>(&zero),
+             reinterpret_cast<float*>(c), &ldc);
+      return;
+    }
+    if (blas_ && std::is_same<T, double>::value) {
+      dgemm_(&ta, &tb, &m, &n, &k, reinterpret_cast<const double*>(&one), reinterpret_cast<const double*>(w_),
+             &lda, reinterpret_cast<const double*>(a), &ldb, reinterpret_cast<const double*>(&zero),
+             reinterpret_cast<double*>(c), &ldc);
+      return;
+    }
+    for (int64_t i = 0; i < M_; ++i)
+      for (int64_t j = 0; j < N_; ++j) {
+        T acc = 0;
+        for (int64_t q = 0; q < K_; ++q)
+          acc += a[i * K_ + q] * (transposed_ ? w_[j * ldw_ + q] : w_[q * ldw_ + j]);
+        c[i * ldc_ + j] = acc;
+      }
   }
 
  private:
-  at::Tensor w_, wt_, buf_;
-  int64_t M_, N_ = 0, K_ = 0;
-  bool transposed_, packed_ = false;
+  const T* w_ = nullptr;
+  at::Tensor buf_;
+  int64_t M_, lo_, ldw_, N_ = 0, K_ = 0, ldc_ = 0;
+  bool transposed_, packed_ = false, blas_ = false;
 };
 
 }  // namespace cpu

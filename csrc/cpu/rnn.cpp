@@ -4,7 +4,7 @@
 
 #include "common.h"
 #include "fusedrnn/cell_math.h"
-#include "recurrent_gemm.h"
+#include "team.h"
 
 namespace fusedrnn {
 namespace cpu {
@@ -36,29 +36,35 @@ std::tuple<at::Tensor, at::Tensor> rnn_fwd_cpu(const at::Tensor& x, const c10::o
   const int64_t* L = len_ptr(lengths);
   AT_DISPATCH_FLOATING_TYPES(dt, "rnn_fwd_cpu", [&] {
     using T_ = scalar_t;
-    RecurrentGemm<T_> gemm(w_hh, B);
+    const int64_t n = team_members(B * H * H);
+    auto gemm = member_gemms<T_>(w_hh, B, /*transposed=*/true, n);
     const T_ *bi = ptr<T_>(b_ih), *bh = ptr<T_>(b_hh);
     T_* hp = h.data_ptr<T_>();
     T_* hwp = hw.data_ptr<T_>();
-    for (int64_t t = 0; t < T; ++t) {
-      gemm.run(hp, hwp);
-      const T_* xw_t = xw.data_ptr<T_>() + t * B * H;
-      T_* y_t = y.data_ptr<T_>() + t * B * H;
-      at::parallel_for(0, B, grain(H), [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b) {
-          if (!active(L, b, t)) {
-            for (int64_t j = 0; j < H; ++j) y_t[b * H + j] = T_(0);
-            continue;
+    run_team(n, [&](Team& team) {  // csrc/cpu/team.h: members own h columns of the product, then rows
+      for (int64_t t = 0; t < T; ++t) {
+        team.each([&](int64_t m) { gemm[m].run(hp, hwp); });
+        team.barrier();
+        const T_* xw_t = xw.data_ptr<T_>() + t * B * H;
+        T_* y_t = y.data_ptr<T_>() + t * B * H;
+        team.each([&](int64_t m) {
+          auto r = split(B, n, m);
+          for (int64_t b = r.first; b < r.second; ++b) {
+            if (!active(L, b, t)) {
+              for (int64_t j = 0; j < H; ++j) y_t[b * H + j] = T_(0);
+              continue;
+            }
+            for (int64_t j = 0; j < H; ++j) {
+              T_ pre = xw_t[b * H + j] + hwp[b * H + j] + (bi ? bi[j] + bh[j] : T_(0));
+              T_ hv = rnn_cell_fwd(static_cast<int>(kind), pre);
+              y_t[b * H + j] = hv;
+              hp[b * H + j] = hv;
+            }
           }
-          for (int64_t j = 0; j < H; ++j) {
-            T_ pre = xw_t[b * H + j] + hwp[b * H + j] + (bi ? bi[j] + bh[j] : T_(0));
-            T_ hv = rnn_cell_fwd(static_cast<int>(kind), pre);
-            y_t[b * H + j] = hv;
-            hp[b * H + j] = hv;
-          }
-        }
-      });
-    }
+        });
+        team.barrier();
+      }
+    });
   });
   return {y, h};
 }
@@ -79,26 +85,35 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   AT_DISPATCH_FLOATING_TYPES(dt, "rnn_bwd_cpu", [&] {
     using T_ = scalar_t;
     T_* dhp = dh.data_ptr<T_>();
-    RecurrentGemm<T_> gemm_bwd(w_hh, B, /*transposed=*/false);
-    for (int64_t t = T - 1; t >= 0; --t) {
-      const T_* y_t = y.data_ptr<T_>() + t * B * H;
-      const T_* dy_t = grad_y.data_ptr<T_>() + t * B * H;
-      T_* dp = dpre.data_ptr<T_>() + t * B * H;
-      at::parallel_for(0, B, grain(H), [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b) {
-          if (!active(L, b, t)) {  // finished sequence: no gradient into this step
-            std::fill(dp + b * H, dp + (b + 1) * H, T_(0));
-            continue;
+    const int64_t n = team_members(B * H * H);
+    auto gemm_bwd = member_gemms<T_>(w_hh, B, /*transposed=*/false, n);
+    T_* dnp = dh_new.data_ptr<T_>();
+    run_team(n, [&](Team& team) {  // as the forward: rows, then dh columns of the product
+      for (int64_t t = T - 1; t >= 0; --t) {
+        const T_* y_t = y.data_ptr<T_>() + t * B * H;
+        const T_* dy_t = grad_y.data_ptr<T_>() + t * B * H;
+        T_* dp = dpre.data_ptr<T_>() + t * B * H;
+        team.each([&](int64_t m) {
+          auto r = split(B, n, m);
+          for (int64_t b = r.first; b < r.second; ++b) {
+            if (!active(L, b, t)) {  // finished sequence: no gradient into this step
+              std::fill(dp + b * H, dp + (b + 1) * H, T_(0));
+              continue;
+            }
+            for (int64_t j = 0; j < H; ++j)
+              dp[b * H + j] = rnn_cell_bwd(static_cast<int>(kind), dhp[b * H + j] + dy_t[b * H + j], y_t[b * H + j]);
           }
-          for (int64_t j = 0; j < H; ++j)
-            dp[b * H + j] = rnn_cell_bwd(static_cast<int>(kind), dhp[b * H + j] + dy_t[b * H + j], y_t[b * H + j]);
-        }
-      });
-      gemm_bwd.run(dp, dh_new.data_ptr<T_>());
-      const T_* dn = dh_new.data_ptr<T_>();
-      for (int64_t b = 0; b < B; ++b)
-        if (active(L, b, t)) std::copy(dn + b * H, dn + (b + 1) * H, dhp + b * H);
-    }
+        });
+        team.barrier();
+        team.each([&](int64_t m) { gemm_bwd[m].run(dp, dnp); });
+        team.barrier();
+        team.each([&](int64_t m) {  // carried into step t - 1 (same rows as the next row pass)
+          auto r = split(B, n, m);
+          for (int64_t b = r.first; b < r.second; ++b)
+            if (active(L, b, t)) std::copy(dnp + b * H, dnp + (b + 1) * H, dhp + b * H);
+        });
+      }
+    });
   });
   at::Tensor dpre2 = dpre.view({T * B, H});
   at::Tensor dx = at::mm(dpre2, w_ih).view({T, B, I});
