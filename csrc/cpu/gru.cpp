@@ -6,6 +6,7 @@
 #include "common.h"
 #include "fusedrnn/cell_math.h"
 #include "team.h"
+#include "units.h"
 
 namespace fusedrnn {
 namespace cpu {
@@ -75,8 +76,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
             const T_* xr = xw_t + b * GH;
             const T_* hr = hw_t + b * GH;
             if (ln) {
-              layer_norm_row_fwd<T_, A>(xr, GH, gi, nullptr, A(eps), xs, st + b * 4, st + b * 4 + 1);
-              layer_norm_row_fwd<T_, A>(hr, GH, gh, nullptr, A(eps), hs, st + b * 4 + 2, st + b * 4 + 3);
+              ln_row_fwd<T_>(xr, GH, gi, nullptr, eps, xs, st + b * 4, st + b * 4 + 1);
+              ln_row_fwd<T_>(hr, GH, gh, nullptr, eps, hs, st + b * 4 + 2, st + b * 4 + 3);
             } else {
               for (int64_t k = 0; k < GH; ++k) { xs[k] = xr[k]; hs[k] = hr[k]; }
             }
@@ -169,9 +170,9 @@ gru_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& grad_h_n, const at::Tens
             if (ln) {
               const T_* sb = stats.data_ptr<T_>() + (t * B + b) * 4;
               const int64_t off = (t * B + b) * GH;
-              layer_norm_row_bwd<T_, A>(xw.data_ptr<T_>() + off, dx_b, GH, gi, sb[0], sb[1],
+              ln_row_bwd<T_>(xw.data_ptr<T_>() + off, dx_b, GH, gi, sb[0], sb[1],
                                         dxw.data_ptr<T_>() + off, dg, nullptr);
-              layer_norm_row_bwd<T_, A>(hw.data_ptr<T_>() + off, dh_b, GH, gh, sb[2], sb[3],
+              ln_row_bwd<T_>(hw.data_ptr<T_>() + off, dh_b, GH, gh, sb[2], sb[3],
                                         dhw.data_ptr<T_>() + off, dg + GH, nullptr);
             }
           }

@@ -34,54 +34,80 @@ inline int64_t stats_width(int norm, int64_t G, int64_t H) {
 }
 
 // Column statistics of v [B, N] (row-major) over the rows active at step t, for columns
-// [k0, k1). Training: batch mean and biased variance; eval: the running slot.
+// [k0, k1). Training: batch mean and biased variance, rows outer and columns inner (contiguous,
+// vectorizable; each column still sums its rows in order); eval: the running slot.
+// acc: scratch of 2 (k1 - k0) values.
 template <typename T>
 void bn_column_stats(const T* v, int64_t B, int64_t N, int64_t k0, int64_t k1, const int64_t* lengths, int64_t t,
-                     bool training, const T* rm_slot, const T* rv_slot, T* mean, T* var) {
-  for (int64_t k = k0; k < k1; ++k) {
-    if (!training) {
-      mean[k] = rm_slot[k];
-      var[k] = rv_slot[k];
-      continue;
+                     bool training, const T* rm_slot, const T* rv_slot, T* mean, T* var, A* acc) {
+  if (!training) {
+    std::copy(rm_slot + k0, rm_slot + k1, mean + k0);
+    std::copy(rv_slot + k0, rv_slot + k1, var + k0);
+    return;
+  }
+  const int64_t w = k1 - k0;
+  A* s = acc;
+  A* q = acc + w;
+  std::fill(acc, acc + 2 * w, A(0));
+  int64_t n = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    if (!active(lengths, b, t)) continue;
+    const T* row = v + b * N + k0;
+    for (int64_t j = 0; j < w; ++j) s[j] += A(row[j]);
+    ++n;
+  }
+  for (int64_t j = 0; j < w; ++j) s[j] = n ? s[j] / A(n) : A(0);
+  for (int64_t b = 0; b < B; ++b) {
+    if (!active(lengths, b, t)) continue;
+    const T* row = v + b * N + k0;
+    for (int64_t j = 0; j < w; ++j) {
+      A d = A(row[j]) - s[j];
+      q[j] += d * d;
     }
-    A s = 0;
-    int64_t n = 0;
-    for (int64_t b = 0; b < B; ++b)
-      if (active(lengths, b, t)) { s += A(v[b * N + k]); ++n; }
-    A m = n ? s / A(n) : A(0), q = 0;
-    for (int64_t b = 0; b < B; ++b)
-      if (active(lengths, b, t)) { A d = A(v[b * N + k]) - m; q += d * d; }
-    mean[k] = T(m);
-    var[k] = n ? T(q / A(n)) : T(0);
+  }
+  for (int64_t j = 0; j < w; ++j) {
+    mean[k0 + j] = T(s[j]);
+    var[k0 + j] = n ? T(q[j] / A(n)) : T(0);
   }
 }
 
 // Backward through a batch norm of column block v [B, N] for columns [k0, k1): dy (gradient of the
-// normalized output, before gain) -> dv; accumulates dgain (and dbias if non-null).
+// normalized output, before gain) -> dv (may alias dy); accumulates dgain (and dbias if non-null).
+// Rows outer, columns inner, as bn_column_stats; acc: scratch of 2 (k1 - k0) values.
 template <typename T>
 void bn_column_bwd(const T* v, const T* dy, T* dv, int64_t B, int64_t N, int64_t k0, int64_t k1,
                    const int64_t* lengths, int64_t t, bool training, const T* mean, const T* rstd, const T* gain,
-                   T* dgain, T* dbias) {
-  for (int64_t k = k0; k < k1; ++k) {
-    A s1 = 0, s2 = 0;
-    int64_t n = 0;
-    for (int64_t b = 0; b < B; ++b) {
-      if (!active(lengths, b, t)) continue;
-      T vhat = (v[b * N + k] - mean[k]) * rstd[k];
-      T g = dy[b * N + k];
-      s1 += A(g * gain[k]);
-      s2 += A(g * gain[k] * vhat);
+                   T* dgain, T* dbias, A* acc) {
+  const int64_t w = k1 - k0;
+  A* s1 = acc;
+  A* s2 = acc + w;
+  std::fill(acc, acc + 2 * w, A(0));
+  int64_t n = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    if (!active(lengths, b, t)) continue;
+    const T* vr = v + b * N;
+    const T* gr = dy + b * N;
+    for (int64_t k = k0; k < k1; ++k) {
+      T vhat = (vr[k] - mean[k]) * rstd[k];
+      T g = gr[k];
+      s1[k - k0] += A(g * gain[k]);
+      s2[k - k0] += A(g * gain[k] * vhat);
       dgain[k] += g * vhat;
-      if (dbias) dbias[k] += g;
-      ++n;
     }
-    if (n == 0) continue;
-    T m1 = T(s1 / A(n)), m2 = T(s2 / A(n));
-    for (int64_t b = 0; b < B; ++b) {
-      if (!active(lengths, b, t)) continue;
-      T vhat = (v[b * N + k] - mean[k]) * rstd[k];
-      T dyg = dy[b * N + k] * gain[k];
-      dv[b * N + k] = training ? norm_bwd(dyg, vhat, rstd[k], m1, m2) : rstd[k] * dyg;
+    if (dbias)
+      for (int64_t k = k0; k < k1; ++k) dbias[k] += gr[k];
+    ++n;
+  }
+  if (n == 0) return;
+  for (int64_t b = 0; b < B; ++b) {
+    if (!active(lengths, b, t)) continue;
+    const T* vr = v + b * N;
+    const T* gr = dy + b * N;
+    T* dr = dv + b * N;
+    for (int64_t k = k0; k < k1; ++k) {
+      T vhat = (vr[k] - mean[k]) * rstd[k];
+      T dyg = gr[k] * gain[k];
+      dr[k] = training ? norm_bwd(dyg, vhat, rstd[k], T(s1[k - k0] / A(n)), T(s2[k - k0] / A(n))) : rstd[k] * dyg;
     }
   }
 }
@@ -115,6 +141,7 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
   T* ap = fl.fgr ? a.data_ptr<T>() : nullptr;
   T* arp = fl.fgr ? a_rec.data_ptr<T>() : nullptr;
   at::Tensor scratch = at::empty({n, 2 * GH + H}, opts);  // per member: pre [GH], tmp [GH], cn [H]
+  at::Tensor bn_acc = at::empty({NORM == kNormBatch ? n : 0, 2 * GH}, opts.dtype(at::kDouble));
 
   // Row pass A of rows [b0, b1): gate pre-activations, gates, c_t; and (unless batch norm) pass B: h_t.
   auto rows_a = [&](int64_t t, int64_t m, int64_t b0, int64_t b1) {
@@ -144,8 +171,8 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
           pre[k] = xr[k] + hr[k] + (p.b_ih ? p.b_ih[k] : T(0)) + (p.b_hh ? p.b_hh[k] : T(0));
       } else if (NORM == kNormLayer) {
         T* sb = st + b * SW;
-        layer_norm_row_fwd<T, A>(xr, GH, p.g_ih, nullptr, A(p.eps), pre, sb + 0, sb + 1);
-        layer_norm_row_fwd<T, A>(hr, GH, p.g_hh, nullptr, A(p.eps), tmp, sb + 2, sb + 3);
+        ln_row_fwd<T>(xr, GH, p.g_ih, nullptr, p.eps, pre, sb + 0, sb + 1);
+        ln_row_fwd<T>(hr, GH, p.g_hh, nullptr, p.eps, tmp, sb + 2, sb + 3);
         for (int64_t k = 0; k < GH; ++k)
           pre[k] += tmp[k] + (p.b_ih ? p.b_ih[k] : T(0)) + (p.b_hh ? p.b_hh[k] : T(0));
       } else if (NORM == kNormLayerPerGate) {
@@ -153,7 +180,7 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
         for (int64_t k = 0; k < GH; ++k) vr[k] += hr[k];
         T* sb = st + b * SW;
         for (int64_t g = 0; g < G; ++g)
-          layer_norm_row_fwd<T, A>(vr + g * H, H, p.g_gates + g * H, p.b_gates + g * H, A(p.eps), pre + g * H,
+          ln_row_fwd<T>(vr + g * H, H, p.g_gates + g * H, p.b_gates + g * H, p.eps, pre + g * H,
                                    sb + 2 * g, sb + 2 * g + 1);
       } else {  // batch
         for (int64_t k = 0; k < GH; ++k)
@@ -176,7 +203,7 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
       const T* cnp = cs_b;
       if (NORM != kNormNone) {
         T* sb = st + b * SW + SW - 2;
-        layer_norm_row_fwd<T, A>(cs_b, H, p.g_cell, p.b_cell, A(p.eps), cn, sb, sb + 1);
+        ln_row_fwd<T>(cs_b, H, p.g_cell, p.b_cell, p.eps, cn, sb, sb + 1);
         cnp = cn;
       }
       units_out_run<T>(vanilla, fl, H, static_cast<const T*>(acts_b), cnp, static_cast<const T*>(cs_b), y_b,
@@ -212,13 +239,14 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
         const int64_t slot = std::min<int64_t>(p.t0 + t, p.bn_slots - 1);
         team.each([&](int64_t m) {
           auto k = split(GH, n, m);
+          A* acc = bn_acc.data_ptr<A>() + m * 2 * GH;
           bn_column_stats(xw_t, B, GH, k.first, k.second, L, t, p.training, p.rm_ih + slot * GH,
-                          p.rv_ih + slot * GH, st, st + NB);
+                          p.rv_ih + slot * GH, st, st + NB, acc);
           bn_column_stats(static_cast<const T*>(hw_t), B, GH, k.first, k.second, L, t, p.training,
-                          p.rm_hh + slot * GH, p.rv_hh + slot * GH, st + GH, st + NB + GH);
+                          p.rm_hh + slot * GH, p.rv_hh + slot * GH, st + GH, st + NB + GH, acc);
           for (int64_t c = k.first; c < k.second; ++c) {
-            bn_rstd[c] = norm_rstd<T, A>(A(st[NB + c]), A(p.eps));
-            bn_rstd[GH + c] = norm_rstd<T, A>(A(st[NB + GH + c]), A(p.eps));
+            bn_rstd[c] = norm_rstd<T, A>(A(st[NB + c]), p.eps);
+            bn_rstd[GH + c] = norm_rstd<T, A>(A(st[NB + GH + c]), p.eps);
           }
         });
         team.barrier();
@@ -234,9 +262,10 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
         team.each([&](int64_t m) {
           auto k = split(H, n, m);
           bn_column_stats(static_cast<const T*>(p.cs + t * B * H), B, H, k.first, k.second, L, t, p.training,
-                          p.rm_cell + slot * H, p.rv_cell + slot * H, st + 2 * GH, st + NB + 2 * GH);
+                          p.rm_cell + slot * H, p.rv_cell + slot * H, st + 2 * GH, st + NB + 2 * GH,
+                          bn_acc.data_ptr<A>() + m * 2 * GH);
           for (int64_t j = k.first; j < k.second; ++j)
-            bn_rstd[2 * GH + j] = norm_rstd<T, A>(A(st[NB + 2 * GH + j]), A(p.eps));
+            bn_rstd[2 * GH + j] = norm_rstd<T, A>(A(st[NB + 2 * GH + j]), p.eps);
         });
         team.barrier();
         team.each([&](int64_t m) {
@@ -401,6 +430,7 @@ void lstm_backward(const LstmBwdParams<T>& p, int64_t n, bool full_dpre, const a
   auto gemm_bwd = member_gemms<T>(w_hh, B, /*transposed=*/false, n);
   auto gemm_fgr = fl.fgr ? member_gemms<T>(*w_fgr, B, /*transposed=*/false, n) : std::vector<RecurrentGemm<T>>();
   at::Tensor scratch = at::empty({n, H}, opts);  // per member: cn [H]
+  at::Tensor bn_acc = at::empty({NORM == kNormBatch ? n : 0, 2 * GH}, opts.dtype(at::kDouble));
   TORCH_INTERNAL_ASSERT(n <= acc_gates.rows() && n <= acc_bias.rows() && n <= acc_peep.rows());
   T* dgc = dg_cell.defined() && dg_cell.numel() ? dg_cell.data_ptr<T>() : nullptr;
   T* dbc = db_cell.defined() && db_cell.numel() ? db_cell.data_ptr<T>() : nullptr;
@@ -431,7 +461,7 @@ void lstm_backward(const LstmBwdParams<T>& p, int64_t n, bool full_dpre, const a
       if (NORM == kNormLayer || NORM == kNormLayerPerGate) {
         // dgc_row layout: [dg_cell H | db_cell H | dg_ih/dg_gates GH | dg_hh/db_gates GH]
         const T* sb = st + b * SW + SW - 2;
-        layer_norm_row_bwd<T, A>(cs_b, dcnp + b * H, H, p.g_cell, sb[0], sb[1], dcnp + b * H, dgc_row,
+        ln_row_bwd<T>(cs_b, dcnp + b * H, H, p.g_cell, sb[0], sb[1], dcnp + b * H, dgc_row,
                                  dgc_row + H);
       }
     }
@@ -471,14 +501,14 @@ void lstm_backward(const LstmBwdParams<T>& p, int64_t n, bool full_dpre, const a
       if (NORM == kNormLayer) {
         const T* xr = p.xw + (t * B + b) * GH;
         const T* hr = p.hw + (t * B + b) * GH;
-        layer_norm_row_bwd<T, A>(xr, dpre_b, GH, p.g_ih, sb[0], sb[1], p.dxw + (t * B + b) * GH, dgr, nullptr);
-        layer_norm_row_bwd<T, A>(hr, dpre_b, GH, p.g_hh, sb[2], sb[3], p.dhw + (t * B + b) * GH, dgr + GH,
+        ln_row_bwd<T>(xr, dpre_b, GH, p.g_ih, sb[0], sb[1], p.dxw + (t * B + b) * GH, dgr, nullptr);
+        ln_row_bwd<T>(hr, dpre_b, GH, p.g_hh, sb[2], sb[3], p.dhw + (t * B + b) * GH, dgr + GH,
                                  nullptr);
       } else if (NORM == kNormLayerPerGate) {
         const T* vr = p.xw + (t * B + b) * GH;
         T* dv = p.dxw + (t * B + b) * GH;
         for (int64_t g = 0; g < G; ++g)
-          layer_norm_row_bwd<T, A>(vr + g * H, dpre_b + g * H, H, p.g_gates + g * H, sb[2 * g], sb[2 * g + 1],
+          ln_row_bwd<T>(vr + g * H, dpre_b + g * H, H, p.g_gates + g * H, sb[2 * g], sb[2 * g + 1],
                                    dv + g * H, dgr + g * H, dgr + GH + g * H);
       }
     }
@@ -492,7 +522,7 @@ void lstm_backward(const LstmBwdParams<T>& p, int64_t n, bool full_dpre, const a
       if (NORM == kNormBatch) {
         team.each([&](int64_t m) {
           auto k = split(NB, n, m);
-          for (int64_t c = k.first; c < k.second; ++c) bn_rstd[c] = norm_rstd<T, A>(A(st[NB + c]), A(p.eps));
+          for (int64_t c = k.first; c < k.second; ++c) bn_rstd[c] = norm_rstd<T, A>(A(st[NB + c]), p.eps);
         });
         team.barrier();
       }
@@ -505,7 +535,7 @@ void lstm_backward(const LstmBwdParams<T>& p, int64_t n, bool full_dpre, const a
         team.each([&](int64_t m) {
           auto k = split(H, n, m);
           bn_column_bwd(cs_t, static_cast<const T*>(dcnp), dcnp, B, H, k.first, k.second, L, t, p.training,
-                        st + 2 * GH, bn_rstd.data() + 2 * GH, p.g_cell, dgc, dbc);
+                        st + 2 * GH, bn_rstd.data() + 2 * GH, p.g_cell, dgc, dbc, bn_acc.data_ptr<A>() + m * 2 * GH);
         });
         team.barrier();
       }
@@ -517,12 +547,13 @@ void lstm_backward(const LstmBwdParams<T>& p, int64_t n, bool full_dpre, const a
       if (NORM == kNormBatch) {
         team.each([&](int64_t m) {
           auto k = split(GH, n, m);
+          A* acc = bn_acc.data_ptr<A>() + m * 2 * GH;
           bn_column_bwd(p.xw + t * B * GH, static_cast<const T*>(dpre_t), p.dxw + t * B * GH, B, GH, k.first,
                         k.second, L, t, p.training, st, bn_rstd.data(), p.g_ih, dg_ih.data_ptr<T>(),
-                        static_cast<T*>(nullptr));
+                        static_cast<T*>(nullptr), acc);
           bn_column_bwd(p.hw + t * B * GH, static_cast<const T*>(dpre_t), p.dhw + t * B * GH, B, GH, k.first,
                         k.second, L, t, p.training, st + GH, bn_rstd.data() + GH, p.g_hh, dg_hh.data_ptr<T>(),
-                        static_cast<T*>(nullptr));
+                        static_cast<T*>(nullptr), acc);
         });
         team.barrier();
       }

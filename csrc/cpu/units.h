@@ -143,5 +143,40 @@ FUSEDRNN_UNITS_DISPATCH(units_bwd)
 
 #undef FUSEDRNN_UNITS_DISPATCH
 
+// The row layer norms of cell_math.h (statistics in double), also compiled for AVX2+FMA and
+// chosen at run time like the unit loops; flatten inlines everything they call into each
+// version, so their 8-lane sums use the version's vector registers.
+template <typename T>
+FUSEDRNN_AVX2_TARGET __attribute__((flatten)) void ln_row_fwd_avx2(const T* v, int n, const T* gain, const T* bias,
+                                                                  double eps, T* y, T* mean, T* rstd) {
+  layer_norm_row_fwd<T, double>(v, n, gain, bias, eps, y, mean, rstd);
+}
+template <typename T>
+__attribute__((flatten)) void ln_row_fwd_base(const T* v, int n, const T* gain, const T* bias, double eps, T* y,
+                                              T* mean, T* rstd) {
+  layer_norm_row_fwd<T, double>(v, n, gain, bias, eps, y, mean, rstd);
+}
+template <typename T>
+inline void ln_row_fwd(const T* v, int64_t n, const T* gain, const T* bias, double eps, T* y, T* mean, T* rstd) {
+  if (cpu_has_avx2()) ln_row_fwd_avx2<T>(v, int(n), gain, bias, eps, y, mean, rstd);
+  else ln_row_fwd_base<T>(v, int(n), gain, bias, eps, y, mean, rstd);
+}
+
+template <typename T>
+FUSEDRNN_AVX2_TARGET __attribute__((flatten)) void ln_row_bwd_avx2(const T* v, const T* dy, int n, const T* gain,
+                                                                  T mean, T rstd, T* dv, T* dgain, T* dbias) {
+  layer_norm_row_bwd<T, double>(v, dy, n, gain, mean, rstd, dv, dgain, dbias);
+}
+template <typename T>
+__attribute__((flatten)) void ln_row_bwd_base(const T* v, const T* dy, int n, const T* gain, T mean, T rstd, T* dv,
+                                              T* dgain, T* dbias) {
+  layer_norm_row_bwd<T, double>(v, dy, n, gain, mean, rstd, dv, dgain, dbias);
+}
+template <typename T>
+inline void ln_row_bwd(const T* v, const T* dy, int64_t n, const T* gain, T mean, T rstd, T* dv, T* dgain, T* dbias) {
+  if (cpu_has_avx2()) ln_row_bwd_avx2<T>(v, dy, int(n), gain, mean, rstd, dv, dgain, dbias);
+  else ln_row_bwd_base<T>(v, dy, int(n), gain, mean, rstd, dv, dgain, dbias);
+}
+
 }  // namespace cpu
 }  // namespace fusedrnn

@@ -297,19 +297,35 @@ FUSEDRNN_HD inline T norm_bwd(T dyg, T vhat, T rstd, T mean_dyg, T mean_dyg_vhat
   return rstd * (dyg - mean_dyg - vhat * mean_dyg_vhat);
 }
 
+// Partial sums of a row reduction: 8 interleaved independent chains, combined at the end. The
+// chains let a compiler keep the sums in vector registers without reassociating floating-point
+// additions (which it may not do without fast-math), instead of one latency-bound chain.
+template <typename A>
+struct LaneSum {
+  A p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  FUSEDRNN_HD A total() const { return ((p[0] + p[4]) + (p[1] + p[5])) + ((p[2] + p[6]) + (p[3] + p[7])); }
+};
+
 // Statistics of n values with stride `stride` (two-pass, accumulated in A): mean and biased var.
 template <typename T, typename A>
 FUSEDRNN_HD inline void moments(const T* v, int n, int stride, A* mean, A* var) {
-  A s = 0;
-  for (int k = 0; k < n; ++k) s += A(v[(long)k * stride]);
-  A m = s / A(n);
-  A q = 0;
-  for (int k = 0; k < n; ++k) {
+  LaneSum<A> s, q;
+  int k = 0;
+  for (; k + 8 <= n; k += 8)
+    for (int l = 0; l < 8; ++l) s.p[l] += A(v[(long)(k + l) * stride]);
+  for (; k < n; ++k) s.p[k % 8] += A(v[(long)k * stride]);  // tail: at most 7 values
+  A m = s.total() / A(n);
+  for (k = 0; k + 8 <= n; k += 8)
+    for (int l = 0; l < 8; ++l) {
+      A d = A(v[(long)(k + l) * stride]) - m;
+      q.p[l] += d * d;
+    }
+  for (; k < n; ++k) {
     A d = A(v[(long)k * stride]) - m;
-    q += d * d;
+    q.p[k % 8] += d * d;
   }
   *mean = m;
-  *var = q / A(n);
+  *var = q.total() / A(n);
 }
 
 // Row layer norm forward over n contiguous values: y = norm(v) * gain (+ bias if non-null).
@@ -320,7 +336,10 @@ FUSEDRNN_HD inline void layer_norm_row_fwd(const T* v, int n, const T* gain, con
   A mean, var;
   moments<T, A>(v, n, 1, &mean, &var);
   T m = T(mean), r = norm_rstd<T, A>(var, eps);
-  for (int k = 0; k < n; ++k) y[k] = norm_apply(v[k], m, r, gain[k], bias ? bias[k] : T(0));
+  if (bias)
+    for (int k = 0; k < n; ++k) y[k] = norm_apply(v[k], m, r, gain[k], bias[k]);
+  else
+    for (int k = 0; k < n; ++k) y[k] = norm_apply(v[k], m, r, gain[k], T(0));
   *mean_out = m;
   *rstd_out = r;
 }
@@ -330,17 +349,22 @@ FUSEDRNN_HD inline void layer_norm_row_fwd(const T* v, int n, const T* gain, con
 template <typename T, typename A>
 FUSEDRNN_HD inline void layer_norm_row_bwd(const T* v, const T* dy, int n, const T* gain, T mean,
                                            T rstd, T* dv, T* dgain, T* dbias) {
-  A s1 = 0, s2 = 0;
-  for (int k = 0; k < n; ++k) {
+  LaneSum<A> s1, s2;
+  auto term = [&](int k, int lane) {
     T vhat = (v[k] - mean) * rstd;
     T dyg = dy[k] * gain[k];
-    s1 += A(dyg);
-    s2 += A(dyg * vhat);
+    s1.p[lane] += A(dyg);
+    s2.p[lane] += A(dyg * vhat);
     dgain[k] += dy[k] * vhat;
-    if (dbias) dbias[k] += dy[k];
-  }
-  T m1 = T(s1 / A(n)), m2 = T(s2 / A(n));
-  for (int k = 0; k < n; ++k) {
+  };
+  int k = 0;
+  for (; k + 8 <= n; k += 8)
+    for (int l = 0; l < 8; ++l) term(k + l, l);
+  for (; k < n; ++k) term(k, k % 8);
+  if (dbias)
+    for (int k = 0; k < n; ++k) dbias[k] += dy[k];
+  T m1 = T(s1.total() / A(n)), m2 = T(s2.total() / A(n));
+  for (k = 0; k < n; ++k) {
     T vhat = (v[k] - mean) * rstd;
     dv[k] = norm_bwd(dy[k] * gain[k], vhat, rstd, m1, m2);
   }
