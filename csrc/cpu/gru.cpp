@@ -83,15 +83,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
             }
             if (bi)
               for (int64_t k = 0; k < GH; ++k) { xs[k] += bi[k]; hs[k] += bh[k]; }
-            T_* hb = hp + b * H;
-            for (int64_t j = 0; j < H; ++j) {
-              T_ r_, z, n_, hv;
-              gru_cell_fwd(xs[j], xs[H + j], xs[2 * H + j], hs[j], hs[H + j], hs[2 * H + j], hb[j], &r_, &z, &n_, &hv);
-              a[j] = r_; a[H + j] = z; a[2 * H + j] = n_;
-              hn_t[b * H + j] = hs[2 * H + j];
-              y_t[b * H + j] = hv;
-              hb[j] = hv;
-            }
+            gru_units_fwd_run<T_>(H, static_cast<const T_*>(xs), static_cast<const T_*>(hs), hp + b * H, a,
+                                  hn_t + b * H, y_t + b * H);
           }
         });
         team.barrier();
@@ -158,15 +151,8 @@ gru_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& grad_h_n, const at::Tens
             const T_* a = a_t + b * GH;
             T_* dx_b = dxs_t + b * GH;
             T_* dh_b = dhs_t + b * GH;
-            for (int64_t j = 0; j < H; ++j) {
-              T_ dhv = dhp[b * H + j] + dy_t[b * H + j];
-              T_ dxr, dxz, dxn, dhn, dd;
-              gru_cell_bwd(dhv, a[j], a[H + j], a[2 * H + j], hn_t[b * H + j], hprev_t[b * H + j], &dxr, &dxz,
-                           &dxn, &dhn, &dd);
-              dx_b[j] = dxr; dx_b[H + j] = dxz; dx_b[2 * H + j] = dxn;
-              dh_b[j] = dxr; dh_b[H + j] = dxz; dh_b[2 * H + j] = dhn;
-              ddp[b * H + j] = dd;
-            }
+            gru_units_bwd_run<T_>(H, static_cast<const T_*>(dhp + b * H), dy_t + b * H, a, hn_t + b * H,
+                                  hprev_t + b * H, dx_b, dh_b, ddp + b * H);
             if (ln) {
               const T_* sb = stats.data_ptr<T_>() + (t * B + b) * 4;
               const int64_t off = (t * B + b) * GH;

@@ -5,6 +5,7 @@
 #include "common.h"
 #include "fusedrnn/cell_math.h"
 #include "team.h"
+#include "units.h"
 
 namespace fusedrnn {
 namespace cpu {
@@ -54,12 +55,12 @@ std::tuple<at::Tensor, at::Tensor> rnn_fwd_cpu(const at::Tensor& x, const c10::o
               for (int64_t j = 0; j < H; ++j) y_t[b * H + j] = T_(0);
               continue;
             }
-            for (int64_t j = 0; j < H; ++j) {
-              T_ pre = xw_t[b * H + j] + hwp[b * H + j] + (bi ? bi[j] + bh[j] : T_(0));
-              T_ hv = rnn_cell_fwd(static_cast<int>(kind), pre);
-              y_t[b * H + j] = hv;
-              hp[b * H + j] = hv;
-            }
+            if (kind == kRnnTanh)
+              rnn_units_fwd_run<T_, kRnnTanh>(H, xw_t + b * H, static_cast<const T_*>(hwp + b * H), bi, bh,
+                                               y_t + b * H, hp + b * H);
+            else
+              rnn_units_fwd_run<T_, kRnnRelu>(H, xw_t + b * H, static_cast<const T_*>(hwp + b * H), bi, bh,
+                                               y_t + b * H, hp + b * H);
           }
         });
         team.barrier();
@@ -100,8 +101,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
               std::fill(dp + b * H, dp + (b + 1) * H, T_(0));
               continue;
             }
-            for (int64_t j = 0; j < H; ++j)
-              dp[b * H + j] = rnn_cell_bwd(static_cast<int>(kind), dhp[b * H + j] + dy_t[b * H + j], y_t[b * H + j]);
+            if (kind == kRnnTanh)
+              rnn_units_bwd_run<T_, kRnnTanh>(H, static_cast<const T_*>(dhp + b * H), dy_t + b * H, y_t + b * H,
+                                               dp + b * H);
+            else
+              rnn_units_bwd_run<T_, kRnnRelu>(H, static_cast<const T_*>(dhp + b * H), dy_t + b * H, y_t + b * H,
+                                               dp + b * H);
           }
         });
         team.barrier();

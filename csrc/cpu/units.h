@@ -143,6 +143,75 @@ FUSEDRNN_UNITS_DISPATCH(units_bwd)
 
 #undef FUSEDRNN_UNITS_DISPATCH
 
+// GRU and Elman RNN unit loops of one row, with the same baseline / AVX2+FMA dispatch.
+// GRU forward: xs, hs [3H] (normalized projections plus biases), h [H] updated in place;
+// writes acts [3H] = (r, z, n), hn [H] = h* of gate n, y [H].
+template <typename T>
+FUSEDRNN_ALWAYS_INLINE void gru_units_fwd(int64_t H, const T* __restrict xs, const T* __restrict hs,
+                                          T* __restrict h, T* __restrict acts, T* __restrict hn, T* __restrict y) {
+  for (int64_t j = 0; j < H; ++j) {
+    T r, z, n, hv;
+    gru_cell_fwd(xs[j], xs[H + j], xs[2 * H + j], hs[j], hs[H + j], hs[2 * H + j], h[j], &r, &z, &n, &hv);
+    acts[j] = r; acts[H + j] = z; acts[2 * H + j] = n;
+    hn[j] = hs[2 * H + j];
+    y[j] = hv;
+    h[j] = hv;
+  }
+}
+
+// GRU backward: dh [H] carried, dy [H]; writes dx [3H] (gradients of x*), dhs [3H] (of h*) and
+// dd [H] (the direct part of dh_{t-1}).
+template <typename T>
+FUSEDRNN_ALWAYS_INLINE void gru_units_bwd(int64_t H, const T* __restrict dh, const T* __restrict dy,
+                                          const T* __restrict acts, const T* __restrict hn,
+                                          const T* __restrict h_prev, T* __restrict dx, T* __restrict dhs,
+                                          T* __restrict dd) {
+  for (int64_t j = 0; j < H; ++j) {
+    T dxr, dxz, dxn, dhn, d;
+    gru_cell_bwd(dh[j] + dy[j], acts[j], acts[H + j], acts[2 * H + j], hn[j], h_prev[j], &dxr, &dxz, &dxn, &dhn, &d);
+    dx[j] = dxr; dx[H + j] = dxz; dx[2 * H + j] = dxn;
+    dhs[j] = dxr; dhs[H + j] = dxz; dhs[2 * H + j] = dhn;
+    dd[j] = d;
+  }
+}
+
+// Elman RNN forward of one row (KIND fixed so the loop has no branch): h = act(xw + hw + b).
+template <typename T, int KIND>
+FUSEDRNN_ALWAYS_INLINE void rnn_units_fwd(int64_t H, const T* __restrict xw, const T* __restrict hw,
+                                          const T* __restrict bi, const T* __restrict bh, T* __restrict y,
+                                          T* __restrict h) {
+  for (int64_t j = 0; j < H; ++j) {
+    T hv = rnn_cell_fwd(KIND, xw[j] + hw[j] + (bi ? bi[j] + bh[j] : T(0)));
+    y[j] = hv;
+    h[j] = hv;
+  }
+}
+
+// Elman RNN backward of one row: dpre = act'(dh + dy).
+template <typename T, int KIND>
+FUSEDRNN_ALWAYS_INLINE void rnn_units_bwd(int64_t H, const T* __restrict dh, const T* __restrict dy,
+                                          const T* __restrict y, T* __restrict dpre) {
+  for (int64_t j = 0; j < H; ++j) dpre[j] = rnn_cell_bwd(KIND, dh[j] + dy[j], y[j]);
+}
+
+#define FUSEDRNN_ROW_DISPATCH(NAME, TPARAMS, TARGS)                                          \
+  template <TPARAMS, typename... Args>                                                      \
+  FUSEDRNN_AVX2_TARGET void NAME##_avx2(Args... args) { NAME<TARGS>(args...); }             \
+  template <TPARAMS, typename... Args>                                                      \
+  void NAME##_base(Args... args) { NAME<TARGS>(args...); }                                  \
+  template <TPARAMS, typename... Args>                                                      \
+  void NAME##_run(Args... args) {                                                           \
+    if (cpu_has_avx2()) NAME##_avx2<TARGS>(args...);                                        \
+    else NAME##_base<TARGS>(args...);                                                       \
+  }
+#define FUSEDRNN_COMMA ,
+FUSEDRNN_ROW_DISPATCH(gru_units_fwd, typename T, T)
+FUSEDRNN_ROW_DISPATCH(gru_units_bwd, typename T, T)
+FUSEDRNN_ROW_DISPATCH(rnn_units_fwd, typename T FUSEDRNN_COMMA int KIND, T FUSEDRNN_COMMA KIND)
+FUSEDRNN_ROW_DISPATCH(rnn_units_bwd, typename T FUSEDRNN_COMMA int KIND, T FUSEDRNN_COMMA KIND)
+#undef FUSEDRNN_COMMA
+#undef FUSEDRNN_ROW_DISPATCH
+
 // The row layer norms of cell_math.h (statistics in double), also compiled for AVX2+FMA and
 // chosen at run time like the unit loops; flatten inlines everything they call into each
 // version, so their 8-lane sums use the version's vector registers.
