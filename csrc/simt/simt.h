@@ -129,10 +129,48 @@ inline thread_local uint3 blockIdx;
 inline thread_local dim3 blockDim;
 inline thread_local dim3 gridDim;
 
+#if defined(__SANITIZE_THREAD__)
+#include <sanitizer/tsan_interface.h>
+extern "C" void AnnotateIgnoreSyncBegin(const char* file, int line);
+extern "C" void AnnotateIgnoreSyncEnd(const char* file, int line);
+extern "C" void AnnotateIgnoreReadsBegin(const char* file, int line);
+extern "C" void AnnotateIgnoreReadsEnd(const char* file, int line);
+extern "C" void AnnotateIgnoreWritesBegin(const char* file, int line);
+extern "C" void AnnotateIgnoreWritesEnd(const char* file, int line);
+#endif
+
 namespace simt {
 inline constexpr bool kEmulated = true;
 
 namespace detail {
+
+// ThreadSanitizer sees only the happens-before edges of the emulated barriers: the launch lock
+// itself is hidden from it (IgnoreSync), each barrier releases into a sync object of its
+// generation on arrival and acquires it on leaving.
+#if defined(__SANITIZE_THREAD__)
+// The emulator's own state is guarded by the launch lock, which TSan no longer sees: its
+// accesses are hidden too. tsan_release / tsan_acquire step out of the hidden region.
+inline void tsan_hide_begin() {
+  AnnotateIgnoreSyncBegin(__FILE__, __LINE__);
+  AnnotateIgnoreReadsBegin(__FILE__, __LINE__);
+  AnnotateIgnoreWritesBegin(__FILE__, __LINE__);
+}
+inline void tsan_hide_end() {
+  AnnotateIgnoreWritesEnd(__FILE__, __LINE__);
+  AnnotateIgnoreReadsEnd(__FILE__, __LINE__);
+  AnnotateIgnoreSyncEnd(__FILE__, __LINE__);
+}
+struct TsanHideSync {
+  TsanHideSync() { tsan_hide_begin(); }
+  ~TsanHideSync() { tsan_hide_end(); }
+};
+inline void tsan_release(void* a) { tsan_hide_end(); __tsan_release(a); tsan_hide_begin(); }
+inline void tsan_acquire(void* a) { tsan_hide_end(); __tsan_acquire(a); tsan_hide_begin(); }
+#else
+struct TsanHideSync {};
+inline void tsan_release(void*) {}
+inline void tsan_acquire(void*) {}
+#endif
 
 struct Abort {};  // unwinds an emulated thread after the launch failed
 
@@ -141,6 +179,7 @@ struct Block {
   std::mutex smem_mu;  // own lock: taking the launch lock here would order unrelated threads for TSan
   int nthreads = 0, exited = 0, waiting = 0;
   unsigned long gen = 0;
+  char tsan_sync[2] = {};
   std::vector<std::max_align_t> dynamic_smem;
   std::vector<std::pair<const void*, std::vector<std::max_align_t>>> statics;
 };
@@ -152,6 +191,7 @@ struct Warp {
   unsigned long gen = 0;
   uint64_t value[32] = {}, result[32] = {};
   int source[32] = {};
+  char tsan_sync[2] = {};
 };
 
 struct Launch {
@@ -162,6 +202,7 @@ struct Launch {
   int threads_per_block = 0, warps_per_block = 0, total = 0, alive = 0, blocked = 0;
   int grid_waiting = 0;
   unsigned long grid_gen = 0;
+  char tsan_grid_sync[2] = {};
   std::unique_ptr<Block[]> blocks;
   std::unique_ptr<Warp[]> warps;
   bool failed = false;
@@ -227,6 +268,7 @@ inline void wait_on(Launch& L, std::condition_variable& cv, std::unique_lock<std
 
 inline void block_sync() {
   Launch& L = current();
+  TsanHideSync hide;
   std::unique_lock<std::mutex> lk(L.mu);
   if (L.failed) throw Abort{};
   Block& B = L.blocks[self.block];
@@ -235,19 +277,22 @@ inline void block_sync() {
                 " thread(s) of its block exited (divergent barrier)");
     throw Abort{};
   }
+  const unsigned long gen = B.gen;
+  tsan_release(&B.tsan_sync[gen & 1]);
   if (++B.waiting == B.nthreads) {
     L.blocked -= B.waiting - 1;  // the waiters are released now, not when they wake
     B.waiting = 0;
     ++B.gen;
     B.cv.notify_all();
-    return;
+  } else {
+    wait_on(L, B.cv, lk, [&] { return B.gen != gen; });
   }
-  const unsigned long gen = B.gen;
-  wait_on(L, B.cv, lk, [&] { return B.gen != gen; });
+  tsan_acquire(&B.tsan_sync[gen & 1]);
 }
 
 inline void grid_sync() {
   Launch& L = current();
+  TsanHideSync hide;
   std::unique_lock<std::mutex> lk(L.mu);
   if (L.failed) throw Abort{};
   if (!L.cooperative) {
@@ -258,21 +303,24 @@ inline void grid_sync() {
     fail(L, "simt: grid.sync() reached by " + where() + " after some threads of the grid exited (divergent barrier)");
     throw Abort{};
   }
+  const unsigned long gen = L.grid_gen;
+  tsan_release(&L.tsan_grid_sync[gen & 1]);
   if (++L.grid_waiting == L.total) {
     L.blocked -= L.grid_waiting - 1;
     L.grid_waiting = 0;
     ++L.grid_gen;
     L.grid_cv.notify_all();
-    return;
+  } else {
+    wait_on(L, L.grid_cv, lk, [&] { return L.grid_gen != gen; });
   }
-  const unsigned long gen = L.grid_gen;
-  wait_on(L, L.grid_cv, lk, [&] { return L.grid_gen != gen; });
+  tsan_acquire(&L.tsan_grid_sync[gen & 1]);
 }
 
 // One warp collective: every lane of `mask` deposits `bits` and names the lane it reads from
 // (src < 0: none). The last lane to arrive routes the values; each lane returns what it asked for.
 inline uint64_t warp_collective(unsigned mask, uint64_t bits, int src, const char* op) {
   Launch& L = current();
+  TsanHideSync hide;
   std::unique_lock<std::mutex> lk(L.mu);
   if (L.failed) throw Abort{};
   Warp& W = L.warps[self.warp];
@@ -292,6 +340,7 @@ inline uint64_t warp_collective(unsigned mask, uint64_t bits, int src, const cha
   W.source[self.lane] = src;
   W.arrived |= me;
   const unsigned long gen = W.gen;
+  tsan_release(&W.tsan_sync[gen & 1]);
   if (W.arrived == mask) {
     for (int l = 0; l < 32; ++l)
       if (mask & (1u << l)) W.result[l] = W.source[l] >= 0 ? W.value[W.source[l]] : 0;
@@ -302,6 +351,7 @@ inline uint64_t warp_collective(unsigned mask, uint64_t bits, int src, const cha
   } else {
     wait_on(L, W.cv, lk, [&] { return W.gen != gen; });
   }
+  tsan_acquire(&W.tsan_sync[gen & 1]);
   return W.result[self.lane];
 }
 
@@ -338,6 +388,7 @@ inline void* dynamic_shared() {
 }
 
 inline void thread_exit(Launch& L) {
+  TsanHideSync hide;
   std::unique_lock<std::mutex> lk(L.mu);
   Block& B = L.blocks[self.block];
   ++B.exited;
