@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One command for a lent GPU machine (e.g. H100, torch 2.11, Python 3.12, nvcc 13, no internet):
 #   1. build the extension with CUDA (pip install --no-build-isolation -e ., sm_90 only),
-#   2. pytest -m cuda (tests/test_cuda.py and every other cuda-marked test),
-#   3. compute-sanitizer memcheck, racecheck and synccheck on tests/cuda_sanitize_ops.py.
+#   2. the CUDA ops' argument-error path alone (under gdb) and the toolchain facts of the build,
+#   3. pytest -m cuda (tests/test_cuda.py and every other cuda-marked test),
+#   4. compute-sanitizer memcheck, racecheck and synccheck on tests/cuda_sanitize_ops.py.
 # Every step runs even if an earlier one failed; logs go to $OUT (or a temp dir), and a summary
 # of step exit codes is printed at the end (and written to $OUT/summary.txt). Exit status: 0 only
 # if every step passed. Budget: about 10 minutes in all; each step has its own time limit.
@@ -47,6 +48,16 @@ if [ "${GPU_CHECK_SKIP_BUILD:-0}" != 1 ]; then
   step build 300 "$PY" setup.py build_ext --inplace
 fi
 step import 60 "$PY" -c "import fusedrnn, fusedrnn._ops as o; print('HAS_CUDA', o.HAS_CUDA, o.LOAD_ERROR); assert o.HAS_CUDA"
+
+# Issue 4's open crash first: every argument error of a CUDA op segfaulted on the H100. This runs
+# the CPU kernels' error path, then the CUDA one, under gdb (backtrace + loaded libraries on a
+# crash): if the CPU checks crash too, the cause is the build environment (compiler/libstdc++),
+# not the CUDA host code.
+step error_path 120 bash -c "if command -v gdb >/dev/null; then gdb -q -batch -ex run -ex bt -ex 'info sharedlibrary' \
+  --args $PY tests/cuda_error_path.py; else $PY tests/cuda_error_path.py; fi; $PY tests/cuda_error_path.py"
+step toolchain 60 bash -c "$PY -c 'import torch; print(torch.__config__.show())' | head -20; \
+  ldd fusedrnn/_C*.so; strings -a fusedrnn/_C*.so | grep -m3 'GCC: '; \
+  $PY -c 'import torch, fusedrnn._C; print([l.split()[-1] for l in open(\"/proc/self/maps\") if \"libstdc\" in l or \"gomp\" in l][::4])'"
 
 step pytest_cuda 300 "$PY" -m pytest -m cuda -q --no-header -p no:cacheprovider tests/test_cuda.py
 # other cuda-marked tests (e.g. the persistent kernels); pytest's "no tests collected" (5) is a pass
