@@ -752,6 +752,34 @@ def test_threads_give_the_serial_results(spec, backend, one_intra_op_thread):
         assert all(torch.equal(a, b) for a, b in zip(s, t))
 
 
+@pytest.mark.skipif(not CPU_BUILT, reason=CPU_SKIP)
+@pytest.mark.parametrize("spec", THREAD_SPECS, ids=spec_id)
+def test_thread_teams_from_concurrent_threads(monkeypatch, spec):
+    """The CPU kernels' thread teams (csrc/cpu/team.h, 2 members forced) started from 3 Python
+    threads at once, each with 2 intra-op threads (so several OpenMP teams spin on 2 cores at
+    the same time): bitwise the serial results with the same member count."""
+    monkeypatch.setenv("FUSEDRNN_CPU_TEAM", "2")
+    torch.manual_seed(0)
+    m = make(spec, 3, 5, "cpu", num_layers=2, bidirectional=True).eval()
+    inputs = [x64(6, 3, 3).requires_grad_() for _ in range(6)]
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        serial = [forward_backward(m, x) for x in inputs]
+
+        def worker(x):
+            torch.set_num_threads(2)  # OpenMP's thread count is per calling thread
+            return forward_backward(m, x)
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
+            threaded = list(pool.map(worker, inputs))
+    finally:
+        torch.set_num_threads(before)
+    assert m.last_backend == "cpu"
+    for s, t in zip(serial, threaded):
+        assert all(torch.equal(a, b) for a, b in zip(s, t))
+
+
 def seeded_run(backend, deterministic=False):
     """Init, dropout and batch-norm training from one seed; returns outputs and gradients."""
     torch.manual_seed(1234)
