@@ -1007,9 +1007,12 @@ def check_cpu_kernels_against_reference(c, hx_given, dtype):
                       bidirectional=False, batch_first=False, lengths=None, training=True, seed=0,
                       hx_given=False),
                  marks=pytest.mark.xfail(strict=True, reason=(
-                     "found by hypothesis: the CPU kernels' float32 batch-norm gradients lose precision "
-                     "when a gate's batch variance is near eps (layer 1's g gate here, var ~8e-6): "
-                     "bias_ih_l1 grad error 5.7e-5 vs the float32 reference's 2.5e-6"))),
+                     "found by hypothesis: a gate's batch variance near eps (layer 1's g gate, var ~8e-6, "
+                     "rstd ~235) makes this point ill-conditioned for float32; the per-tensor rule fails on "
+                     "bias_ih_l1 (5.5e-5 vs the float32 reference's 2.5e-6). Given identical float32 inputs "
+                     "to layer 1 the kernel's errors there are b_ih 2.1e-5, w_ih 1.6e-6, g_ih 5.5e-6 and the "
+                     "reference's 1.8e-6, 3.0e-5, 7.4e-5: same size, different tensors (measured 2026-11-23); "
+                     "kept as a failing case until a conditioning-aware rule is argued"))),
 ], ids=["ln-lstm", "ln-gru", "bn-fgr", "bn-var-near-eps"])
 def test_cpu_kernels_float32(case):
     """float32 kernels vs the float64 reference: per tensor at most twice the float32 reference's
