@@ -62,11 +62,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
         T_* hn_t = hn.data_ptr<T_>() + t * B * H;
         T_* y_t = y.data_ptr<T_>() + t * B * H;
         T_* st = ln ? stats.data_ptr<T_>() + t * B * 4 : nullptr;
-        team.each([&](int64_t m) {
+        team.each_part(B, [&](int64_t m, int64_t lo, int64_t hi) {
           T_* xs = scratch.data_ptr<T_>() + m * 2 * GH;
           T_* hs = xs + GH;
-          auto r = split(B, n, m);
-          for (int64_t b = r.first; b < r.second; ++b) {
+          for (int64_t b = lo; b < hi; ++b) {
             T_* a = acts_t + b * GH;
             if (!active(L, b, t)) {
               for (int64_t k = 0; k < GH; ++k) a[k] = T_(0);
@@ -138,10 +137,9 @@ gru_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& grad_h_n, const at::Tens
         const T_* hprev_t = t > 0 ? y.data_ptr<T_>() + (t - 1) * B * H : h0.data_ptr<T_>();
         T_* dxs_t = dxs.data_ptr<T_>() + t * B * GH;
         T_* dhs_t = dhs.data_ptr<T_>() + t * B * GH;
-        team.each([&](int64_t m) {
+        team.each_part(B, [&](int64_t m, int64_t lo, int64_t hi) {
           T_* dg = ln ? acc.row<T_>(m) : nullptr;
-          auto r = split(B, n, m);
-          for (int64_t b = r.first; b < r.second; ++b) {
+          for (int64_t b = lo; b < hi; ++b) {
             if (!active(L, b, t)) {  // finished sequence: no gradient into this step
               const int64_t off = (t * B + b) * GH;
               for (T_* buf : {dxs.data_ptr<T_>(), dhs.data_ptr<T_>(), dxw.data_ptr<T_>(), dhw.data_ptr<T_>()})
@@ -166,9 +164,9 @@ gru_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& grad_h_n, const at::Tens
         team.barrier();
         team.each([&](int64_t m) { gemm_bwd[m].run(dhw.data_ptr<T_>() + t * B * GH, dnp); });
         team.barrier();
-        team.each([&](int64_t m) {  // carried into step t - 1 (same rows as the next row pass)
-          auto r = split(B, n, m);
-          for (int64_t b = r.first; b < r.second; ++b) {
+        // carried into step t - 1 (the rows of the next row pass)
+        team.each_part(B, [&](int64_t m, int64_t lo, int64_t hi) {
+          for (int64_t b = lo; b < hi; ++b) {
             if (!active(L, b, t)) continue;
             for (int64_t j = 0; j < H; ++j) dhp[b * H + j] = ddp[b * H + j] + dnp[b * H + j];
           }

@@ -237,40 +237,36 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
       if (NORM == kNormBatch) {
         T* st = p.stats + t * SW;
         const int64_t slot = std::min<int64_t>(p.t0 + t, p.bn_slots - 1);
-        team.each([&](int64_t m) {
-          auto k = split(GH, n, m);
+        team.each_part(GH, [&](int64_t m, int64_t lo, int64_t hi) {
           A* acc = bn_acc.data_ptr<A>() + m * 2 * GH;
-          bn_column_stats(xw_t, B, GH, k.first, k.second, L, t, p.training, p.rm_ih + slot * GH,
+          bn_column_stats(xw_t, B, GH, lo, hi, L, t, p.training, p.rm_ih + slot * GH,
                           p.rv_ih + slot * GH, st, st + NB, acc);
-          bn_column_stats(static_cast<const T*>(hw_t), B, GH, k.first, k.second, L, t, p.training,
+          bn_column_stats(static_cast<const T*>(hw_t), B, GH, lo, hi, L, t, p.training,
                           p.rm_hh + slot * GH, p.rv_hh + slot * GH, st + GH, st + NB + GH, acc);
-          for (int64_t c = k.first; c < k.second; ++c) {
+          for (int64_t c = lo; c < hi; ++c) {
             bn_rstd[c] = norm_rstd<T, A>(A(st[NB + c]), p.eps);
             bn_rstd[GH + c] = norm_rstd<T, A>(A(st[NB + GH + c]), p.eps);
           }
         });
         team.barrier();
       }
-      team.each([&](int64_t m) {
-        auto r = split(B, n, m);
-        rows_a(t, m, r.first, r.second);
+      team.each_part(B, [&](int64_t m, int64_t lo, int64_t hi) {
+        rows_a(t, m, lo, hi);
       });
       team.barrier();
       if (NORM == kNormBatch) {
         T* st = p.stats + t * SW;
         const int64_t slot = std::min<int64_t>(p.t0 + t, p.bn_slots - 1);
-        team.each([&](int64_t m) {
-          auto k = split(H, n, m);
-          bn_column_stats(static_cast<const T*>(p.cs + t * B * H), B, H, k.first, k.second, L, t, p.training,
+        team.each_part(H, [&](int64_t m, int64_t lo, int64_t hi) {
+          bn_column_stats(static_cast<const T*>(p.cs + t * B * H), B, H, lo, hi, L, t, p.training,
                           p.rm_cell + slot * H, p.rv_cell + slot * H, st + 2 * GH, st + NB + 2 * GH,
                           bn_acc.data_ptr<A>() + m * 2 * GH);
-          for (int64_t j = k.first; j < k.second; ++j)
+          for (int64_t j = lo; j < hi; ++j)
             bn_rstd[2 * GH + j] = norm_rstd<T, A>(A(st[NB + 2 * GH + j]), p.eps);
         });
         team.barrier();
-        team.each([&](int64_t m) {
-          auto r = split(B, n, m);
-          rows_b(t, m, r.first, r.second);
+        team.each_part(B, [&](int64_t m, int64_t lo, int64_t hi) {
+          rows_b(t, m, lo, hi);
         });
         team.barrier();
       }
@@ -400,9 +396,10 @@ lstm_fwd_cpu(const at::Tensor& x, const c10::optional<at::Tensor>& lengths, cons
 // ----------------------------------------------------------------------------- backward
 
 template <typename T, int NORM>
-void lstm_backward(const LstmBwdParams<T>& p, int64_t n, bool full_dpre, const at::Tensor& w_hh,
-                   const c10::optional<at::Tensor>& w_fgr, ThreadAcc& acc_bias, ThreadAcc& acc_peep, ThreadAcc& acc_gates, at::Tensor& dg_ih, at::Tensor& dg_hh,
-                   at::Tensor& dg_cell, at::Tensor& db_cell) {
+void lstm_backward(const LstmBwdParams<T>& p, bool full_dpre, const at::Tensor& w_hh,
+                   const c10::optional<at::Tensor>& w_fgr, ThreadAcc& acc_bias, ThreadAcc& acc_peep,
+                   ThreadAcc& acc_gates, at::Tensor& dg_ih, at::Tensor& dg_hh, at::Tensor& dg_cell,
+                   at::Tensor& db_cell) {
   const int64_t Tn = p.steps, B = p.batch, H = p.hidden, G = p.gates, GH = G * H;
   const LstmFlags fl = p.flags;
   const bool vanilla = fl.num_peep == 0 && fl.num_gates == 4 && fl.input_act && fl.output_act && !fl.fgr;
@@ -425,13 +422,13 @@ void lstm_backward(const LstmBwdParams<T>& p, int64_t n, bool full_dpre, const a
   T* dan = fl.fgr ? da_new.data_ptr<T>() : nullptr;
   T* difo = fl.fgr ? dpre_ifo.data_ptr<T>() : nullptr;
   std::vector<T> bn_rstd(NORM == kNormBatch ? NB : 0);
-  // the team of n members (see lstm_forward): member m owns columns of dh (W_hh columns, packed
-  // once), rows of the row passes, BN columns, and row m of the parameter-gradient accumulators
+  // the team (see lstm_forward), one member per accumulator row: member m owns columns of dh
+  // (W_hh columns, packed once), rows of the row passes, BN columns, and row m of the accumulators
+  const int64_t n = acc_gates.rows();
   auto gemm_bwd = member_gemms<T>(w_hh, B, /*transposed=*/false, n);
   auto gemm_fgr = fl.fgr ? member_gemms<T>(*w_fgr, B, /*transposed=*/false, n) : std::vector<RecurrentGemm<T>>();
   at::Tensor scratch = at::empty({n, H}, opts);  // per member: cn [H]
   at::Tensor bn_acc = at::empty({NORM == kNormBatch ? n : 0, 2 * GH}, opts.dtype(at::kDouble));
-  TORCH_INTERNAL_ASSERT(n <= acc_gates.rows() && n <= acc_bias.rows() && n <= acc_peep.rows());
   T* dgc = dg_cell.defined() && dg_cell.numel() ? dg_cell.data_ptr<T>() : nullptr;
   T* dbc = db_cell.defined() && db_cell.numel() ? db_cell.data_ptr<T>() : nullptr;
 
@@ -520,39 +517,34 @@ void lstm_backward(const LstmBwdParams<T>& p, int64_t n, bool full_dpre, const a
       const T* st = p.stats ? p.stats + (NORM == kNormBatch ? t * SW : t * B * SW) : nullptr;
       T* dpre_t = p.dpre + (full_dpre ? t * B * GH : 0);
       if (NORM == kNormBatch) {
-        team.each([&](int64_t m) {
-          auto k = split(NB, n, m);
-          for (int64_t c = k.first; c < k.second; ++c) bn_rstd[c] = norm_rstd<T, A>(A(st[NB + c]), p.eps);
+        team.each_part(NB, [&](int64_t m, int64_t lo, int64_t hi) {
+          for (int64_t c = lo; c < hi; ++c) bn_rstd[c] = norm_rstd<T, A>(A(st[NB + c]), p.eps);
         });
         team.barrier();
       }
-      team.each([&](int64_t m) {
-        auto r = split(B, n, m);
-        pass1(t, m, r.first, r.second);
+      team.each_part(B, [&](int64_t m, int64_t lo, int64_t hi) {
+        pass1(t, m, lo, hi);
       });
       if (NORM == kNormBatch) {  // d_cn -> dc through BN(c), by columns
         team.barrier();
-        team.each([&](int64_t m) {
-          auto k = split(H, n, m);
-          bn_column_bwd(cs_t, static_cast<const T*>(dcnp), dcnp, B, H, k.first, k.second, L, t, p.training,
+        team.each_part(H, [&](int64_t m, int64_t lo, int64_t hi) {
+          bn_column_bwd(cs_t, static_cast<const T*>(dcnp), dcnp, B, H, lo, hi, L, t, p.training,
                         st + 2 * GH, bn_rstd.data() + 2 * GH, p.g_cell, dgc, dbc, bn_acc.data_ptr<A>() + m * 2 * GH);
         });
         team.barrier();
       }
-      team.each([&](int64_t m) {
-        auto r = split(B, n, m);
-        pass2(t, m, r.first, r.second);
+      team.each_part(B, [&](int64_t m, int64_t lo, int64_t hi) {
+        pass2(t, m, lo, hi);
       });
       team.barrier();
       if (NORM == kNormBatch) {
-        team.each([&](int64_t m) {
-          auto k = split(GH, n, m);
+        team.each_part(GH, [&](int64_t m, int64_t lo, int64_t hi) {
           A* acc = bn_acc.data_ptr<A>() + m * 2 * GH;
-          bn_column_bwd(p.xw + t * B * GH, static_cast<const T*>(dpre_t), p.dxw + t * B * GH, B, GH, k.first,
-                        k.second, L, t, p.training, st, bn_rstd.data(), p.g_ih, dg_ih.data_ptr<T>(),
+          bn_column_bwd(p.xw + t * B * GH, static_cast<const T*>(dpre_t), p.dxw + t * B * GH, B, GH, lo,
+                        hi, L, t, p.training, st, bn_rstd.data(), p.g_ih, dg_ih.data_ptr<T>(),
                         static_cast<T*>(nullptr), acc);
-          bn_column_bwd(p.hw + t * B * GH, static_cast<const T*>(dpre_t), p.dhw + t * B * GH, B, GH, k.first,
-                        k.second, L, t, p.training, st + GH, bn_rstd.data() + GH, p.g_hh, dg_hh.data_ptr<T>(),
+          bn_column_bwd(p.hw + t * B * GH, static_cast<const T*>(dpre_t), p.dhw + t * B * GH, B, GH, lo,
+                        hi, L, t, p.training, st + GH, bn_rstd.data() + GH, p.g_hh, dg_hh.data_ptr<T>(),
                         static_cast<T*>(nullptr), acc);
         });
         team.barrier();
@@ -563,9 +555,9 @@ void lstm_backward(const LstmBwdParams<T>& p, int64_t n, bool full_dpre, const a
         if (fl.fgr) gemm_fgr[m].run(difo, dan);
       });
       team.barrier();
-      team.each([&](int64_t m) {  // carried into step t - 1 for the rows still active at t
-        auto r = split(B, n, m);
-        for (int64_t b = r.first; b < r.second; ++b) {
+      // carried into step t - 1 for the rows still active at t (the rows of the next row pass)
+      team.each_part(B, [&](int64_t m, int64_t lo, int64_t hi) {
+        for (int64_t b = lo; b < hi; ++b) {
           if (!active(L, b, t)) continue;
           std::copy(dhn + b * H, dhn + (b + 1) * H, dh + b * H);
           if (fl.fgr) std::copy(dan + b * 3 * H, dan + (b + 1) * 3 * H, da + b * 3 * H);
@@ -643,20 +635,14 @@ T16 lstm_bwd_cpu(
     p.dh0 = dh0.data_ptr<scalar_t>(); p.dc0 = dc0.data_ptr<scalar_t>();
     p.da0 = fl.fgr ? da0.data_ptr<scalar_t>() : nullptr;
     p.dpre = dpre.data_ptr<scalar_t>(); p.dxw = dxw.data_ptr<scalar_t>(); p.dhw = dhw.data_ptr<scalar_t>();
+    auto bwd = [&](auto kernel) {
+      kernel(p, full_dpre, w_hh, w_fgr, acc_bias, acc_peep, acc_gates, dg_ih, dg_hh, dg_cell, db_cell);
+    };
     switch (norm) {
-      case kNormNone:
-        lstm_backward<scalar_t, kNormNone>(p, members, full_dpre, w_hh, w_fgr, acc_bias, acc_peep, acc_gates, dg_ih, dg_hh, dg_cell, db_cell);
-        break;
-      case kNormLayer:
-        lstm_backward<scalar_t, kNormLayer>(p, members, full_dpre, w_hh, w_fgr, acc_bias, acc_peep, acc_gates, dg_ih, dg_hh, dg_cell, db_cell);
-        break;
-      case kNormLayerPerGate:
-        lstm_backward<scalar_t, kNormLayerPerGate>(p, members, full_dpre, w_hh, w_fgr, acc_bias, acc_peep, acc_gates, dg_ih, dg_hh, dg_cell,
-                                                   db_cell);
-        break;
-      default:
-        lstm_backward<scalar_t, kNormBatch>(p, members, full_dpre, w_hh, w_fgr, acc_bias, acc_peep, acc_gates, dg_ih, dg_hh, dg_cell, db_cell);
-        break;
+      case kNormNone: bwd(&lstm_backward<scalar_t, kNormNone>); break;
+      case kNormLayer: bwd(&lstm_backward<scalar_t, kNormLayer>); break;
+      case kNormLayerPerGate: bwd(&lstm_backward<scalar_t, kNormLayerPerGate>); break;
+      default: bwd(&lstm_backward<scalar_t, kNormBatch>); break;
     }
   });
   // Hoisted GEMMs and reductions over all steps.

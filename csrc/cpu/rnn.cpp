@@ -48,9 +48,8 @@ std::tuple<at::Tensor, at::Tensor> rnn_fwd_cpu(const at::Tensor& x, const c10::o
         team.barrier();
         const T_* xw_t = xw.data_ptr<T_>() + t * B * H;
         T_* y_t = y.data_ptr<T_>() + t * B * H;
-        team.each([&](int64_t m) {
-          auto r = split(B, n, m);
-          for (int64_t b = r.first; b < r.second; ++b) {
+        team.each_part(B, [&](int64_t m, int64_t lo, int64_t hi) {
+          for (int64_t b = lo; b < hi; ++b) {
             if (!active(L, b, t)) {
               for (int64_t j = 0; j < H; ++j) y_t[b * H + j] = T_(0);
               continue;
@@ -94,9 +93,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
         const T_* y_t = y.data_ptr<T_>() + t * B * H;
         const T_* dy_t = grad_y.data_ptr<T_>() + t * B * H;
         T_* dp = dpre.data_ptr<T_>() + t * B * H;
-        team.each([&](int64_t m) {
-          auto r = split(B, n, m);
-          for (int64_t b = r.first; b < r.second; ++b) {
+        team.each_part(B, [&](int64_t m, int64_t lo, int64_t hi) {
+          for (int64_t b = lo; b < hi; ++b) {
             if (!active(L, b, t)) {  // finished sequence: no gradient into this step
               std::fill(dp + b * H, dp + (b + 1) * H, T_(0));
               continue;
@@ -112,9 +110,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
         team.barrier();
         team.each([&](int64_t m) { gemm_bwd[m].run(dp, dnp); });
         team.barrier();
-        team.each([&](int64_t m) {  // carried into step t - 1 (same rows as the next row pass)
-          auto r = split(B, n, m);
-          for (int64_t b = r.first; b < r.second; ++b)
+        // carried into step t - 1 (the rows of the next row pass)
+        team.each_part(B, [&](int64_t m, int64_t lo, int64_t hi) {
+          for (int64_t b = lo; b < hi; ++b)
             if (active(L, b, t)) std::copy(dnp + b * H, dnp + (b + 1) * H, dhp + b * H);
         });
       }

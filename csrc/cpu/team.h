@@ -112,6 +112,16 @@ class Team {
     for (int64_t m = lo_; m < hi_; ++m) f(m);
   }
 
+  // Runs f(member, lo, hi) for each member this participant owns, [lo, hi) being the member's
+  // part of [0, n) (batch rows or columns of a step's pass).
+  template <typename F>
+  void each_part(int64_t n, F&& f) const {
+    for (int64_t m = lo_; m < hi_; ++m) {
+      const auto part = split(n, s_.members, m);
+      f(m, part.first, part.second);
+    }
+  }
+
  private:
   State& s_;
   const int64_t lo_, hi_;
