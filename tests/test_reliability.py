@@ -723,33 +723,38 @@ def forward_backward(m, x):
     return [y.detach()] + list(torch.autograd.grad(loss, [x] + params))
 
 
-@pytest.fixture
-def one_intra_op_thread():
-    """4 Python threads x torch's intra-op pool oversubscribe this 2-core box (spinning OpenMP
-    workers); one intra-op thread keeps the test about concurrency, not scheduling."""
+def check_threads_give_the_serial_results(m, calls, workers, intra_op_threads):
+    """`calls` forward+backward calls on the shared module m from `workers` Python threads at
+    once, each with `intra_op_threads` intra-op threads, give bitwise the results of the same
+    calls made serially (with as many intra-op threads)."""
+    torch.manual_seed(0)
+    inputs = [x64(6, 3, 3).requires_grad_() for _ in range(calls)]
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    torch.set_num_threads(intra_op_threads)
+    try:
+        serial = [forward_backward(m, x) for x in inputs]
+
+        def worker(x):
+            torch.set_num_threads(intra_op_threads)  # OpenMP's thread count is per calling thread
+            return forward_backward(m, x)
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+            threaded = list(pool.map(worker, inputs))
+    finally:
+        torch.set_num_threads(before)
+    for s, t in zip(serial, threaded):
+        assert all(torch.equal(a, b) for a, b in zip(s, t))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("spec", THREAD_SPECS, ids=spec_id)
-def test_threads_give_the_serial_results(spec, backend, one_intra_op_thread):
+def test_threads_give_the_serial_results(spec, backend):
     """8 calls from 4 Python threads at once on one shared module (eval: batch-norm running
-    statistics are not written) give bitwise the results of the same calls made serially."""
+    statistics are not written). One intra-op thread each: 4 Python threads x torch's intra-op
+    pool would oversubscribe this 2-core box, and this test is about concurrency, not scheduling."""
     torch.manual_seed(0)
     m = make(spec, 3, 5, backend, num_layers=2, bidirectional=True).eval()
-    inputs = [x64(6, 3, 3).requires_grad_() for _ in range(8)]
-    serial = [forward_backward(m, x) for x in inputs]
-    def worker(x):
-        torch.set_num_threads(1)  # OpenMP's thread count is per calling thread
-        return forward_backward(m, x)
-
-    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
-        threaded = list(pool.map(worker, inputs))
-    for s, t in zip(serial, threaded):
-        assert all(torch.equal(a, b) for a, b in zip(s, t))
+    check_threads_give_the_serial_results(m, calls=8, workers=4, intra_op_threads=1)
 
 
 @pytest.mark.skipif(not CPU_BUILT, reason=CPU_SKIP)
@@ -761,23 +766,8 @@ def test_thread_teams_from_concurrent_threads(monkeypatch, spec):
     monkeypatch.setenv("FUSEDRNN_CPU_TEAM", "2")
     torch.manual_seed(0)
     m = make(spec, 3, 5, "cpu", num_layers=2, bidirectional=True).eval()
-    inputs = [x64(6, 3, 3).requires_grad_() for _ in range(6)]
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        serial = [forward_backward(m, x) for x in inputs]
-
-        def worker(x):
-            torch.set_num_threads(2)  # OpenMP's thread count is per calling thread
-            return forward_backward(m, x)
-
-        with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
-            threaded = list(pool.map(worker, inputs))
-    finally:
-        torch.set_num_threads(before)
+    check_threads_give_the_serial_results(m, calls=6, workers=3, intra_op_threads=2)
     assert m.last_backend == "cpu"
-    for s, t in zip(serial, threaded):
-        assert all(torch.equal(a, b) for a, b in zip(s, t))
 
 
 def seeded_run(backend, deterministic=False):
