@@ -26,6 +26,8 @@
 
 #include <stdint.h>
 
+#include <type_traits>
+
 #include "../simt/simt.h"
 #include "fusedrnn/cell_math.h"
 #include "pointwise.cuh"
@@ -176,6 +178,19 @@ __device__ inline A persist_sum(const A* part, int B, int width, int b, int k) {
   for (int c = threadIdx.x & 31; c < int(gridDim.x); c += 32) s += part[(long(c) * B + b) * width + k];
   for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
   return s;
+}
+
+// Calls f(std::integral_constant<int, NORM>{}) for the runtime norm: the persistent kernels are
+// instantiated for all four norms, and every launcher (persistent_launch.h, the TSan test)
+// picks the instantiation this way.
+template <typename F>
+inline auto with_persist_norm(int norm, F&& f) {
+  switch (norm) {
+    case kNormLayer: return f(std::integral_constant<int, kNormLayer>{});
+    case kNormLayerPerGate: return f(std::integral_constant<int, kNormLayerPerGate>{});
+    case kNormBatch: return f(std::integral_constant<int, kNormBatch>{});
+    default: return f(std::integral_constant<int, kNormNone>{});
+  }
 }
 
 template <typename T, int NORM>

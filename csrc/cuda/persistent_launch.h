@@ -221,12 +221,9 @@ inline bool persistent_lstm_fwd(const at::Tensor& x, const int64_t* lengths, con
     p.stats = norm == kNormNone ? nullptr : stats.data_ptr<typename AccOf<T_>::type>();
     p.part = part.data_ptr<typename AccOf<T_>::type>();
     const cudaStream_t stream = FUSEDRNN_STREAM();
-    switch (norm) {
-      case kNormLayer: launched = persist_launch(persistent_lstm_fwd_kernel<T_, kNormLayer>, p, plan, stream, &why); break;
-      case kNormLayerPerGate: launched = persist_launch(persistent_lstm_fwd_kernel<T_, kNormLayerPerGate>, p, plan, stream, &why); break;
-      case kNormBatch: launched = persist_launch(persistent_lstm_fwd_kernel<T_, kNormBatch>, p, plan, stream, &why); break;
-      default: launched = persist_launch(persistent_lstm_fwd_kernel<T_, kNormNone>, p, plan, stream, &why); break;
-    }
+    launched = with_persist_norm(norm, [&](auto N) {
+      return persist_launch(persistent_lstm_fwd_kernel<T_, decltype(N)::value>, p, plan, stream, &why);
+    });
   });
   if (!launched) {
     TORCH_CHECK(mode != PersistMode::kRequire, op, ": FUSEDRNN_PERSISTENT=require but the persistent kernel cannot run: ",
@@ -292,14 +289,9 @@ inline bool persistent_lstm_bwd(const at::Tensor& grad_y, const at::Tensor& grad
     p.wgrad = wgrad.data_ptr<typename AccOf<T_>::type>();
     p.part = part.data_ptr<typename AccOf<T_>::type>();
     const cudaStream_t stream = FUSEDRNN_STREAM();
-    switch (norm) {
-      case kNormLayer: launched = persist_launch(persistent_lstm_bwd_kernel<T_, kNormLayer>, p, plan, stream, &why); break;
-      case kNormLayerPerGate:
-        launched = persist_launch(persistent_lstm_bwd_kernel<T_, kNormLayerPerGate>, p, plan, stream, &why);
-        break;
-      case kNormBatch: launched = persist_launch(persistent_lstm_bwd_kernel<T_, kNormBatch>, p, plan, stream, &why); break;
-      default: launched = persist_launch(persistent_lstm_bwd_kernel<T_, kNormNone>, p, plan, stream, &why); break;
-    }
+    launched = with_persist_norm(norm, [&](auto N) {
+      return persist_launch(persistent_lstm_bwd_kernel<T_, decltype(N)::value>, p, plan, stream, &why);
+    });
   });
   if (!launched) {
     TORCH_CHECK(mode != PersistMode::kRequire, op, ": FUSEDRNN_PERSISTENT=require but the persistent kernel cannot run: ",

@@ -188,14 +188,9 @@ FwdOut run_fwd(const Case& c, Inputs& in, int ctas) {
   p.part = part.data();
   const dim3 grid(plan.blocks), block(plan.threads);
   const size_t smem = size_t(plan.smem_bytes);
-  switch (norm) {
-    case kNormLayer: simt::launch_cooperative(persistent_lstm_fwd_kernel<T, kNormLayer>, grid, block, smem, nullptr, p); break;
-    case kNormLayerPerGate:
-      simt::launch_cooperative(persistent_lstm_fwd_kernel<T, kNormLayerPerGate>, grid, block, smem, nullptr, p);
-      break;
-    case kNormBatch: simt::launch_cooperative(persistent_lstm_fwd_kernel<T, kNormBatch>, grid, block, smem, nullptr, p); break;
-    default: simt::launch_cooperative(persistent_lstm_fwd_kernel<T, kNormNone>, grid, block, smem, nullptr, p); break;
-  }
+  with_persist_norm(norm, [&](auto N) {
+    simt::launch_cooperative(persistent_lstm_fwd_kernel<T, decltype(N)::value>, grid, block, smem, nullptr, p);
+  });
   if (!(norm == kNormLayer || norm == kNormBatch)) o.hw.clear();  // not an output of this norm
   if (!fl.fgr) o.abuf.clear();
   if (norm == kNormNone) o.stats.clear();
@@ -241,14 +236,9 @@ BwdOut run_bwd_kernel(const Case& c, const Inputs& in, const FwdOut& f, int ctas
   p.wgrad = o.wgrad.data(); p.part = part.data();
   const dim3 grid(plan.blocks), block(plan.threads);
   const size_t smem = size_t(plan.smem_bytes);
-  switch (norm) {
-    case kNormLayer: simt::launch_cooperative(persistent_lstm_bwd_kernel<T, kNormLayer>, grid, block, smem, nullptr, p); break;
-    case kNormLayerPerGate:
-      simt::launch_cooperative(persistent_lstm_bwd_kernel<T, kNormLayerPerGate>, grid, block, smem, nullptr, p);
-      break;
-    case kNormBatch: simt::launch_cooperative(persistent_lstm_bwd_kernel<T, kNormBatch>, grid, block, smem, nullptr, p); break;
-    default: simt::launch_cooperative(persistent_lstm_bwd_kernel<T, kNormNone>, grid, block, smem, nullptr, p); break;
-  }
+  with_persist_norm(norm, [&](auto N) {
+    simt::launch_cooperative(persistent_lstm_bwd_kernel<T, decltype(N)::value>, grid, block, smem, nullptr, p);
+  });
   return o;
 }
 
