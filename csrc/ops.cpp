@@ -62,4 +62,8 @@ TORCH_LIBRARY(fusedrnn, m) {
       "rnn_bwd(Tensor grad_y, Tensor grad_h_n, Tensor x, Tensor? lengths, Tensor h0, Tensor w_ih, "
       "Tensor w_hh, Tensor y, int kind, bool has_bias) -> (Tensor dx, Tensor dh0, Tensor dw_ih, "
       "Tensor dw_hh, Tensor db_ih, Tensor db_hh)");
+  // The CPU kernels' cache of large buffers (csrc/cpu/pool.h): [free bytes cached, bytes in
+  // use, cap]; release unmaps the free blocks.
+  m.def("cpu_cache_info() -> int[]");
+  m.def("cpu_cache_release() -> ()");
 }

@@ -43,6 +43,28 @@ _BN_ROLES = ("rm_ih", "rv_ih", "rm_hh", "rv_hh", "rm_cell", "rv_cell")
 _LSTM_ROLES = ("b_ih", "b_hh", "w_peep", "w_fgr", "g_ih", "g_hh", "g_cell", "b_cell", "g_gates", "b_gates")
 
 
+def _require_extension(what: str) -> None:
+    if not AVAILABLE:
+        raise RuntimeError(f"fusedrnn.{what} needs the C++ extension, which did not load: {LOAD_ERROR}")
+
+
+def cpu_cache_info() -> dict:
+    """The CPU kernels' cache of large buffers (csrc/cpu/pool.h), in bytes.
+
+    Returns {"cached": held in free blocks, "in_use": handed to live tensors, "cap": the most
+    kept free (FUSEDRNN_CPU_CACHE_MB; 0 = no cache)}.
+    """
+    _require_extension("cpu_cache_info")
+    cached, in_use, cap = torch.ops.fusedrnn.cpu_cache_info()
+    return {"cached": cached, "in_use": in_use, "cap": cap}
+
+
+def empty_cpu_cache() -> None:
+    """Returns the free blocks of the CPU buffer cache to the system (like torch.cuda.empty_cache)."""
+    _require_extension("empty_cpu_cache")
+    torch.ops.fusedrnn.cpu_cache_release()
+
+
 # ----------------------------------------------------------------------------- run_layer
 
 
@@ -127,6 +149,16 @@ def _grad(g, given):
     return None if given is None else g
 
 
+def _dense(g, shape, like):
+    """Incoming gradient as a contiguous tensor; None (an unused output) becomes zeros.
+
+    The setups turn off autograd's materialized zero gradients: the LSTM forward has five
+    non-differentiable [T, B, *] outputs (saved activations) whose zero "gradients" cost an
+    allocation and a fill of hundreds of megabytes per call on long sequences.
+    """
+    return like.new_zeros(shape) if g is None else g.contiguous()
+
+
 def _no_double_backward(ctx, *grads):
     raise RuntimeError("fusedrnn: double backward (gradient of a gradient) through the fused kernels is "
                        "not supported; use backend='reference' for higher-order gradients")
@@ -178,14 +210,16 @@ def _lstm_setup(ctx, inputs, output):
                           b_cell, g_gates, b_gates, y, acts, cs, xw, hw, stats)
     ctx.args = (variant, norm, training, eps)
     ctx.mark_non_differentiable(acts, cs, xw, hw, stats)
+    ctx.set_materialize_grads(False)
+    ctx.grad_shapes = tuple(t.shape for t in output[:4])
 
 
 def _lstm_backward(ctx, gy, gh, gc, ga, *_unused):
     saved = ctx.saved_tensors
     (x, lengths, h0, c0, a0, w_ih, w_hh, b_ih, b_hh, w_peep, w_fgr, g_ih, g_hh, g_cell, b_cell, g_gates,
      b_gates) = saved[:17]
-    grads = torch.ops.fusedrnn.lstm_bwd(gy.contiguous(), gh.contiguous(), gc.contiguous(), ga.contiguous(),
-                                        *saved, *ctx.args)
+    gy, gh, gc, ga = (_dense(g, s, x) for g, s in zip((gy, gh, gc, ga), ctx.grad_shapes))
+    grads = torch.ops.fusedrnn.lstm_bwd(gy, gh, gc, ga, *saved, *ctx.args)
     dx, dh0, dc0, da0, dw_ih, dw_hh, *rest = grads
     roles = (b_ih, b_hh, w_peep, w_fgr, g_ih, g_hh, g_cell, b_cell, g_gates, b_gates)
     return (dx, None, dh0, dc0, _grad(da0, a0), dw_ih, dw_hh, *(_grad(g, r) for g, r in zip(rest, roles)),
@@ -215,13 +249,15 @@ def _gru_setup(ctx, inputs, output):
     ctx.save_for_backward(x, lengths, h0, w_ih, w_hh, b_ih, b_hh, g_ih, g_hh, y, acts, hn, xw, hw, stats)
     ctx.args = (norm, eps)
     ctx.mark_non_differentiable(acts, hn, xw, hw, stats)
+    ctx.set_materialize_grads(False)
+    ctx.grad_shapes = (y.shape, _h.shape)
 
 
 def _gru_backward(ctx, gy, gh, *_unused):
     saved = ctx.saved_tensors
     b_ih, b_hh, g_ih, g_hh = saved[5:9]
-    dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dg_ih, dg_hh = torch.ops.fusedrnn.gru_bwd(
-        gy.contiguous(), gh.contiguous(), *saved, *ctx.args)
+    gy, gh = (_dense(g, s, saved[0]) for g, s in zip((gy, gh), ctx.grad_shapes))
+    dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dg_ih, dg_hh = torch.ops.fusedrnn.gru_bwd(gy, gh, *saved, *ctx.args)
     return (dx, None, dh0, dw_ih, dw_hh, _grad(db_ih, b_ih), _grad(db_hh, b_hh), _grad(dg_ih, g_ih),
             _grad(dg_hh, g_hh), None, None)
 

@@ -184,6 +184,74 @@ def test_odd_shapes(spec, T, B, I, H):
     compare(spec, x, state, p, training=not (spec.norm == "batch" and B == 1))
 
 
+# ----------------------------------------------------------------------------- buffer cache
+# Large buffers (>= 1 MiB) come from csrc/cpu/pool.h's cache; [T, B, G*H] float64 at this shape
+# is 5.2 MB (LSTM) and [T, B, H] 1.3 MB, so every saved activation and gate-gradient buffer goes
+# through it.
+CACHE_SHAPE = (40, 32, 8, 128)
+MB = 1 << 20
+
+
+def cache_specs():
+    return [CellSpec("lstm", "vanilla"), CellSpec("lstm", "vanilla", "layer"), CellSpec("lstm", "fgr", "batch"),
+            CellSpec("gru", norm="layer"), CellSpec("rnn_tanh")]
+
+
+@pytest.mark.parametrize("spec", cache_specs(), ids=spec_id)
+def test_buffer_cache_reused_blocks_give_the_reference(monkeypatch, spec):
+    """A second call runs on blocks the first call left behind, holding its values (not the
+    zeros of fresh pages): still the reference's results, and no block mapped anew."""
+    monkeypatch.delenv("FUSEDRNN_CPU_CACHE_MB", raising=False)
+    fusedrnn.empty_cpu_cache()
+    compare(spec, *make_layer(spec, *CACHE_SHAPE, torch.float64, seed=8), training=True)
+    after_first = fusedrnn.cpu_cache_info()
+    assert after_first["cached"] >= 2 * MB, after_first
+    compare(spec, *make_layer(spec, *CACHE_SHAPE, torch.float64, seed=9), training=True)
+    assert fusedrnn.cpu_cache_info()["cached"] == after_first["cached"]
+    fusedrnn.empty_cpu_cache()
+    assert fusedrnn.cpu_cache_info()["cached"] == 0
+
+
+def test_buffer_cache_hands_out_live_buffers_and_respects_the_cap(monkeypatch):
+    spec = CellSpec("lstm", "vanilla", "layer")
+    x, state, p = make_layer(spec, *CACHE_SHAPE, torch.float64)
+    fusedrnn.empty_cpu_cache()
+    base = fusedrnn.cpu_cache_info()["in_use"]
+    with torch.no_grad():
+        y, _ = _ops.run_layer(spec, x, state, p)
+    held = fusedrnn.cpu_cache_info()
+    assert held["in_use"] - base >= y.numel() * y.element_size()  # y itself is a cached block
+    del y
+    assert fusedrnn.cpu_cache_info()["in_use"] == base
+    monkeypatch.setenv("FUSEDRNN_CPU_CACHE_MB", "3")
+    with torch.no_grad():
+        _ops.run_layer(spec, x, state, p)
+    info = fusedrnn.cpu_cache_info()
+    assert info["cap"] == 3 * MB and info["cached"] <= 3 * MB, info
+
+
+def test_buffer_cache_off(monkeypatch):
+    """FUSEDRNN_CPU_CACHE_MB=0: every buffer from c10's allocator, same results."""
+    monkeypatch.setenv("FUSEDRNN_CPU_CACHE_MB", "0")
+    fusedrnn.empty_cpu_cache()
+    spec = CellSpec("lstm", "peephole", "layer")
+    base = fusedrnn.cpu_cache_info()["in_use"]
+    x, state, p = make_layer(spec, *CACHE_SHAPE, torch.float64)
+    with torch.no_grad():
+        y, _ = _ops.run_layer(spec, x, state, p)
+        info = fusedrnn.cpu_cache_info()
+        assert info["in_use"] == base and info["cached"] == 0 and info["cap"] == 0, info
+        torch.testing.assert_close(y, reference.run_layer(spec, x, state, p)[0], rtol=1e-10, atol=1e-12)
+
+
+def test_buffer_cache_env_rejects_bad_cap(monkeypatch):
+    spec = CellSpec("lstm")
+    x, state, p = make_layer(spec, *CACHE_SHAPE, torch.float64)
+    monkeypatch.setenv("FUSEDRNN_CPU_CACHE_MB", "lots")
+    with pytest.raises(RuntimeError, match="FUSEDRNN_CPU_CACHE_MB must be a non-negative integer \\(MiB\\), got 'lots'"):
+        _ops.run_layer(spec, x, state, p)
+
+
 # ----------------------------------------------------------------------------- batch norm
 
 

@@ -5,6 +5,8 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include "pool.h"
+
 #include <string>
 #include <vector>
 

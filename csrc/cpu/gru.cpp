@@ -39,10 +39,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(1), GH = 3 * H;
   const bool ln = norm == kNormLayer;
   auto opts = x.options();
-  at::Tensor xw = at::matmul(x.reshape({T * B, I}), w_ih.t()).view({T, B, GH});
-  at::Tensor hw = ln ? at::empty({T, B, GH}, opts) : at::empty({B, GH}, opts);
-  at::Tensor y = at::empty({T, B, H}, opts), h = h0.clone();
-  at::Tensor acts = at::empty({T, B, GH}, opts), hn = at::empty({T, B, H}, opts);
+  at::Tensor xw = cached_mm(x.reshape({T * B, I}), w_ih.t()).view({T, B, GH});
+  at::Tensor hw = ln ? cached_empty({T, B, GH}, opts) : cached_empty({B, GH}, opts);
+  at::Tensor y = cached_empty({T, B, H}, opts), h = h0.clone();
+  at::Tensor acts = cached_empty({T, B, GH}, opts), hn = cached_empty({T, B, H}, opts);
   at::Tensor stats = ln ? at::zeros({T, B, 4}, opts) : none_like(x);
   const int64_t* L = len_ptr(lengths);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gru_fwd_cpu", [&] {
@@ -51,7 +51,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     auto gemm = member_gemms<T_>(w_hh, B, /*transposed=*/true, n);
     const T_ *bi = ptr<T_>(b_ih), *bh = ptr<T_>(b_hh), *gi = ptr<T_>(g_ih), *gh = ptr<T_>(g_hh);
     T_* hp = h.data_ptr<T_>();
-    at::Tensor scratch = at::empty({n, 2 * GH}, opts);  // per member: xs, hs [GH]
+    at::Tensor scratch = cached_empty({n, 2 * GH}, opts);  // per member: xs, hs [GH]
     run_team(n, [&](Team& team) {  // csrc/cpu/team.h: members own gate columns of the product, then rows
       for (int64_t t = 0; t < T; ++t) {
         const T_* xw_t = xw.data_ptr<T_>() + t * B * GH;
@@ -116,10 +116,10 @@ gru_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& grad_h_n, const at::Tens
   }
   auto opts = x.options();
   const int64_t* L = len_ptr(lengths);
-  at::Tensor dh = grad_h_n.clone(), dh_direct = at::zeros({B, H}, opts), dh_new = at::empty({B, H}, opts);
+  at::Tensor dh = grad_h_n.clone(), dh_direct = at::zeros({B, H}, opts), dh_new = cached_empty({B, H}, opts);
   // every row of these is written by the backward loop (zeros at finished steps)
-  at::Tensor dxs = at::empty({T, B, GH}, opts), dhs = at::empty({T, B, GH}, opts);
-  at::Tensor dxw = ln ? at::empty({T, B, GH}, opts) : dxs, dhw = ln ? at::empty({T, B, GH}, opts) : dhs;
+  at::Tensor dxs = cached_empty({T, B, GH}, opts), dhs = cached_empty({T, B, GH}, opts);
+  at::Tensor dxw = ln ? cached_empty({T, B, GH}, opts) : dxs, dhw = ln ? cached_empty({T, B, GH}, opts) : dhs;
   ThreadAcc acc(team_members(B * GH * H), 2 * GH, opts);  // one row per team member
   AT_DISPATCH_FLOATING_TYPES(dt, "gru_bwd_cpu", [&] {
     using T_ = scalar_t;
@@ -175,9 +175,9 @@ gru_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& grad_h_n, const at::Tens
     });
   });
   at::Tensor dxw2 = dxw.view({T * B, GH}), dhw2 = dhw.view({T * B, GH});
-  at::Tensor dx = at::mm(dxw2, w_ih).view({T, B, I});
+  at::Tensor dx = cached_mm(dxw2, w_ih).view({T, B, I});
   at::Tensor dw_ih = at::mm(dxw2.t(), x.reshape({T * B, I}));
-  at::Tensor h_prev = at::cat({h0.unsqueeze(0), y.narrow(0, 0, T - 1)}, 0).view({T * B, H});
+  at::Tensor h_prev = cached_h_prev(h0, y);
   at::Tensor dw_hh = at::mm(dhw2.t(), h_prev);
   bool has_bias = b_ih.has_value() && b_ih->defined();
   at::Tensor db_ih = has_bias ? dxs.sum(at::IntArrayRef{0, 1}) : none_like(x);

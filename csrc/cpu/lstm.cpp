@@ -126,7 +126,7 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
   at::Tensor h = at::from_blob(const_cast<T*>(p.h0), {B, H}, opts).clone();
   at::Tensor c = at::from_blob(const_cast<T*>(p.c0), {B, H}, opts).clone();
   at::Tensor a = fl.fgr ? at::from_blob(const_cast<T*>(p.a0), {B, 3 * H}, opts).clone() : at::Tensor();
-  at::Tensor a_rec = fl.fgr ? at::empty({B, 3 * H}, opts) : at::Tensor();
+  at::Tensor a_rec = fl.fgr ? cached_empty({B, 3 * H}, opts) : at::Tensor();
   // the team: member m owns gate columns [lo, hi) of the recurrent products (its W_hh / W_fgr
   // rows, packed once), a slice of batch rows of the row passes and of the BN columns
   const int64_t n = team_members(B * GH * H);
@@ -140,8 +140,8 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
   T* cp = c.data_ptr<T>();
   T* ap = fl.fgr ? a.data_ptr<T>() : nullptr;
   T* arp = fl.fgr ? a_rec.data_ptr<T>() : nullptr;
-  at::Tensor scratch = at::empty({n, 2 * GH + H}, opts);  // per member: pre [GH], tmp [GH], cn [H]
-  at::Tensor bn_acc = at::empty({NORM == kNormBatch ? n : 0, 2 * GH}, opts.dtype(at::kDouble));
+  at::Tensor scratch = cached_empty({n, 2 * GH + H}, opts);  // per member: pre [GH], tmp [GH], cn [H]
+  at::Tensor bn_acc = cached_empty({NORM == kNormBatch ? n : 0, 2 * GH}, opts.dtype(at::kDouble));
 
   // Row pass A of rows [b0, b1): gate pre-activations, gates, c_t; and (unless batch norm) pass B: h_t.
   auto rows_a = [&](int64_t t, int64_t m, int64_t b0, int64_t b1) {
@@ -357,15 +357,15 @@ lstm_fwd_cpu(const at::Tensor& x, const c10::optional<at::Tensor>& lengths, cons
   }
   TORCH_CHECK(t0 >= 0, kFwd, ": t0 must be >= 0, got ", t0);
   auto opts = x.options();
-  at::Tensor xw = at::matmul(x.reshape({T * B, I}), w_ih.t()).view({T, B, GH});
+  at::Tensor xw = cached_mm(x.reshape({T * B, I}), w_ih.t()).view({T, B, GH});
   bool two = norm == kNormLayer || norm == kNormBatch;
-  at::Tensor hw = two ? at::empty({T, B, GH}, opts) : at::empty({B, GH}, opts);
-  at::Tensor y = at::empty({T, B, H}, opts), h_n = at::empty({B, H}, opts), c_n = at::empty({B, H}, opts);
-  at::Tensor a_n = fl.fgr ? at::empty({B, 3 * H}, opts) : none_like(x);
-  at::Tensor acts = at::empty({T, B, GH}, opts), cs = at::empty({T, B, H}, opts);
+  at::Tensor hw = two ? cached_empty({T, B, GH}, opts) : cached_empty({B, GH}, opts);
+  at::Tensor y = cached_empty({T, B, H}, opts), h_n = cached_empty({B, H}, opts), c_n = cached_empty({B, H}, opts);
+  at::Tensor a_n = fl.fgr ? cached_empty({B, 3 * H}, opts) : none_like(x);
+  at::Tensor acts = cached_empty({T, B, GH}, opts), cs = cached_empty({T, B, H}, opts);
   at::Tensor stats = norm == kNormNone ? none_like(x)
-                     : norm == kNormBatch ? at::empty({T, 2, 2 * GH + H}, opts)
-                                          : at::empty({T, B, stats_width(norm, G, H)}, opts);
+                     : norm == kNormBatch ? cached_empty({T, 2, 2 * GH + H}, opts)
+                                          : cached_empty({T, B, stats_width(norm, G, H)}, opts);
   AT_DISPATCH_FLOATING_TYPES(dt, "lstm_fwd_cpu", [&] {
     LstmFwdParams<scalar_t> p{};
     fill_common(p, args, fl, norm, eps);
@@ -413,9 +413,9 @@ void lstm_backward(const LstmBwdParams<T>& p, bool full_dpre, const at::Tensor& 
   std::copy(p.dh_n, p.dh_n + B * H, dh);
   std::copy(p.dc_n, p.dc_n + B * H, dc);
   if (fl.fgr) std::copy(p.da_n, p.da_n + B * 3 * H, da);
-  at::Tensor d_o = at::empty({B, H}, opts), d_cn = at::empty({B, H}, opts), dh_new = at::empty({B, H}, opts);
-  at::Tensor da_new = fl.fgr ? at::empty({B, 3 * H}, opts) : at::Tensor();
-  at::Tensor dpre_ifo = fl.fgr ? at::empty({B, 3 * H}, opts) : at::Tensor();
+  at::Tensor d_o = cached_empty({B, H}, opts), d_cn = cached_empty({B, H}, opts), dh_new = cached_empty({B, H}, opts);
+  at::Tensor da_new = fl.fgr ? cached_empty({B, 3 * H}, opts) : at::Tensor();
+  at::Tensor dpre_ifo = fl.fgr ? cached_empty({B, 3 * H}, opts) : at::Tensor();
   T* dop = d_o.data_ptr<T>();
   T* dcnp = d_cn.data_ptr<T>();
   T* dhn = dh_new.data_ptr<T>();
@@ -427,8 +427,8 @@ void lstm_backward(const LstmBwdParams<T>& p, bool full_dpre, const at::Tensor& 
   const int64_t n = acc_gates.rows();
   auto gemm_bwd = member_gemms<T>(w_hh, B, /*transposed=*/false, n);
   auto gemm_fgr = fl.fgr ? member_gemms<T>(*w_fgr, B, /*transposed=*/false, n) : std::vector<RecurrentGemm<T>>();
-  at::Tensor scratch = at::empty({n, H}, opts);  // per member: cn [H]
-  at::Tensor bn_acc = at::empty({NORM == kNormBatch ? n : 0, 2 * GH}, opts.dtype(at::kDouble));
+  at::Tensor scratch = cached_empty({n, H}, opts);  // per member: cn [H]
+  at::Tensor bn_acc = cached_empty({NORM == kNormBatch ? n : 0, 2 * GH}, opts.dtype(at::kDouble));
   T* dgc = dg_cell.defined() && dg_cell.numel() ? dg_cell.data_ptr<T>() : nullptr;
   T* dbc = db_cell.defined() && db_cell.numel() ? db_cell.data_ptr<T>() : nullptr;
 
@@ -604,15 +604,15 @@ T16 lstm_bwd_cpu(
                  norm == kNormBatch ? std::vector<int64_t>{T, 2, 2 * GH + H}
                                     : std::vector<int64_t>{T, B, stats_width(norm, G, H)});
   auto opts = x.options();
-  at::Tensor dh0 = at::empty({B, H}, opts), dc0 = at::empty({B, H}, opts);
-  at::Tensor da0 = fl.fgr ? at::empty({B, 3 * H}, opts) : none_like(x);
+  at::Tensor dh0 = cached_empty({B, H}, opts), dc0 = cached_empty({B, H}, opts);
+  at::Tensor da0 = fl.fgr ? cached_empty({B, 3 * H}, opts) : none_like(x);
   // Every row of these is written by the backward loop (zeros at finished steps). The gate
   // gradients of all steps are kept only where a GEMM after the loop reads them (no norm:
   // they are dxw; FGR: dW_fgr); otherwise one step's buffer is reused.
   const bool full_dpre = norm == kNormNone || fl.fgr;
-  at::Tensor dpre = full_dpre ? at::empty({T, B, GH}, opts) : at::empty({B, GH}, opts);
-  at::Tensor dxw = norm == kNormNone ? dpre : at::empty({T, B, GH}, opts);
-  at::Tensor dhw = two ? at::empty({T, B, GH}, opts) : dxw;
+  at::Tensor dpre = full_dpre ? cached_empty({T, B, GH}, opts) : cached_empty({B, GH}, opts);
+  at::Tensor dxw = norm == kNormNone ? dpre : cached_empty({T, B, GH}, opts);
+  at::Tensor dhw = two ? cached_empty({T, B, GH}, opts) : dxw;
   const bool has_bias = b_ih.has_value() && b_ih->defined();
   const int64_t members = team_members(B * GH * H);
   ThreadAcc acc_bias(members, has_bias ? GH : 0, opts), acc_peep(members, fl.num_peep * H, opts),
@@ -647,9 +647,9 @@ T16 lstm_bwd_cpu(
   });
   // Hoisted GEMMs and reductions over all steps.
   at::Tensor dxw2 = dxw.view({T * B, GH}), dhw2 = dhw.view({T * B, GH});
-  at::Tensor dx = at::mm(dxw2, w_ih).view({T, B, I});
+  at::Tensor dx = cached_mm(dxw2, w_ih).view({T, B, I});
   at::Tensor dw_ih = at::mm(dxw2.t(), x.reshape({T * B, I}));
-  at::Tensor h_prev = at::cat({h0.unsqueeze(0), y.narrow(0, 0, T - 1)}, 0).view({T * B, H});
+  at::Tensor h_prev = cached_h_prev(h0, y);
   at::Tensor dw_hh = at::mm(dhw2.t(), h_prev);
   at::Tensor db = has_bias ? acc_bias.total() : none_like(x);
   at::Tensor dw_fgr = none_like(x);

@@ -32,8 +32,8 @@ std::tuple<at::Tensor, at::Tensor> rnn_fwd_cpu(const at::Tensor& x, const c10::o
   check_opt(kFwd, "b_ih", b_ih, dt, {H}, false);
   check_opt(kFwd, "b_hh", b_hh, dt, {H}, false);
   auto opts = x.options();
-  at::Tensor xw = at::matmul(x.reshape({T * B, I}), w_ih.t()).view({T, B, H});
-  at::Tensor hw = at::empty({B, H}, opts), y = at::empty({T, B, H}, opts), h = h0.clone();
+  at::Tensor xw = cached_mm(x.reshape({T * B, I}), w_ih.t()).view({T, B, H});
+  at::Tensor hw = cached_empty({B, H}, opts), y = cached_empty({T, B, H}, opts), h = h0.clone();
   const int64_t* L = len_ptr(lengths);
   AT_DISPATCH_FLOATING_TYPES(dt, "rnn_fwd_cpu", [&] {
     using T_ = scalar_t;
@@ -81,7 +81,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   check_tensor(kBwd, "y", y, dt, {T, B, H});
   auto opts = x.options();
   const int64_t* L = len_ptr(lengths);
-  at::Tensor dh = grad_h_n.clone(), dh_new = at::empty({B, H}, opts), dpre = at::empty({T, B, H}, opts);  // all rows written below
+  at::Tensor dh = grad_h_n.clone(), dh_new = cached_empty({B, H}, opts), dpre = cached_empty({T, B, H}, opts);  // all rows written below
   AT_DISPATCH_FLOATING_TYPES(dt, "rnn_bwd_cpu", [&] {
     using T_ = scalar_t;
     T_* dhp = dh.data_ptr<T_>();
@@ -119,9 +119,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     });
   });
   at::Tensor dpre2 = dpre.view({T * B, H});
-  at::Tensor dx = at::mm(dpre2, w_ih).view({T, B, I});
+  at::Tensor dx = cached_mm(dpre2, w_ih).view({T, B, I});
   at::Tensor dw_ih = at::mm(dpre2.t(), x.reshape({T * B, I}));
-  at::Tensor h_prev = at::cat({h0.unsqueeze(0), y.narrow(0, 0, T - 1)}, 0).view({T * B, H});
+  at::Tensor h_prev = cached_h_prev(h0, y);
   at::Tensor dw_hh = at::mm(dpre2.t(), h_prev);
   at::Tensor db = has_bias ? dpre.sum(at::IntArrayRef{0, 1}) : none_like(x);
   return {dx, dh, dw_ih, dw_hh, db, has_bias ? db.clone() : none_like(x)};
@@ -132,6 +132,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 TORCH_LIBRARY_IMPL(fusedrnn, CPU, m) {
   m.impl("rnn_fwd", &rnn_fwd_cpu);
   m.impl("rnn_bwd", &rnn_bwd_cpu);
+}
+
+// No tensor arguments, so no backend key to dispatch on: CompositeImplicitAutograd, like aten's
+// is_vulkan_available.
+TORCH_LIBRARY_IMPL(fusedrnn, CompositeImplicitAutograd, m) {
+  m.impl("cpu_cache_info", [] { return BlockCache::get().info(); });
+  m.impl("cpu_cache_release", [] { BlockCache::get().release(); });
 }
 
 }  // namespace cpu
