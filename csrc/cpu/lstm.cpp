@@ -3,7 +3,10 @@
 // Forward: x W_ih^T for all steps is one GEMM; per step h W_hh^T (and a W_fgr^T for FGR), then
 // fused passes over batch rows: normalization, biases, gates, cell update, output, masking.
 // Batch norm needs statistics across rows, so its step is: column statistics of the
-// projections, row pass A (gates, c_t), column statistics of c_t, row pass B (h_t).
+// recurrent projection (each member right after its own columns of the product), row pass A
+// (gates, c_t), column statistics of c_t, row pass B (h_t). The input projection's statistics
+// do not depend on the recurrence: all steps' are computed before the loop, and backward
+// runs their part after the loop.
 // Backward mirrors it in reverse time; dW_ih, dW_hh, dW_fgr, dx and the biases' gradients are
 // large GEMMs / reductions after the loop.
 #include <torch/library.h>
@@ -33,85 +36,6 @@ inline int64_t stats_width(int norm, int64_t G, int64_t H) {
   }
 }
 
-// Column statistics of v [B, N] (row-major) over the rows active at step t, for columns
-// [k0, k1). Training: batch mean and biased variance, rows outer and columns inner (contiguous,
-// vectorizable; each column still sums its rows in order); eval: the running slot.
-// acc: scratch of 2 (k1 - k0) values.
-template <typename T>
-void bn_column_stats(const T* v, int64_t B, int64_t N, int64_t k0, int64_t k1, const int64_t* lengths, int64_t t,
-                     bool training, const T* rm_slot, const T* rv_slot, T* mean, T* var, A* acc) {
-  if (!training) {
-    std::copy(rm_slot + k0, rm_slot + k1, mean + k0);
-    std::copy(rv_slot + k0, rv_slot + k1, var + k0);
-    return;
-  }
-  const int64_t w = k1 - k0;
-  A* s = acc;
-  A* q = acc + w;
-  std::fill(acc, acc + 2 * w, A(0));
-  int64_t n = 0;
-  for (int64_t b = 0; b < B; ++b) {
-    if (!active(lengths, b, t)) continue;
-    const T* row = v + b * N + k0;
-    for (int64_t j = 0; j < w; ++j) s[j] += A(row[j]);
-    ++n;
-  }
-  for (int64_t j = 0; j < w; ++j) s[j] = n ? s[j] / A(n) : A(0);
-  for (int64_t b = 0; b < B; ++b) {
-    if (!active(lengths, b, t)) continue;
-    const T* row = v + b * N + k0;
-    for (int64_t j = 0; j < w; ++j) {
-      A d = A(row[j]) - s[j];
-      q[j] += d * d;
-    }
-  }
-  for (int64_t j = 0; j < w; ++j) {
-    mean[k0 + j] = T(s[j]);
-    var[k0 + j] = n ? T(q[j] / A(n)) : T(0);
-  }
-}
-
-// Backward through a batch norm of column block v [B, N] for columns [k0, k1): dy (gradient of the
-// normalized output, before gain) -> dv (may alias dy); accumulates dgain (and dbias if non-null).
-// Rows outer, columns inner, as bn_column_stats; acc: scratch of 2 (k1 - k0) values.
-template <typename T>
-void bn_column_bwd(const T* v, const T* dy, T* dv, int64_t B, int64_t N, int64_t k0, int64_t k1,
-                   const int64_t* lengths, int64_t t, bool training, const T* mean, const T* rstd, const T* gain,
-                   T* dgain, T* dbias, A* acc) {
-  const int64_t w = k1 - k0;
-  A* s1 = acc;
-  A* s2 = acc + w;
-  std::fill(acc, acc + 2 * w, A(0));
-  int64_t n = 0;
-  for (int64_t b = 0; b < B; ++b) {
-    if (!active(lengths, b, t)) continue;
-    const T* vr = v + b * N;
-    const T* gr = dy + b * N;
-    for (int64_t k = k0; k < k1; ++k) {
-      T vhat = (vr[k] - mean[k]) * rstd[k];
-      T g = gr[k];
-      s1[k - k0] += A(g * gain[k]);
-      s2[k - k0] += A(g * gain[k] * vhat);
-      dgain[k] += g * vhat;
-    }
-    if (dbias)
-      for (int64_t k = k0; k < k1; ++k) dbias[k] += gr[k];
-    ++n;
-  }
-  if (n == 0) return;
-  for (int64_t b = 0; b < B; ++b) {
-    if (!active(lengths, b, t)) continue;
-    const T* vr = v + b * N;
-    const T* gr = dy + b * N;
-    T* dr = dv + b * N;
-    for (int64_t k = k0; k < k1; ++k) {
-      T vhat = (vr[k] - mean[k]) * rstd[k];
-      T dyg = gr[k] * gain[k];
-      dr[k] = training ? norm_bwd(dyg, vhat, rstd[k], T(s1[k - k0] / A(n)), T(s2[k - k0] / A(n))) : rstd[k] * dyg;
-    }
-  }
-}
-
 // ----------------------------------------------------------------------------- forward
 
 template <typename T, int NORM>
@@ -132,9 +56,10 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
   const int64_t n = team_members(B * GH * H);
   auto gemm = member_gemms<T>(w_hh, B, /*transposed=*/true, n);
   auto gemm_fgr = fl.fgr ? member_gemms<T>(*w_fgr, B, /*transposed=*/true, n) : std::vector<RecurrentGemm<T>>();
-  // batch norm: per-step rstd of the ih, hh and cell columns
+  // batch norm: rstd of the ih columns of every step (their statistics do not depend on the
+  // recurrence and are computed before the time loop), of this step's hh and cell columns
   const int64_t NB = 2 * GH + H;
-  std::vector<T> bn_rstd(NORM == kNormBatch ? NB : 0);
+  std::vector<T> bn_rstd(NORM == kNormBatch ? NB : 0), bn_rstd_ih(NORM == kNormBatch ? Tn * GH : 0);
   const int64_t SW = stats_width(NORM, G, H);
   T* hp = h.data_ptr<T>();
   T* cp = c.data_ptr<T>();
@@ -184,7 +109,7 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
                                    sb + 2 * g, sb + 2 * g + 1);
       } else {  // batch
         for (int64_t k = 0; k < GH; ++k)
-          pre[k] = norm_apply(xr[k], st[k], bn_rstd[k], p.g_ih[k], T(0)) +
+          pre[k] = norm_apply(xr[k], st[k], bn_rstd_ih[t * GH + k], p.g_ih[k], T(0)) +
                    norm_apply(hr[k], st[GH + k], bn_rstd[GH + k], p.g_hh[k], T(0)) +
                    (p.b_ih ? p.b_ih[k] : T(0)) + (p.b_hh ? p.b_hh[k] : T(0));
       }
@@ -225,31 +150,31 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
     }
   };
 
+  // Batch-norm statistics of hw_t's columns [lo, hi) (with their rstd) or, ih = true, of xw_t's.
+  auto bn_stats = [&](int64_t t, int64_t m, int64_t lo, int64_t hi, bool ih) {
+    T* st = p.stats + t * SW + (ih ? 0 : GH);
+    const int64_t slot = std::min<int64_t>(p.t0 + t, p.bn_slots - 1);
+    const T* v = ih ? xw_all.data_ptr<T>() + t * B * GH : hw_all.data_ptr<T>() + t * B * GH;
+    bn_column_stats_run<T>(v, B, GH, lo, hi, L, t, p.training, (ih ? p.rm_ih : p.rm_hh) + slot * GH,
+                           (ih ? p.rv_ih : p.rv_hh) + slot * GH, st, st + NB, bn_acc.data_ptr<A>() + m * 2 * GH);
+    T* rstd = ih ? bn_rstd_ih.data() + t * GH : bn_rstd.data() + GH;
+    for (int64_t c = lo; c < hi; ++c) rstd[c] = norm_rstd<T, A>(A(st[NB + c]), p.eps);
+  };
+
   run_team(n, [&](Team& team) {
+    if (NORM == kNormBatch)  // read after the first step's product (the barrier below)
+      team.each_part(GH, [&](int64_t m, int64_t lo, int64_t hi) {
+        for (int64_t t = 0; t < Tn; ++t) bn_stats(t, m, lo, hi, /*ih=*/true);
+      });
     for (int64_t t = 0; t < Tn; ++t) {
-      const T* xw_t = xw_all.data_ptr<T>() + t * B * GH;
       T* hw_t = hw_all.data_ptr<T>() + (hw_all.dim() == 3 ? t * B * GH : 0);
       team.each([&](int64_t m) {
         gemm[m].run(hp, hw_t);
         if (fl.fgr) gemm_fgr[m].run(ap, arp);
+        // the columns this member just computed: no barrier between product and statistics
+        if (NORM == kNormBatch) bn_stats(t, m, gemm[m].lo(), gemm[m].hi(), /*ih=*/false);
       });
       team.barrier();
-      if (NORM == kNormBatch) {
-        T* st = p.stats + t * SW;
-        const int64_t slot = std::min<int64_t>(p.t0 + t, p.bn_slots - 1);
-        team.each_part(GH, [&](int64_t m, int64_t lo, int64_t hi) {
-          A* acc = bn_acc.data_ptr<A>() + m * 2 * GH;
-          bn_column_stats(xw_t, B, GH, lo, hi, L, t, p.training, p.rm_ih + slot * GH,
-                          p.rv_ih + slot * GH, st, st + NB, acc);
-          bn_column_stats(static_cast<const T*>(hw_t), B, GH, lo, hi, L, t, p.training,
-                          p.rm_hh + slot * GH, p.rv_hh + slot * GH, st + GH, st + NB + GH, acc);
-          for (int64_t c = lo; c < hi; ++c) {
-            bn_rstd[c] = norm_rstd<T, A>(A(st[NB + c]), p.eps);
-            bn_rstd[GH + c] = norm_rstd<T, A>(A(st[NB + GH + c]), p.eps);
-          }
-        });
-        team.barrier();
-      }
       team.each_part(B, [&](int64_t m, int64_t lo, int64_t hi) {
         rows_a(t, m, lo, hi);
       });
@@ -258,7 +183,7 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
         T* st = p.stats + t * SW;
         const int64_t slot = std::min<int64_t>(p.t0 + t, p.bn_slots - 1);
         team.each_part(H, [&](int64_t m, int64_t lo, int64_t hi) {
-          bn_column_stats(static_cast<const T*>(p.cs + t * B * H), B, H, lo, hi, L, t, p.training,
+          bn_column_stats_run<T>(static_cast<const T*>(p.cs + t * B * H), B, H, lo, hi, L, t, p.training,
                           p.rm_cell + slot * H, p.rv_cell + slot * H, st + 2 * GH, st + NB + 2 * GH,
                           bn_acc.data_ptr<A>() + m * 2 * GH);
           for (int64_t j = lo; j < hi; ++j)
@@ -421,7 +346,8 @@ void lstm_backward(const LstmBwdParams<T>& p, bool full_dpre, const at::Tensor& 
   T* dhn = dh_new.data_ptr<T>();
   T* dan = fl.fgr ? da_new.data_ptr<T>() : nullptr;
   T* difo = fl.fgr ? dpre_ifo.data_ptr<T>() : nullptr;
-  std::vector<T> bn_rstd(NORM == kNormBatch ? NB : 0);
+  // batch norm: the rstd of every step's columns, computed before the time loop
+  std::vector<T> bn_rstd(NORM == kNormBatch ? Tn * NB : 0);
   // the team (see lstm_forward), one member per accumulator row: member m owns columns of dh
   // (W_hh columns, packed once), rows of the row passes, BN columns, and row m of the accumulators
   const int64_t n = acc_gates.rows();
@@ -448,7 +374,7 @@ void lstm_backward(const LstmBwdParams<T>& p, bool full_dpre, const at::Tensor& 
         for (int64_t j = 0; j < H; ++j) cn[j] = cs_b[j];
       } else if (NORM == kNormBatch) {
         for (int64_t j = 0; j < H; ++j)
-          cn[j] = norm_apply(cs_b[j], st[2 * GH + j], bn_rstd[2 * GH + j], p.g_cell[j], p.b_cell[j]);
+          cn[j] = norm_apply(cs_b[j], st[2 * GH + j], bn_rstd[t * NB + 2 * GH + j], p.g_cell[j], p.b_cell[j]);
       } else {
         const T* sb = st + b * SW + SW - 2;
         for (int64_t j = 0; j < H; ++j) cn[j] = norm_apply(cs_b[j], sb[0], sb[1], p.g_cell[j], p.b_cell[j]);
@@ -511,25 +437,40 @@ void lstm_backward(const LstmBwdParams<T>& p, bool full_dpre, const at::Tensor& 
     }
   };
 
+  // Batch norm backward of the columns [lo, hi) of step t: the hh part (in the loop: dh_{t-1}
+  // needs it) or, ih = true, the ih part (after the loop, from the kept dpre of every step).
+  auto bn_bwd = [&](int64_t t, int64_t m, int64_t lo, int64_t hi, bool ih) {
+    const T* st = p.stats + t * SW + (ih ? 0 : GH);
+    const T* v = (ih ? p.xw : p.hw) + t * B * GH;
+    T* dv = (ih ? p.dxw : p.dhw) + t * B * GH;
+    bn_column_bwd_run<T>(v, static_cast<const T*>(p.dpre + t * B * GH), dv, B, GH, lo, hi, L, t, p.training, st,
+                         static_cast<const T*>(bn_rstd.data() + t * NB + (ih ? 0 : GH)), ih ? p.g_ih : p.g_hh,
+                         (ih ? dg_ih : dg_hh).data_ptr<T>(), static_cast<T*>(nullptr),
+                         bn_acc.data_ptr<A>() + m * 2 * GH);
+  };
+
   run_team(n, [&](Team& team) {
+    if (NORM == kNormBatch) {
+      team.each_part(Tn * NB, [&](int64_t m, int64_t lo, int64_t hi) {
+        for (int64_t i = lo; i < hi; ++i) {
+          const int64_t t = i / NB, c = i % NB;
+          bn_rstd[i] = norm_rstd<T, A>(A(p.stats[t * SW + NB + c]), p.eps);
+        }
+      });
+      team.barrier();
+    }
     for (int64_t t = Tn - 1; t >= 0; --t) {
       const T* cs_t = p.cs + t * B * H;
       const T* st = p.stats ? p.stats + (NORM == kNormBatch ? t * SW : t * B * SW) : nullptr;
-      T* dpre_t = p.dpre + (full_dpre ? t * B * GH : 0);
-      if (NORM == kNormBatch) {
-        team.each_part(NB, [&](int64_t m, int64_t lo, int64_t hi) {
-          for (int64_t c = lo; c < hi; ++c) bn_rstd[c] = norm_rstd<T, A>(A(st[NB + c]), p.eps);
-        });
-        team.barrier();
-      }
       team.each_part(B, [&](int64_t m, int64_t lo, int64_t hi) {
         pass1(t, m, lo, hi);
       });
       if (NORM == kNormBatch) {  // d_cn -> dc through BN(c), by columns
         team.barrier();
         team.each_part(H, [&](int64_t m, int64_t lo, int64_t hi) {
-          bn_column_bwd(cs_t, static_cast<const T*>(dcnp), dcnp, B, H, lo, hi, L, t, p.training,
-                        st + 2 * GH, bn_rstd.data() + 2 * GH, p.g_cell, dgc, dbc, bn_acc.data_ptr<A>() + m * 2 * GH);
+          bn_column_bwd_run<T>(cs_t, static_cast<const T*>(dcnp), dcnp, B, H, lo, hi, L, t, p.training,
+                               st + 2 * GH, static_cast<const T*>(bn_rstd.data() + t * NB + 2 * GH), p.g_cell, dgc,
+                               dbc, bn_acc.data_ptr<A>() + m * 2 * GH);
         });
         team.barrier();
       }
@@ -538,15 +479,7 @@ void lstm_backward(const LstmBwdParams<T>& p, bool full_dpre, const at::Tensor& 
       });
       team.barrier();
       if (NORM == kNormBatch) {
-        team.each_part(GH, [&](int64_t m, int64_t lo, int64_t hi) {
-          A* acc = bn_acc.data_ptr<A>() + m * 2 * GH;
-          bn_column_bwd(p.xw + t * B * GH, static_cast<const T*>(dpre_t), p.dxw + t * B * GH, B, GH, lo,
-                        hi, L, t, p.training, st, bn_rstd.data(), p.g_ih, dg_ih.data_ptr<T>(),
-                        static_cast<T*>(nullptr), acc);
-          bn_column_bwd(p.hw + t * B * GH, static_cast<const T*>(dpre_t), p.dhw + t * B * GH, B, GH, lo,
-                        hi, L, t, p.training, st + GH, bn_rstd.data() + GH, p.g_hh, dg_hh.data_ptr<T>(),
-                        static_cast<T*>(nullptr), acc);
-        });
+        team.each_part(GH, [&](int64_t m, int64_t lo, int64_t hi) { bn_bwd(t, m, lo, hi, /*ih=*/false); });
         team.barrier();
       }
       // Recurrent gradients: dh_{t-1} = dhw_t W_hh, da_{t-1} = dpre_ifo W_fgr, by columns.
@@ -564,6 +497,10 @@ void lstm_backward(const LstmBwdParams<T>& p, bool full_dpre, const at::Tensor& 
         }
       });
     }
+    if (NORM == kNormBatch)  // same steps' order as in the loop, for dg_ih's sums
+      team.each_part(GH, [&](int64_t m, int64_t lo, int64_t hi) {
+        for (int64_t t = Tn - 1; t >= 0; --t) bn_bwd(t, m, lo, hi, /*ih=*/true);
+      });
   });
 }
 
@@ -607,11 +544,12 @@ T16 lstm_bwd_cpu(
   at::Tensor dh0 = cached_empty({B, H}, opts), dc0 = cached_empty({B, H}, opts);
   at::Tensor da0 = fl.fgr ? cached_empty({B, 3 * H}, opts) : none_like(x);
   // Every row of these is written by the backward loop (zeros at finished steps). The gate
-  // gradients of all steps are kept only where a GEMM after the loop reads them (no norm:
-  // they are dxw; FGR: dW_fgr); otherwise one step's buffer is reused.
-  const bool full_dpre = norm == kNormNone || fl.fgr;
+  // gradients of all steps are kept only where something after the loop reads them (no norm:
+  // they are dxw; batch norm: its ih part; FGR: dW_fgr); otherwise one step's buffer is reused.
+  const bool full_dpre = norm == kNormNone || norm == kNormBatch || fl.fgr;
   at::Tensor dpre = full_dpre ? cached_empty({T, B, GH}, opts) : cached_empty({B, GH}, opts);
-  at::Tensor dxw = norm == kNormNone ? dpre : cached_empty({T, B, GH}, opts);
+  // batch norm's ih part runs after the loop, in place unless FGR still needs dpre for dW_fgr
+  at::Tensor dxw = norm == kNormNone || (norm == kNormBatch && !fl.fgr) ? dpre : cached_empty({T, B, GH}, opts);
   at::Tensor dhw = two ? cached_empty({T, B, GH}, opts) : dxw;
   const bool has_bias = b_ih.has_value() && b_ih->defined();
   const int64_t members = team_members(B * GH * H);

@@ -82,6 +82,10 @@ class RecurrentGemm {
     }
   }
 
+  // This slice's output columns [lo, hi).
+  int64_t lo() const { return lo_; }
+  int64_t hi() const { return lo_ + N_; }
+
   // a: [M, K] contiguous; out: the full [M, ldc] output (this slice's columns are written).
   void run(const T* a, T* out) const {
     if (N_ <= 0 || M_ <= 0) return;

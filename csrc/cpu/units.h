@@ -5,7 +5,10 @@
 // (the float activations are branch-free polynomials); other variants pass runtime flags.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+
+#include "common.h"
 
 #include "fusedrnn/cell_math.h"
 
@@ -194,6 +197,94 @@ FUSEDRNN_ALWAYS_INLINE void rnn_units_bwd(int64_t H, const T* __restrict dh, con
   for (int64_t j = 0; j < H; ++j) dpre[j] = rnn_cell_bwd(KIND, dh[j] + dy[j], y[j]);
 }
 
+// Batch-norm column passes over v [B, N] (row-major), columns [k0, k1), rows active at step t:
+// rows outer and columns inner (contiguous, vectorizable; each column still sums its rows in
+// order, in double). acc: scratch of 2 (k1 - k0) doubles. Dispatched like the unit loops.
+//
+// Statistics. Training: batch mean and biased variance; eval: the running slot.
+template <typename T>
+FUSEDRNN_ALWAYS_INLINE void bn_column_stats(const T* v, int64_t B, int64_t N, int64_t k0, int64_t k1,
+                                            const int64_t* lengths, int64_t t, bool training, const T* rm_slot,
+                                            const T* rv_slot, T* mean, T* var, double* acc) {
+  if (!training) {
+    std::copy(rm_slot + k0, rm_slot + k1, mean + k0);
+    std::copy(rv_slot + k0, rv_slot + k1, var + k0);
+    return;
+  }
+  const int64_t w = k1 - k0;
+  double* __restrict s = acc;
+  double* __restrict q = acc + w;
+  std::fill(acc, acc + 2 * w, 0.0);
+  int64_t n = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    if (!active(lengths, b, t)) continue;
+    const T* __restrict row = v + b * N + k0;
+    for (int64_t j = 0; j < w; ++j) s[j] += double(row[j]);
+    ++n;
+  }
+  for (int64_t j = 0; j < w; ++j) s[j] = n ? s[j] / double(n) : 0.0;
+  for (int64_t b = 0; b < B; ++b) {
+    if (!active(lengths, b, t)) continue;
+    const T* __restrict row = v + b * N + k0;
+    for (int64_t j = 0; j < w; ++j) {
+      double d = double(row[j]) - s[j];
+      q[j] += d * d;
+    }
+  }
+  for (int64_t j = 0; j < w; ++j) {
+    mean[k0 + j] = T(s[j]);
+    var[k0 + j] = n ? T(q[j] / double(n)) : T(0);
+  }
+}
+
+// Backward through the batch norm: dy (gradient of the normalized output, before gain) -> dv
+// (may alias dy); accumulates dgain (and dbias if non-null).
+template <typename T>
+FUSEDRNN_ALWAYS_INLINE void bn_column_bwd(const T* v, const T* dy, T* dv, int64_t B, int64_t N, int64_t k0,
+                                          int64_t k1, const int64_t* lengths, int64_t t, bool training,
+                                          const T* mean, const T* rstd, const T* gain, T* dgain, T* dbias,
+                                          double* acc) {
+  const int64_t w = k1 - k0;
+  double* __restrict s1 = acc;
+  double* __restrict s2 = acc + w;
+  std::fill(acc, acc + 2 * w, 0.0);
+  int64_t n = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    if (!active(lengths, b, t)) continue;
+    const T* vr = v + b * N;
+    const T* gr = dy + b * N;
+    for (int64_t k = k0; k < k1; ++k) {
+      T vhat = (vr[k] - mean[k]) * rstd[k];
+      T g = gr[k];
+      s1[k - k0] += double(g * gain[k]);
+      s2[k - k0] += double(g * gain[k] * vhat);
+      dgain[k] += g * vhat;
+    }
+    if (dbias)
+      for (int64_t k = k0; k < k1; ++k) dbias[k] += gr[k];
+    ++n;
+  }
+  if (n == 0) return;
+  for (int64_t j = 0; j < w; ++j) {  // the means, once per column (not per element)
+    s1[j] /= double(n);
+    s2[j] /= double(n);
+  }
+  for (int64_t b = 0; b < B; ++b) {
+    if (!active(lengths, b, t)) continue;
+    const T* vr = v + b * N;
+    const T* gr = dy + b * N;
+    T* dr = dv + b * N;
+    if (training) {
+      for (int64_t k = k0; k < k1; ++k) {
+        T vhat = (vr[k] - mean[k]) * rstd[k];
+        dr[k] = norm_bwd(gr[k] * gain[k], vhat, rstd[k], T(s1[k - k0]), T(s2[k - k0]));
+      }
+    } else {
+      for (int64_t k = k0; k < k1; ++k) dr[k] = rstd[k] * (gr[k] * gain[k]);
+    }
+  }
+}
+
 #define FUSEDRNN_ROW_DISPATCH(NAME, TPARAMS, TARGS)                                          \
   template <TPARAMS, typename... Args>                                                      \
   FUSEDRNN_AVX2_TARGET void NAME##_avx2(Args... args) { NAME<TARGS>(args...); }             \
@@ -209,6 +300,8 @@ FUSEDRNN_ROW_DISPATCH(gru_units_fwd, typename T, T)
 FUSEDRNN_ROW_DISPATCH(gru_units_bwd, typename T, T)
 FUSEDRNN_ROW_DISPATCH(rnn_units_fwd, typename T FUSEDRNN_COMMA int KIND, T FUSEDRNN_COMMA KIND)
 FUSEDRNN_ROW_DISPATCH(rnn_units_bwd, typename T FUSEDRNN_COMMA int KIND, T FUSEDRNN_COMMA KIND)
+FUSEDRNN_ROW_DISPATCH(bn_column_stats, typename T, T)
+FUSEDRNN_ROW_DISPATCH(bn_column_bwd, typename T, T)
 #undef FUSEDRNN_COMMA
 #undef FUSEDRNN_ROW_DISPATCH
 
