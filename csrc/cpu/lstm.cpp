@@ -70,8 +70,8 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
 
   // Row pass A of rows [b0, b1): gate pre-activations, gates, c_t; and (unless batch norm) pass B: h_t.
   auto rows_a = [&](int64_t t, int64_t m, int64_t b0, int64_t b1) {
-    T* pre = scratch.data_ptr<T>() + m * (2 * GH + H);
-    T* tmp = pre + GH;
+    T* pre_m = scratch.data_ptr<T>() + m * (2 * GH + H);
+    T* tmp = pre_m + GH;
     T* cn = tmp + GH;
     const T* xw_t = xw_all.data_ptr<T>() + t * B * GH;
     const T* hw_t = hw_all.data_ptr<T>() + (hw_all.dim() == 3 ? t * B * GH : 0);
@@ -91,9 +91,9 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
       }
       const T* xr = xw_t + b * GH;
       const T* hr = hw_t + b * GH;
+      T* pre = pre_m;
       if (NORM == kNormNone) {
-        for (int64_t k = 0; k < GH; ++k)
-          pre[k] = xr[k] + hr[k] + (p.b_ih ? p.b_ih[k] : T(0)) + (p.b_hh ? p.b_hh[k] : T(0));
+        pre = const_cast<T*>(xr);  // x W_ih^T + b_ih + b_hh, to which the step's product was added
       } else if (NORM == kNormLayer) {
         T* sb = st + b * SW;
         ln_row_fwd<T>(xr, GH, p.g_ih, nullptr, p.eps, pre, sb + 0, sb + 1);
@@ -167,9 +167,11 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
         for (int64_t t = 0; t < Tn; ++t) bn_stats(t, m, lo, hi, /*ih=*/true);
       });
     for (int64_t t = 0; t < Tn; ++t) {
-      T* hw_t = hw_all.data_ptr<T>() + (hw_all.dim() == 3 ? t * B * GH : 0);
+      // without norm the product is added to x W_ih^T + biases in place (xw is not saved)
+      T* hw_t = NORM == kNormNone ? xw_all.data_ptr<T>() + t * B * GH
+                                  : hw_all.data_ptr<T>() + (hw_all.dim() == 3 ? t * B * GH : 0);
       team.each([&](int64_t m) {
-        gemm[m].run(hp, hw_t);
+        gemm[m].run(hp, hw_t, /*accumulate=*/NORM == kNormNone);
         if (fl.fgr) gemm_fgr[m].run(ap, arp);
         // the columns this member just computed: no barrier between product and statistics
         if (NORM == kNormBatch) bn_stats(t, m, gemm[m].lo(), gemm[m].hi(), /*ih=*/false);
@@ -282,7 +284,16 @@ lstm_fwd_cpu(const at::Tensor& x, const c10::optional<at::Tensor>& lengths, cons
   }
   TORCH_CHECK(t0 >= 0, kFwd, ": t0 must be >= 0, got ", t0);
   auto opts = x.options();
-  at::Tensor xw = cached_mm(x.reshape({T * B, I}), w_ih.t()).view({T, B, GH});
+  // x W_ih^T for all steps; without norm the biases are added here once (the recurrent
+  // products are then added in place, see lstm_forward), else after normalization
+  at::Tensor xw;
+  if (norm == kNormNone && b_ih.has_value() && b_ih->defined()) {
+    xw = cached_empty({T * B, GH}, opts);
+    at::addmm_out(xw, *b_ih + *b_hh, x.reshape({T * B, I}), w_ih.t());
+    xw = xw.view({T, B, GH});
+  } else {
+    xw = cached_mm(x.reshape({T * B, I}), w_ih.t()).view({T, B, GH});
+  }
   bool two = norm == kNormLayer || norm == kNormBatch;
   at::Tensor hw = two ? cached_empty({T, B, GH}, opts) : cached_empty({B, GH}, opts);
   at::Tensor y = cached_empty({T, B, H}, opts), h_n = cached_empty({B, H}, opts), c_n = cached_empty({B, H}, opts);

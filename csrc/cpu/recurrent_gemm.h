@@ -86,29 +86,31 @@ class RecurrentGemm {
   int64_t lo() const { return lo_; }
   int64_t hi() const { return lo_ + N_; }
 
-  // a: [M, K] contiguous; out: the full [M, ldc] output (this slice's columns are written).
-  void run(const T* a, T* out) const {
+  // a: [M, K] contiguous; out: the full [M, ldc] output (this slice's columns are written, or
+  // added to with accumulate: beta = 1, which also spares MKL its pass zeroing C).
+  void run(const T* a, T* out, bool accumulate = false) const {
     if (N_ <= 0 || M_ <= 0) return;
     T* c = out + lo_;
     if (packed_) {
       cblas_sgemm_compute(mkl::kRowMajor, mkl::kNoTrans, mkl::kPacked, int(M_), int(N_), int(K_),
-                          reinterpret_cast<const float*>(a), int(K_), buf_.data_ptr<float>(), int(ldw_), 0.0f,
+                          reinterpret_cast<const float*>(a), int(K_), buf_.data_ptr<float>(), int(ldw_),
+                          accumulate ? 1.0f : 0.0f,
                           reinterpret_cast<float*>(c), int(ldc_));
       return;
     }
     // Row-major out = a op(W) is column-major out^T = op(W)^T a^T.
     const char ta = transposed_ ? 'T' : 'N', tb = 'N';
     const int m = int(N_), n = int(M_), k = int(K_), lda = int(ldw_), ldb = int(K_), ldc = int(ldc_);
-    const T one = 1, zero = 0;
+    const T one = 1, beta = accumulate ? 1 : 0;
     if (blas_ && std::is_same<T, float>::value) {
       sgemm_(&ta, &tb, &m, &n, &k, reinterpret_cast<const float*>(&one), reinterpret_cast<const float*>(w_), &lda,
-             reinterpret_cast<const float*>(a), &ldb, reinterpret_cast<const float*>(&zero),
+             reinterpret_cast<const float*>(a), &ldb, reinterpret_cast<const float*>(&beta),
              reinterpret_cast<float*>(c), &ldc);
       return;
     }
     if (blas_ && std::is_same<T, double>::value) {
       dgemm_(&ta, &tb, &m, &n, &k, reinterpret_cast<const double*>(&one), reinterpret_cast<const double*>(w_),
-             &lda, reinterpret_cast<const double*>(a), &ldb, reinterpret_cast<const double*>(&zero),
+             &lda, reinterpret_cast<const double*>(a), &ldb, reinterpret_cast<const double*>(&beta),
              reinterpret_cast<double*>(c), &ldc);
       return;
     }
@@ -117,7 +119,7 @@ class RecurrentGemm {
         T acc = 0;
         for (int64_t q = 0; q < K_; ++q)
           acc += a[i * K_ + q] * (transposed_ ? w_[j * ldw_ + q] : w_[q * ldw_ + j]);
-        c[i * ldc_ + j] = acc;
+        c[i * ldc_ + j] = accumulate ? c[i * ldc_ + j] + acc : acc;
       }
   }
 
