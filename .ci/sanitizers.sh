@@ -3,7 +3,8 @@
 # AddressSanitizer + UndefinedBehaviorSanitizer in a scratch copy of the tracked tree (the
 # checkout's own in-place build is not touched), then run a subset of the CPU kernel tests that
 # calls every op (lstm/gru/rnn fwd+bwd, bn_update_; lengths, LN/BN, FGR, odd shapes, packed
-# bidirectional modules) plus the hypothesis property test, with the sanitizer runtimes
+# bidirectional modules) plus the hypothesis property test and the buffer cache's tests (the
+# cache is off by default under ASan so that ASan sees every buffer; those tests turn it on), with the sanitizer runtimes
 # preloaded into python. Any sanitizer report stops the process, so the job fails.
 # Before the long build it proves the setup catches errors: tests/sanitize/planted.cpp, built
 # with the same flags and called through ctypes under the same environment, must abort on an
@@ -96,7 +97,7 @@ print("[sanitizers] importing", _ops._C.__file__)
 PY
 ops="(test_matches_reference and float64) or test_odd_shapes or (test_batch_norm_slots and fgr) \
 or test_modules_bidirectional_multilayer or test_opcheck or test_errors_say_expected_and_got \
-or test_property_cpu_kernels_equal_reference"
+or test_property_cpu_kernels_equal_reference or buffer_cache"
 # OMP_NUM_THREADS=2: the kernels' parallel loops run threaded, as by default. --capture=sys:
 # pytest's default fd capture would swallow the report of a sanitizer that kills the process.
 OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" run_san "$py" -m pytest -q -p no:cacheprovider --capture=sys -x \

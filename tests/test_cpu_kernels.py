@@ -201,7 +201,7 @@ def cache_specs():
 def test_buffer_cache_reused_blocks_give_the_reference(monkeypatch, spec):
     """A second call runs on blocks the first call left behind, holding its values (not the
     zeros of fresh pages): still the reference's results, and no block mapped anew."""
-    monkeypatch.delenv("FUSEDRNN_CPU_CACHE_MB", raising=False)
+    monkeypatch.setenv("FUSEDRNN_CPU_CACHE_MB", "1024")  # the default, but ASan builds default to 0
     fusedrnn.empty_cpu_cache()
     compare(spec, *make_layer(spec, *CACHE_SHAPE, torch.float64, seed=8), training=True)
     after_first = fusedrnn.cpu_cache_info()
@@ -215,6 +215,7 @@ def test_buffer_cache_reused_blocks_give_the_reference(monkeypatch, spec):
 def test_buffer_cache_hands_out_live_buffers_and_respects_the_cap(monkeypatch):
     spec = CellSpec("lstm", "vanilla", "layer")
     x, state, p = make_layer(spec, *CACHE_SHAPE, torch.float64)
+    monkeypatch.setenv("FUSEDRNN_CPU_CACHE_MB", "1024")
     fusedrnn.empty_cpu_cache()
     base = fusedrnn.cpu_cache_info()["in_use"]
     with torch.no_grad():
