@@ -5,6 +5,10 @@ running statistics equal reference.run_layer's; gradcheck in float64; opcheck on
 odd shapes; modules (multi-layer, bidirectional, packed) with backend "cpu"; compile,
 autocast, error paths.
 """
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
@@ -243,6 +247,69 @@ def test_buffer_cache_off(monkeypatch):
         info = fusedrnn.cpu_cache_info()
         assert info["in_use"] == base and info["cached"] == 0 and info["cap"] == 0, info
         torch.testing.assert_close(y, reference.run_layer(spec, x, state, p)[0], rtol=1e-10, atol=1e-12)
+
+
+FORK_SCRIPT = """
+import os, sys, threading, time
+import torch
+from fusedrnn import _ops
+from fusedrnn.spec import CellSpec
+from test_cpu_kernels import CACHE_SHAPE, make_layer
+
+torch.set_num_threads(1)  # fork after an OpenMP team has started is unsafe in itself
+os.environ["FUSEDRNN_CPU_CACHE_MB"] = "1024"
+spec = CellSpec("lstm", "vanilla", "layer")
+x, state, p = make_layer(spec, *CACHE_SHAPE, torch.float64)
+with torch.no_grad():
+    want = _ops.run_layer(spec, x, state, p)[0]
+stop = threading.Event()
+
+def churn():  # keeps taking and returning cached blocks while the main thread forks
+    while not stop.is_set():
+        with torch.no_grad():
+            _ops.run_layer(spec, x, state, p)
+
+thread = threading.Thread(target=churn)
+thread.start()
+codes = []
+for _ in range(20):
+    pid = os.fork()
+    if pid == 0:
+        code = 3
+        try:
+            with torch.no_grad():
+                code = 0 if torch.equal(_ops.run_layer(spec, x, state, p)[0], want) else 2
+        finally:
+            os._exit(code)
+    start, status = time.monotonic(), None
+    while status is None and time.monotonic() - start < 60:
+        done, st_ = os.waitpid(pid, os.WNOHANG)
+        status = st_ if done else None
+        time.sleep(0.01)
+    if status is None:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        codes.append("hang")
+    else:
+        codes.append(os.waitstatus_to_exitcode(status))
+stop.set()
+thread.join()
+print(codes)
+sys.exit(0 if codes == [0] * 20 else 1)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_buffer_cache_in_children_forked_while_another_thread_allocates():
+    """20 children forked while another thread keeps taking and returning cached blocks each run
+    a layer (from the inherited cache) and get the parent's result, none hangs. The cache's lock
+    is held across fork (pthread_atfork in csrc/cpu/pool.h); without that a child forked while
+    the other thread held it would wait forever. The window is microseconds wide, so this test
+    shows forked children work, not that the race is closed."""
+    out = subprocess.run([sys.executable, "-c", FORK_SCRIPT], capture_output=True, text=True, timeout=600,
+                         cwd=os.path.dirname(os.path.abspath(__file__)),
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)})
+    assert out.returncode == 0, (out.stdout, out.stderr[-3000:])
 
 
 def test_buffer_cache_env_rejects_bad_cap(monkeypatch):

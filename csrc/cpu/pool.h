@@ -14,6 +14,7 @@
 #include <ATen/ATen.h>
 #include <ATen/EmptyTensor.h>
 #include <c10/core/CPUAllocator.h>
+#include <pthread.h>
 #include <sys/mman.h>
 
 #include <cstdlib>
@@ -45,6 +46,12 @@ class BlockCache final : public c10::Allocator {
   static BlockCache& get() {
     static BlockCache* cache = new BlockCache();  // never destroyed: tensors may outlive static teardown
     return *cache;
+  }
+
+  BlockCache() {
+    // fork() while another thread holds the lock (e.g. a DataLoader forking its workers while
+    // a training thread allocates) would leave the child's lock held forever: hold it across fork.
+    pthread_atfork([] { get().mu_.lock(); }, [] { get().mu_.unlock(); }, [] { get().mu_.unlock(); });
   }
 
   // Cap on cached free bytes from FUSEDRNN_CPU_CACHE_MB, read at every large request.
