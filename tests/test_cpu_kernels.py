@@ -127,16 +127,20 @@ def test_matches_reference(spec, dtype):
     compare(spec, x, state, p, lengths=torch.tensor([2, 5, 4, 3, 5, 1, 5, 4]), training=False, t0=1)
 
 
+@pytest.mark.parametrize("split", ["columns", "rows"])
 @pytest.mark.parametrize("members", ["2", "3"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("spec", ALL_SPECS, ids=spec_id)
-def test_team_matches_reference(monkeypatch, spec, dtype, members):
+def test_team_matches_reference(monkeypatch, spec, dtype, members, split):
     """The time loop split over a thread team (csrc/cpu/team.h): FUSEDRNN_CPU_TEAM forces the
     member count at a test-sized shape (by default a team starts above ~64k multiply-adds per
-    step). 3 members on this 2-thread machine also runs one thread playing two members. H = 20
-    gives members column slices of different widths (16-aligned, one may be empty), B = 8 rows
-    split 3/3/2 with rows finishing at different steps."""
+    step), FUSEDRNN_CPU_SPLIT how members share a step (column slices of the product, or batch
+    rows through the whole loop; batch norm always uses columns). 3 members on this 2-thread
+    machine also runs one thread playing two members. H = 20 gives members column slices of
+    different widths (16-aligned, one may be empty), B = 8 rows split 3/3/2 with rows finishing
+    at different steps."""
     monkeypatch.setenv("FUSEDRNN_CPU_TEAM", members)
+    monkeypatch.setenv("FUSEDRNN_CPU_SPLIT", split)
     x, state, p = make_layer(spec, 5, 8, 3, 20, dtype, seed=5)
     compare(spec, x, state, p, lengths=torch.tensor([5, 3, 4, 1, 4, 4, 3, 2]), training=True, t0=2)
     compare(spec, x, state, p, training=False)
@@ -153,6 +157,15 @@ def test_recurrent_gemm_fallbacks(monkeypatch, spec, dtype, mode):
     monkeypatch.setenv("FUSEDRNN_CPU_TEAM", "2")
     x, state, p = make_layer(spec, 4, 5, 3, 20, dtype, seed=6)
     compare(spec, x, state, p, lengths=torch.tensor([4, 2, 3, 1, 4]), training=True)
+
+
+def test_team_split_env_rejects_bad_value(monkeypatch):
+    spec = CellSpec("lstm")
+    x, state, p = make_layer(spec, 2, 2, 3, 4, torch.float64)
+    monkeypatch.setenv("FUSEDRNN_CPU_TEAM", "2")
+    monkeypatch.setenv("FUSEDRNN_CPU_SPLIT", "diagonal")
+    with pytest.raises(RuntimeError, match="FUSEDRNN_CPU_SPLIT must be 'rows' or 'columns', got 'diagonal'"):
+        _ops.run_layer(spec, x, state, p)
 
 
 def test_team_env_rejects_bad_count(monkeypatch):

@@ -54,8 +54,10 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
   // the team: member m owns gate columns [lo, hi) of the recurrent products (its W_hh / W_fgr
   // rows, packed once), a slice of batch rows of the row passes and of the BN columns
   const int64_t n = team_members(B * GH * H);
-  auto gemm = member_gemms<T>(w_hh, B, /*transposed=*/true, n);
-  auto gemm_fgr = fl.fgr ? member_gemms<T>(*w_fgr, B, /*transposed=*/true, n) : std::vector<RecurrentGemm<T>>();
+  const TeamSplit how = team_split(n, B, w_hh.nbytes(), NORM == kNormBatch);
+  auto gemm = member_gemms<T>(w_hh, B, /*transposed=*/true, n, how);
+  auto gemm_fgr =
+      fl.fgr ? member_gemms<T>(*w_fgr, B, /*transposed=*/true, n, how) : std::vector<RecurrentGemm<T>>();
   // batch norm: rstd of the ih columns of every step (their statistics do not depend on the
   // recurrence and are computed before the time loop), of this step's hh and cell columns
   const int64_t NB = 2 * GH + H;
@@ -162,6 +164,18 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
   };
 
   run_team(n, [&](Team& team) {
+    if (how == TeamSplit::kRows) {  // each member its rows through every step, no barrier
+      team.each_part(B, [&](int64_t m, int64_t lo, int64_t hi) {
+        for (int64_t t = 0; t < Tn; ++t) {
+          T* out = NORM == kNormNone ? xw_all.data_ptr<T>() + t * B * GH
+                                     : hw_all.data_ptr<T>() + (hw_all.dim() == 3 ? t * B * GH : 0);
+          gemm[m].run(hp + lo * H, out + lo * GH, /*accumulate=*/NORM == kNormNone);
+          if (fl.fgr) gemm_fgr[m].run(ap + lo * 3 * H, arp + lo * 3 * H);
+          rows_a(t, m, lo, hi);
+        }
+      });
+      return;
+    }
     if (NORM == kNormBatch)  // read after the first step's product (the barrier below)
       team.each_part(GH, [&](int64_t m, int64_t lo, int64_t hi) {
         for (int64_t t = 0; t < Tn; ++t) bn_stats(t, m, lo, hi, /*ih=*/true);
@@ -362,8 +376,10 @@ void lstm_backward(const LstmBwdParams<T>& p, bool full_dpre, const at::Tensor& 
   // the team (see lstm_forward), one member per accumulator row: member m owns columns of dh
   // (W_hh columns, packed once), rows of the row passes, BN columns, and row m of the accumulators
   const int64_t n = acc_gates.rows();
-  auto gemm_bwd = member_gemms<T>(w_hh, B, /*transposed=*/false, n);
-  auto gemm_fgr = fl.fgr ? member_gemms<T>(*w_fgr, B, /*transposed=*/false, n) : std::vector<RecurrentGemm<T>>();
+  const TeamSplit how = team_split(n, B, w_hh.nbytes(), NORM == kNormBatch);
+  auto gemm_bwd = member_gemms<T>(w_hh, B, /*transposed=*/false, n, how);
+  auto gemm_fgr =
+      fl.fgr ? member_gemms<T>(*w_fgr, B, /*transposed=*/false, n, how) : std::vector<RecurrentGemm<T>>();
   at::Tensor scratch = cached_empty({n, H}, opts);  // per member: cn [H]
   at::Tensor bn_acc = cached_empty({NORM == kNormBatch ? n : 0, 2 * GH}, opts.dtype(at::kDouble));
   T* dgc = dg_cell.defined() && dg_cell.numel() ? dg_cell.data_ptr<T>() : nullptr;
@@ -460,7 +476,29 @@ void lstm_backward(const LstmBwdParams<T>& p, bool full_dpre, const at::Tensor& 
                          bn_acc.data_ptr<A>() + m * 2 * GH);
   };
 
+  // dh_{t-1} (and FGR's da_{t-1}) of rows [lo, hi), carried into step t - 1 for the rows still
+  // active at t.
+  auto carry = [&](int64_t t, int64_t lo, int64_t hi) {
+    for (int64_t b = lo; b < hi; ++b) {
+      if (!active(L, b, t)) continue;
+      std::copy(dhn + b * H, dhn + (b + 1) * H, dh + b * H);
+      if (fl.fgr) std::copy(dan + b * 3 * H, dan + (b + 1) * 3 * H, da + b * 3 * H);
+    }
+  };
+
   run_team(n, [&](Team& team) {
+    if (how == TeamSplit::kRows) {  // each member its rows through every step, no barrier
+      team.each_part(B, [&](int64_t m, int64_t lo, int64_t hi) {
+        for (int64_t t = Tn - 1; t >= 0; --t) {
+          pass1(t, m, lo, hi);
+          pass2(t, m, lo, hi);
+          gemm_bwd[m].run(p.dhw + t * B * GH + lo * GH, dhn + lo * H);
+          if (fl.fgr) gemm_fgr[m].run(difo + lo * 3 * H, dan + lo * 3 * H);
+          carry(t, lo, hi);
+        }
+      });
+      return;
+    }
     if (NORM == kNormBatch) {
       team.each_part(Tn * NB, [&](int64_t m, int64_t lo, int64_t hi) {
         for (int64_t i = lo; i < hi; ++i) {
@@ -499,14 +537,8 @@ void lstm_backward(const LstmBwdParams<T>& p, bool full_dpre, const at::Tensor& 
         if (fl.fgr) gemm_fgr[m].run(difo, dan);
       });
       team.barrier();
-      // carried into step t - 1 for the rows still active at t (the rows of the next row pass)
-      team.each_part(B, [&](int64_t m, int64_t lo, int64_t hi) {
-        for (int64_t b = lo; b < hi; ++b) {
-          if (!active(L, b, t)) continue;
-          std::copy(dhn + b * H, dhn + (b + 1) * H, dh + b * H);
-          if (fl.fgr) std::copy(dan + b * 3 * H, dan + (b + 1) * 3 * H, da + b * 3 * H);
-        }
-      });
+      // carried into step t - 1 (the rows of the next row pass)
+      team.each_part(B, [&](int64_t, int64_t lo, int64_t hi) { carry(t, lo, hi); });
     }
     if (NORM == kNormBatch)  // same steps' order as in the loop, for dg_ih's sums
       team.each_part(GH, [&](int64_t m, int64_t lo, int64_t hi) {
