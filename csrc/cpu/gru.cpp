@@ -48,44 +48,59 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gru_fwd_cpu", [&] {
     using T_ = scalar_t;
     const int64_t n = team_members(B * GH * H);
-    auto gemm = member_gemms<T_>(w_hh, B, /*transposed=*/true, n);
+    const TeamSplit how = team_split(n, B, w_hh.nbytes(), /*batch_norm=*/false);
+    auto gemm = member_gemms<T_>(w_hh, B, /*transposed=*/true, n, how);
     const T_ *bi = ptr<T_>(b_ih), *bh = ptr<T_>(b_hh), *gi = ptr<T_>(g_ih), *gh = ptr<T_>(g_hh);
     T_* hp = h.data_ptr<T_>();
     at::Tensor scratch = cached_empty({n, 2 * GH}, opts);  // per member: xs, hs [GH]
-    run_team(n, [&](Team& team) {  // csrc/cpu/team.h: members own gate columns of the product, then rows
-      for (int64_t t = 0; t < T; ++t) {
-        const T_* xw_t = xw.data_ptr<T_>() + t * B * GH;
-        T_* hw_t = hw.data_ptr<T_>() + (ln ? t * B * GH : 0);
-        team.each([&](int64_t m) { gemm[m].run(hp, hw_t); });
-        team.barrier();
-        T_* acts_t = acts.data_ptr<T_>() + t * B * GH;
-        T_* hn_t = hn.data_ptr<T_>() + t * B * H;
-        T_* y_t = y.data_ptr<T_>() + t * B * H;
-        T_* st = ln ? stats.data_ptr<T_>() + t * B * 4 : nullptr;
+    // the recurrent product of step t for the member's rows from r0 (all rows for a column slice)
+    auto product = [&](int64_t t, int64_t m, int64_t r0) {
+      gemm[m].run(hp + r0 * H, hw.data_ptr<T_>() + (ln ? t * B * GH : 0) + r0 * GH);
+    };
+    auto rows = [&](int64_t t, int64_t m, int64_t lo, int64_t hi) {
+      const T_* xw_t = xw.data_ptr<T_>() + t * B * GH;
+      const T_* hw_t = hw.data_ptr<T_>() + (ln ? t * B * GH : 0);
+      T_* acts_t = acts.data_ptr<T_>() + t * B * GH;
+      T_* hn_t = hn.data_ptr<T_>() + t * B * H;
+      T_* y_t = y.data_ptr<T_>() + t * B * H;
+      T_* st = ln ? stats.data_ptr<T_>() + t * B * 4 : nullptr;
+      T_* xs = scratch.data_ptr<T_>() + m * 2 * GH;
+      T_* hs = xs + GH;
+      for (int64_t b = lo; b < hi; ++b) {
+        T_* a = acts_t + b * GH;
+        if (!active(L, b, t)) {
+          for (int64_t k = 0; k < GH; ++k) a[k] = T_(0);
+          for (int64_t j = 0; j < H; ++j) { y_t[b * H + j] = T_(0); hn_t[b * H + j] = T_(0); }
+          continue;
+        }
+        const T_* xr = xw_t + b * GH;
+        const T_* hr = hw_t + b * GH;
+        if (ln) {
+          ln_row_fwd<T_>(xr, GH, gi, nullptr, eps, xs, st + b * 4, st + b * 4 + 1);
+          ln_row_fwd<T_>(hr, GH, gh, nullptr, eps, hs, st + b * 4 + 2, st + b * 4 + 3);
+        } else {
+          for (int64_t k = 0; k < GH; ++k) { xs[k] = xr[k]; hs[k] = hr[k]; }
+        }
+        if (bi)
+          for (int64_t k = 0; k < GH; ++k) { xs[k] += bi[k]; hs[k] += bh[k]; }
+        gru_units_fwd_run<T_>(H, static_cast<const T_*>(xs), static_cast<const T_*>(hs), hp + b * H, a,
+                              hn_t + b * H, y_t + b * H);
+      }
+    };
+    run_team(n, [&](Team& team) {  // csrc/cpu/team.h
+      if (how == TeamSplit::kRows) {  // each member its rows through every step, no barrier
         team.each_part(B, [&](int64_t m, int64_t lo, int64_t hi) {
-          T_* xs = scratch.data_ptr<T_>() + m * 2 * GH;
-          T_* hs = xs + GH;
-          for (int64_t b = lo; b < hi; ++b) {
-            T_* a = acts_t + b * GH;
-            if (!active(L, b, t)) {
-              for (int64_t k = 0; k < GH; ++k) a[k] = T_(0);
-              for (int64_t j = 0; j < H; ++j) { y_t[b * H + j] = T_(0); hn_t[b * H + j] = T_(0); }
-              continue;
-            }
-            const T_* xr = xw_t + b * GH;
-            const T_* hr = hw_t + b * GH;
-            if (ln) {
-              ln_row_fwd<T_>(xr, GH, gi, nullptr, eps, xs, st + b * 4, st + b * 4 + 1);
-              ln_row_fwd<T_>(hr, GH, gh, nullptr, eps, hs, st + b * 4 + 2, st + b * 4 + 3);
-            } else {
-              for (int64_t k = 0; k < GH; ++k) { xs[k] = xr[k]; hs[k] = hr[k]; }
-            }
-            if (bi)
-              for (int64_t k = 0; k < GH; ++k) { xs[k] += bi[k]; hs[k] += bh[k]; }
-            gru_units_fwd_run<T_>(H, static_cast<const T_*>(xs), static_cast<const T_*>(hs), hp + b * H, a,
-                                  hn_t + b * H, y_t + b * H);
+          for (int64_t t = 0; t < T; ++t) {
+            product(t, m, lo);
+            rows(t, m, lo, hi);
           }
         });
+        return;
+      }
+      for (int64_t t = 0; t < T; ++t) {  // members own gate columns of the product, then rows
+        team.each([&](int64_t m) { product(t, m, 0); });
+        team.barrier();
+        team.each_part(B, [&](int64_t m, int64_t lo, int64_t hi) { rows(t, m, lo, hi); });
         team.barrier();
       }
     });
@@ -127,50 +142,63 @@ gru_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& grad_h_n, const at::Tens
     T_* dhp = dh.data_ptr<T_>();
     T_* ddp = dh_direct.data_ptr<T_>();
     const int64_t n = acc.rows();
-    auto gemm_bwd = member_gemms<T_>(w_hh, B, /*transposed=*/false, n);
+    const TeamSplit how = team_split(n, B, w_hh.nbytes(), /*batch_norm=*/false);
+    auto gemm_bwd = member_gemms<T_>(w_hh, B, /*transposed=*/false, n, how);
     T_* dnp = dh_new.data_ptr<T_>();
-    run_team(n, [&](Team& team) {  // as the forward: rows, then dh columns of the product
-      for (int64_t t = T - 1; t >= 0; --t) {
-        const T_* a_t = acts.data_ptr<T_>() + t * B * GH;
-        const T_* hn_t = hn.data_ptr<T_>() + t * B * H;
-        const T_* dy_t = grad_y.data_ptr<T_>() + t * B * H;
-        const T_* hprev_t = t > 0 ? y.data_ptr<T_>() + (t - 1) * B * H : h0.data_ptr<T_>();
-        T_* dxs_t = dxs.data_ptr<T_>() + t * B * GH;
-        T_* dhs_t = dhs.data_ptr<T_>() + t * B * GH;
+    auto rows = [&](int64_t t, int64_t m, int64_t lo, int64_t hi) {
+      const T_* a_t = acts.data_ptr<T_>() + t * B * GH;
+      const T_* hn_t = hn.data_ptr<T_>() + t * B * H;
+      const T_* dy_t = grad_y.data_ptr<T_>() + t * B * H;
+      const T_* hprev_t = t > 0 ? y.data_ptr<T_>() + (t - 1) * B * H : h0.data_ptr<T_>();
+      T_* dxs_t = dxs.data_ptr<T_>() + t * B * GH;
+      T_* dhs_t = dhs.data_ptr<T_>() + t * B * GH;
+      T_* dg = ln ? acc.row<T_>(m) : nullptr;
+      for (int64_t b = lo; b < hi; ++b) {
+        if (!active(L, b, t)) {  // finished sequence: no gradient into this step
+          const int64_t off = (t * B + b) * GH;
+          for (T_* buf : {dxs.data_ptr<T_>(), dhs.data_ptr<T_>(), dxw.data_ptr<T_>(), dhw.data_ptr<T_>()})
+            std::fill(buf + off, buf + off + GH, T_(0));
+          continue;
+        }
+        const T_* a = a_t + b * GH;
+        T_* dx_b = dxs_t + b * GH;
+        T_* dh_b = dhs_t + b * GH;
+        gru_units_bwd_run<T_>(H, static_cast<const T_*>(dhp + b * H), dy_t + b * H, a, hn_t + b * H,
+                              hprev_t + b * H, dx_b, dh_b, ddp + b * H);
+        if (ln) {
+          const T_* sb = stats.data_ptr<T_>() + (t * B + b) * 4;
+          const int64_t off = (t * B + b) * GH;
+          ln_row_bwd<T_>(xw.data_ptr<T_>() + off, dx_b, GH, gi, sb[0], sb[1], dxw.data_ptr<T_>() + off, dg,
+                         nullptr);
+          ln_row_bwd<T_>(hw.data_ptr<T_>() + off, dh_b, GH, gh, sb[2], sb[3], dhw.data_ptr<T_>() + off, dg + GH,
+                         nullptr);
+        }
+      }
+    };
+    // dh_{t-1} of the rows still active at t: the direct part plus the product
+    auto carry = [&](int64_t t, int64_t lo, int64_t hi) {
+      for (int64_t b = lo; b < hi; ++b) {
+        if (!active(L, b, t)) continue;
+        for (int64_t j = 0; j < H; ++j) dhp[b * H + j] = ddp[b * H + j] + dnp[b * H + j];
+      }
+    };
+    run_team(n, [&](Team& team) {  // as the forward
+      if (how == TeamSplit::kRows) {
         team.each_part(B, [&](int64_t m, int64_t lo, int64_t hi) {
-          T_* dg = ln ? acc.row<T_>(m) : nullptr;
-          for (int64_t b = lo; b < hi; ++b) {
-            if (!active(L, b, t)) {  // finished sequence: no gradient into this step
-              const int64_t off = (t * B + b) * GH;
-              for (T_* buf : {dxs.data_ptr<T_>(), dhs.data_ptr<T_>(), dxw.data_ptr<T_>(), dhw.data_ptr<T_>()})
-                std::fill(buf + off, buf + off + GH, T_(0));
-              continue;
-            }
-            const T_* a = a_t + b * GH;
-            T_* dx_b = dxs_t + b * GH;
-            T_* dh_b = dhs_t + b * GH;
-            gru_units_bwd_run<T_>(H, static_cast<const T_*>(dhp + b * H), dy_t + b * H, a, hn_t + b * H,
-                                  hprev_t + b * H, dx_b, dh_b, ddp + b * H);
-            if (ln) {
-              const T_* sb = stats.data_ptr<T_>() + (t * B + b) * 4;
-              const int64_t off = (t * B + b) * GH;
-              ln_row_bwd<T_>(xw.data_ptr<T_>() + off, dx_b, GH, gi, sb[0], sb[1],
-                                        dxw.data_ptr<T_>() + off, dg, nullptr);
-              ln_row_bwd<T_>(hw.data_ptr<T_>() + off, dh_b, GH, gh, sb[2], sb[3],
-                                        dhw.data_ptr<T_>() + off, dg + GH, nullptr);
-            }
+          for (int64_t t = T - 1; t >= 0; --t) {
+            rows(t, m, lo, hi);
+            gemm_bwd[m].run(dhw.data_ptr<T_>() + t * B * GH + lo * GH, dnp + lo * H);
+            carry(t, lo, hi);
           }
         });
+        return;
+      }
+      for (int64_t t = T - 1; t >= 0; --t) {  // rows, then dh columns of the product
+        team.each_part(B, [&](int64_t m, int64_t lo, int64_t hi) { rows(t, m, lo, hi); });
         team.barrier();
         team.each([&](int64_t m) { gemm_bwd[m].run(dhw.data_ptr<T_>() + t * B * GH, dnp); });
         team.barrier();
-        // carried into step t - 1 (the rows of the next row pass)
-        team.each_part(B, [&](int64_t m, int64_t lo, int64_t hi) {
-          for (int64_t b = lo; b < hi; ++b) {
-            if (!active(L, b, t)) continue;
-            for (int64_t j = 0; j < H; ++j) dhp[b * H + j] = ddp[b * H + j] + dnp[b * H + j];
-          }
-        });
+        team.each_part(B, [&](int64_t, int64_t lo, int64_t hi) { carry(t, lo, hi); });  // rows of the next pass
       }
     });
   });

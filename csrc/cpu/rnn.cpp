@@ -38,30 +38,41 @@ std::tuple<at::Tensor, at::Tensor> rnn_fwd_cpu(const at::Tensor& x, const c10::o
   AT_DISPATCH_FLOATING_TYPES(dt, "rnn_fwd_cpu", [&] {
     using T_ = scalar_t;
     const int64_t n = team_members(B * H * H);
-    auto gemm = member_gemms<T_>(w_hh, B, /*transposed=*/true, n);
+    const TeamSplit how = team_split(n, B, w_hh.nbytes(), /*batch_norm=*/false);
+    auto gemm = member_gemms<T_>(w_hh, B, /*transposed=*/true, n, how);
     const T_ *bi = ptr<T_>(b_ih), *bh = ptr<T_>(b_hh);
     T_* hp = h.data_ptr<T_>();
     T_* hwp = hw.data_ptr<T_>();
-    run_team(n, [&](Team& team) {  // csrc/cpu/team.h: members own h columns of the product, then rows
-      for (int64_t t = 0; t < T; ++t) {
-        team.each([&](int64_t m) { gemm[m].run(hp, hwp); });
-        team.barrier();
-        const T_* xw_t = xw.data_ptr<T_>() + t * B * H;
-        T_* y_t = y.data_ptr<T_>() + t * B * H;
+    auto rows = [&](int64_t t, int64_t lo, int64_t hi) {
+      const T_* xw_t = xw.data_ptr<T_>() + t * B * H;
+      T_* y_t = y.data_ptr<T_>() + t * B * H;
+      for (int64_t b = lo; b < hi; ++b) {
+        if (!active(L, b, t)) {
+          for (int64_t j = 0; j < H; ++j) y_t[b * H + j] = T_(0);
+          continue;
+        }
+        if (kind == kRnnTanh)
+          rnn_units_fwd_run<T_, kRnnTanh>(H, xw_t + b * H, static_cast<const T_*>(hwp + b * H), bi, bh,
+                                           y_t + b * H, hp + b * H);
+        else
+          rnn_units_fwd_run<T_, kRnnRelu>(H, xw_t + b * H, static_cast<const T_*>(hwp + b * H), bi, bh,
+                                           y_t + b * H, hp + b * H);
+      }
+    };
+    run_team(n, [&](Team& team) {  // csrc/cpu/team.h
+      if (how == TeamSplit::kRows) {  // each member its rows through every step, no barrier
         team.each_part(B, [&](int64_t m, int64_t lo, int64_t hi) {
-          for (int64_t b = lo; b < hi; ++b) {
-            if (!active(L, b, t)) {
-              for (int64_t j = 0; j < H; ++j) y_t[b * H + j] = T_(0);
-              continue;
-            }
-            if (kind == kRnnTanh)
-              rnn_units_fwd_run<T_, kRnnTanh>(H, xw_t + b * H, static_cast<const T_*>(hwp + b * H), bi, bh,
-                                               y_t + b * H, hp + b * H);
-            else
-              rnn_units_fwd_run<T_, kRnnRelu>(H, xw_t + b * H, static_cast<const T_*>(hwp + b * H), bi, bh,
-                                               y_t + b * H, hp + b * H);
+          for (int64_t t = 0; t < T; ++t) {
+            gemm[m].run(hp + lo * H, hwp + lo * H);
+            rows(t, lo, hi);
           }
         });
+        return;
+      }
+      for (int64_t t = 0; t < T; ++t) {  // members own h columns of the product, then rows
+        team.each([&](int64_t m) { gemm[m].run(hp, hwp); });
+        team.barrier();
+        team.each_part(B, [&](int64_t, int64_t lo, int64_t hi) { rows(t, lo, hi); });
         team.barrier();
       }
     });
@@ -86,35 +97,48 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     using T_ = scalar_t;
     T_* dhp = dh.data_ptr<T_>();
     const int64_t n = team_members(B * H * H);
-    auto gemm_bwd = member_gemms<T_>(w_hh, B, /*transposed=*/false, n);
+    const TeamSplit how = team_split(n, B, w_hh.nbytes(), /*batch_norm=*/false);
+    auto gemm_bwd = member_gemms<T_>(w_hh, B, /*transposed=*/false, n, how);
     T_* dnp = dh_new.data_ptr<T_>();
-    run_team(n, [&](Team& team) {  // as the forward: rows, then dh columns of the product
-      for (int64_t t = T - 1; t >= 0; --t) {
-        const T_* y_t = y.data_ptr<T_>() + t * B * H;
-        const T_* dy_t = grad_y.data_ptr<T_>() + t * B * H;
-        T_* dp = dpre.data_ptr<T_>() + t * B * H;
+    auto rows = [&](int64_t t, int64_t lo, int64_t hi) {
+      const T_* y_t = y.data_ptr<T_>() + t * B * H;
+      const T_* dy_t = grad_y.data_ptr<T_>() + t * B * H;
+      T_* dp = dpre.data_ptr<T_>() + t * B * H;
+      for (int64_t b = lo; b < hi; ++b) {
+        if (!active(L, b, t)) {  // finished sequence: no gradient into this step
+          std::fill(dp + b * H, dp + (b + 1) * H, T_(0));
+          continue;
+        }
+        if (kind == kRnnTanh)
+          rnn_units_bwd_run<T_, kRnnTanh>(H, static_cast<const T_*>(dhp + b * H), dy_t + b * H, y_t + b * H,
+                                           dp + b * H);
+        else
+          rnn_units_bwd_run<T_, kRnnRelu>(H, static_cast<const T_*>(dhp + b * H), dy_t + b * H, y_t + b * H,
+                                           dp + b * H);
+      }
+    };
+    // carried into step t - 1 for the rows still active at t
+    auto carry = [&](int64_t t, int64_t lo, int64_t hi) {
+      for (int64_t b = lo; b < hi; ++b)
+        if (active(L, b, t)) std::copy(dnp + b * H, dnp + (b + 1) * H, dhp + b * H);
+    };
+    run_team(n, [&](Team& team) {  // as the forward
+      if (how == TeamSplit::kRows) {
         team.each_part(B, [&](int64_t m, int64_t lo, int64_t hi) {
-          for (int64_t b = lo; b < hi; ++b) {
-            if (!active(L, b, t)) {  // finished sequence: no gradient into this step
-              std::fill(dp + b * H, dp + (b + 1) * H, T_(0));
-              continue;
-            }
-            if (kind == kRnnTanh)
-              rnn_units_bwd_run<T_, kRnnTanh>(H, static_cast<const T_*>(dhp + b * H), dy_t + b * H, y_t + b * H,
-                                               dp + b * H);
-            else
-              rnn_units_bwd_run<T_, kRnnRelu>(H, static_cast<const T_*>(dhp + b * H), dy_t + b * H, y_t + b * H,
-                                               dp + b * H);
+          for (int64_t t = T - 1; t >= 0; --t) {
+            rows(t, lo, hi);
+            gemm_bwd[m].run(dpre.data_ptr<T_>() + t * B * H + lo * H, dnp + lo * H);
+            carry(t, lo, hi);
           }
         });
+        return;
+      }
+      for (int64_t t = T - 1; t >= 0; --t) {  // rows, then dh columns of the product
+        team.each_part(B, [&](int64_t, int64_t lo, int64_t hi) { rows(t, lo, hi); });
         team.barrier();
-        team.each([&](int64_t m) { gemm_bwd[m].run(dp, dnp); });
+        team.each([&](int64_t m) { gemm_bwd[m].run(dpre.data_ptr<T_>() + t * B * H, dnp); });
         team.barrier();
-        // carried into step t - 1 (the rows of the next row pass)
-        team.each_part(B, [&](int64_t m, int64_t lo, int64_t hi) {
-          for (int64_t b = lo; b < hi; ++b)
-            if (active(L, b, t)) std::copy(dnp + b * H, dnp + (b + 1) * H, dhp + b * H);
-        });
+        team.each_part(B, [&](int64_t, int64_t lo, int64_t hi) { carry(t, lo, hi); });  // rows of the next pass
       }
     });
   });
