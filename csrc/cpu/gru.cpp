@@ -48,7 +48,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gru_fwd_cpu", [&] {
     using T_ = scalar_t;
     const int64_t n = team_members(B * GH * H);
-    const TeamSplit how = team_split(n, B, w_hh.nbytes(), /*batch_norm=*/false);
+    const TeamSplit how = team_split(n, B, w_hh.nbytes());
     auto gemm = member_gemms<T_>(w_hh, B, /*transposed=*/true, n, how);
     const T_ *bi = ptr<T_>(b_ih), *bh = ptr<T_>(b_hh), *gi = ptr<T_>(g_ih), *gh = ptr<T_>(g_hh);
     T_* hp = h.data_ptr<T_>();
@@ -142,7 +142,7 @@ gru_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& grad_h_n, const at::Tens
     T_* dhp = dh.data_ptr<T_>();
     T_* ddp = dh_direct.data_ptr<T_>();
     const int64_t n = acc.rows();
-    const TeamSplit how = team_split(n, B, w_hh.nbytes(), /*batch_norm=*/false);
+    const TeamSplit how = team_split(n, B, w_hh.nbytes());
     auto gemm_bwd = member_gemms<T_>(w_hh, B, /*transposed=*/false, n, how);
     T_* dnp = dh_new.data_ptr<T_>();
     auto rows = [&](int64_t t, int64_t m, int64_t lo, int64_t hi) {

@@ -54,7 +54,7 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
   // the team: member m owns gate columns [lo, hi) of the recurrent products (its W_hh / W_fgr
   // rows, packed once), a slice of batch rows of the row passes and of the BN columns
   const int64_t n = team_members(B * GH * H);
-  const TeamSplit how = team_split(n, B, w_hh.nbytes(), NORM == kNormBatch);
+  const TeamSplit how = team_split(n, B, w_hh.nbytes());
   auto gemm = member_gemms<T>(w_hh, B, /*transposed=*/true, n, how);
   auto gemm_fgr =
       fl.fgr ? member_gemms<T>(*w_fgr, B, /*transposed=*/true, n, how) : std::vector<RecurrentGemm<T>>();
@@ -69,6 +69,26 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
   T* arp = fl.fgr ? a_rec.data_ptr<T>() : nullptr;
   at::Tensor scratch = cached_empty({n, 2 * GH + H}, opts);  // per member: pre [GH], tmp [GH], cn [H]
   at::Tensor bn_acc = cached_empty({NORM == kNormBatch ? n : 0, 2 * GH}, opts.dtype(at::kDouble));
+  // batch norm under the row split: per member its rows' partial statistics of hw_t and c_t
+  // [hh mean GH | hh M2 GH | cell mean H | cell M2 H] with their counts, and its own combined
+  // copy of the step's statistics [hh mean GH | hh rstd GH | cell mean H | cell rstd H]
+  const bool bn_rows = NORM == kNormBatch && how == TeamSplit::kRows;
+  const int64_t PW = 2 * (GH + H);
+  std::vector<double> bn_part(bn_rows ? n * PW : 0);
+  std::vector<int64_t> bn_count(bn_rows ? 2 * n : 0);
+  std::vector<T> bn_own(bn_rows ? n * PW : 0);
+  // The hh and cell statistics of step t as member m reads them.
+  struct BnView {
+    const T *mean_hh, *rstd_hh, *mean_c, *rstd_c;
+  };
+  auto bn_view = [&](int64_t t, int64_t m) -> BnView {
+    if (bn_rows) {
+      const T* own = bn_own.data() + m * PW;
+      return {own, own + GH, own + 2 * GH, own + 2 * GH + H};
+    }
+    const T* st = p.stats + t * SW;
+    return {st + GH, bn_rstd.data() + GH, st + 2 * GH, bn_rstd.data() + 2 * GH};
+  };
 
   // Row pass A of rows [b0, b1): gate pre-activations, gates, c_t; and (unless batch norm) pass B: h_t.
   auto rows_a = [&](int64_t t, int64_t m, int64_t b0, int64_t b1) {
@@ -110,9 +130,10 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
           ln_row_fwd<T>(vr + g * H, H, p.g_gates + g * H, p.b_gates + g * H, p.eps, pre + g * H,
                                    sb + 2 * g, sb + 2 * g + 1);
       } else {  // batch
+        const BnView bv = bn_view(t, m);
         for (int64_t k = 0; k < GH; ++k)
           pre[k] = norm_apply(xr[k], st[k], bn_rstd_ih[t * GH + k], p.g_ih[k], T(0)) +
-                   norm_apply(hr[k], st[GH + k], bn_rstd[GH + k], p.g_hh[k], T(0)) +
+                   norm_apply(hr[k], bv.mean_hh[k], bv.rstd_hh[k], p.g_hh[k], T(0)) +
                    (p.b_ih ? p.b_ih[k] : T(0)) + (p.b_hh ? p.b_hh[k] : T(0));
       }
       if (fl.fgr) {
@@ -140,13 +161,13 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
   // Batch norm, pass B of rows [b0, b1): h_t from the normalized c_t.
   auto rows_b = [&](int64_t t, int64_t m, int64_t b0, int64_t b1) {
     T* cn = scratch.data_ptr<T>() + m * (2 * GH + H) + 2 * GH;
-    const T* mc = p.stats + t * SW + 2 * GH;
+    const BnView bv = bn_view(t, m);
     for (int64_t b = b0; b < b1; ++b) {
       if (!active(L, b, t)) continue;
       const T* acts_b = p.acts + (t * B + b) * GH;
       const T* cs_b = p.cs + (t * B + b) * H;
       for (int64_t j = 0; j < H; ++j)
-        cn[j] = norm_apply(cs_b[j], mc[j], bn_rstd[2 * GH + j], p.g_cell[j], p.b_cell[j]);
+        cn[j] = norm_apply(cs_b[j], bv.mean_c[j], bv.rstd_c[j], p.g_cell[j], p.b_cell[j]);
       units_out_run<T>(vanilla, fl, H, acts_b, static_cast<const T*>(cn), cs_b, p.y + (t * B + b) * H, hp + b * H,
                        cp + b * H);
     }
@@ -163,7 +184,59 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
     for (int64_t c = lo; c < hi; ++c) rstd[c] = norm_rstd<T, A>(A(st[NB + c]), p.eps);
   };
 
+  // Row split: member m's partial statistics of its rows of hw_t (cell = false) or c_t.
+  auto bn_partial = [&](int64_t t, int64_t m, int64_t lo, int64_t hi, bool cell) {
+    if (!p.training) return;
+    const T* v = cell ? p.cs + t * B * H : hw_all.data_ptr<T>() + t * B * GH;
+    bn_partial_stats_run<T>(v, lo, hi, cell ? H : GH, L, t, bn_part.data() + m * PW + (cell ? 2 * GH : 0),
+                            bn_count.data() + (cell ? n : 0) + m);
+  };
+  // Row split: member m's own copy of step t's hh (cell = false) or cell statistics, combined
+  // from every member's partials (eval: the running slot); member 0 also writes the saved ones.
+  auto bn_combine = [&](int64_t t, int64_t m, bool cell) {
+    const int64_t N = cell ? H : GH, off = cell ? 2 * GH : 0;
+    T* mean = bn_own.data() + m * PW + off;
+    T* rstd = mean + N;  // holds the variance until converted below
+    const int64_t slot = std::min<int64_t>(p.t0 + t, p.bn_slots - 1);
+    if (p.training) {
+      bn_combine_stats<T>(bn_part.data() + off, bn_count.data() + (cell ? n : 0), n, PW, N, mean, rstd);
+    } else {
+      std::copy_n((cell ? p.rm_cell : p.rm_hh) + slot * N, N, mean);
+      std::copy_n((cell ? p.rv_cell : p.rv_hh) + slot * N, N, rstd);
+    }
+    if (m == 0) {
+      T* st = p.stats + t * SW + (cell ? 2 * GH : GH);
+      std::copy_n(mean, N, st);
+      std::copy_n(rstd, N, st + NB);
+    }
+    for (int64_t j = 0; j < N; ++j) rstd[j] = norm_rstd<T, A>(A(rstd[j]), p.eps);
+  };
+
   run_team(n, [&](Team& team) {
+    if (bn_rows) {  // members own rows; the statistics are combined after one barrier each
+      team.each_part(GH, [&](int64_t m, int64_t lo, int64_t hi) {
+        for (int64_t t = 0; t < Tn; ++t) bn_stats(t, m, lo, hi, /*ih=*/true);
+      });
+      for (int64_t t = 0; t < Tn; ++t) {
+        team.each_part(B, [&](int64_t m, int64_t lo, int64_t hi) {
+          gemm[m].run(hp + lo * H, hw_all.data_ptr<T>() + t * B * GH + lo * GH);
+          if (fl.fgr) gemm_fgr[m].run(ap + lo * 3 * H, arp + lo * 3 * H);
+          bn_partial(t, m, lo, hi, /*cell=*/false);
+        });
+        team.barrier();
+        team.each_part(B, [&](int64_t m, int64_t lo, int64_t hi) {
+          bn_combine(t, m, /*cell=*/false);
+          rows_a(t, m, lo, hi);
+          bn_partial(t, m, lo, hi, /*cell=*/true);
+        });
+        team.barrier();
+        team.each_part(B, [&](int64_t m, int64_t lo, int64_t hi) {
+          bn_combine(t, m, /*cell=*/true);
+          rows_b(t, m, lo, hi);
+        });
+      }
+      return;
+    }
     if (how == TeamSplit::kRows) {  // each member its rows through every step, no barrier
       team.each_part(B, [&](int64_t m, int64_t lo, int64_t hi) {
         for (int64_t t = 0; t < Tn; ++t) {
@@ -376,7 +449,7 @@ void lstm_backward(const LstmBwdParams<T>& p, bool full_dpre, const at::Tensor& 
   // the team (see lstm_forward), one member per accumulator row: member m owns columns of dh
   // (W_hh columns, packed once), rows of the row passes, BN columns, and row m of the accumulators
   const int64_t n = acc_gates.rows();
-  const TeamSplit how = team_split(n, B, w_hh.nbytes(), NORM == kNormBatch);
+  const TeamSplit how = team_split(n, B, w_hh.nbytes());
   auto gemm_bwd = member_gemms<T>(w_hh, B, /*transposed=*/false, n, how);
   auto gemm_fgr =
       fl.fgr ? member_gemms<T>(*w_fgr, B, /*transposed=*/false, n, how) : std::vector<RecurrentGemm<T>>();
@@ -486,7 +559,76 @@ void lstm_backward(const LstmBwdParams<T>& p, bool full_dpre, const at::Tensor& 
     }
   };
 
+  // Batch norm under the row split: per member its rows' partial sums of the backward
+  // [cell s1 H | cell s2 H | hh s1 GH | hh s2 GH], its gain gradients [dg_cell H | db_cell H |
+  // dg_hh GH] (summed after the loop) and scratch for the combined means.
+  const bool bn_rows = NORM == kNormBatch && how == TeamSplit::kRows;
+  const int64_t QW = 2 * (GH + H);
+  std::vector<double> bn_q(bn_rows ? n * QW : 0);
+  std::vector<T> bn_scr(bn_rows ? n * 2 * GH : 0);
+  ThreadAcc bn_dg(n, bn_rows ? 2 * H + GH : 0, opts);
+  // Row split: member m's partial sums over its rows of the cell (cell = true) or hh norm.
+  auto bn_partial = [&](int64_t t, int64_t m, int64_t lo, int64_t hi, bool cell) {
+    const T* st = p.stats + t * SW;
+    const T* rstd = bn_rstd.data() + t * NB + (cell ? 2 * GH : GH);
+    T* dg = bn_dg.row<T>(m);
+    if (cell)
+      bn_partial_bwd_run<T>(p.cs + t * B * H, static_cast<const T*>(dcnp), lo, hi, H, L, t, st + 2 * GH, rstd,
+                            p.g_cell, bn_q.data() + m * QW, dg, dg + H);
+    else
+      bn_partial_bwd_run<T>(p.hw + t * B * GH, static_cast<const T*>(p.dpre + t * B * GH), lo, hi, GH, L, t, st + GH,
+                            rstd, p.g_hh, bn_q.data() + m * QW + 2 * H, dg + 2 * H, static_cast<T*>(nullptr));
+  };
+  // Row split: the cell (in place on d_cn) or hh (dpre -> dhw) norm backward of member m's rows.
+  auto bn_apply = [&](int64_t t, int64_t m, int64_t lo, int64_t hi, bool cell) {
+    const T* st = p.stats + t * SW;
+    const T* rstd = bn_rstd.data() + t * NB + (cell ? 2 * GH : GH);
+    T* scr = bn_scr.data() + m * 2 * GH;
+    if (cell)
+      bn_apply_bwd_run<T>(p.cs + t * B * H, static_cast<const T*>(dcnp), dcnp, B, lo, hi, H, L, t, p.training,
+                          st + 2 * GH, rstd, p.g_cell, static_cast<const double*>(bn_q.data()), n, QW, scr);
+    else
+      bn_apply_bwd_run<T>(p.hw + t * B * GH, static_cast<const T*>(p.dpre + t * B * GH), p.dhw + t * B * GH, B, lo,
+                          hi, GH, L, t, p.training, st + GH, rstd, p.g_hh,
+                          static_cast<const double*>(bn_q.data() + 2 * H), n, QW, scr);
+  };
+
   run_team(n, [&](Team& team) {
+    if (NORM == kNormBatch) {
+      team.each_part(Tn * NB, [&](int64_t m, int64_t lo, int64_t hi) {
+        for (int64_t i = lo; i < hi; ++i) {
+          const int64_t t = i / NB, c = i % NB;
+          bn_rstd[i] = norm_rstd<T, A>(A(p.stats[t * SW + NB + c]), p.eps);
+        }
+      });
+      team.barrier();
+    }
+    if (bn_rows) {  // members own rows; the norms' sums are combined after one barrier each
+      for (int64_t t = Tn - 1; t >= 0; --t) {
+        team.each_part(B, [&](int64_t m, int64_t lo, int64_t hi) {
+          pass1(t, m, lo, hi);
+          bn_partial(t, m, lo, hi, /*cell=*/true);
+        });
+        team.barrier();
+        team.each_part(B, [&](int64_t m, int64_t lo, int64_t hi) {
+          bn_apply(t, m, lo, hi, /*cell=*/true);
+          pass2(t, m, lo, hi);
+          bn_partial(t, m, lo, hi, /*cell=*/false);
+        });
+        team.barrier();
+        team.each_part(B, [&](int64_t m, int64_t lo, int64_t hi) {
+          bn_apply(t, m, lo, hi, /*cell=*/false);
+          gemm_bwd[m].run(p.dhw + t * B * GH + lo * GH, dhn + lo * H);
+          if (fl.fgr) gemm_fgr[m].run(difo + lo * 3 * H, dan + lo * 3 * H);
+          carry(t, lo, hi);
+        });
+      }
+      team.barrier();  // every step's dpre is complete
+      team.each_part(GH, [&](int64_t m, int64_t lo, int64_t hi) {
+        for (int64_t t = Tn - 1; t >= 0; --t) bn_bwd(t, m, lo, hi, /*ih=*/true);
+      });
+      return;
+    }
     if (how == TeamSplit::kRows) {  // each member its rows through every step, no barrier
       team.each_part(B, [&](int64_t m, int64_t lo, int64_t hi) {
         for (int64_t t = Tn - 1; t >= 0; --t) {
@@ -498,15 +640,6 @@ void lstm_backward(const LstmBwdParams<T>& p, bool full_dpre, const at::Tensor& 
         }
       });
       return;
-    }
-    if (NORM == kNormBatch) {
-      team.each_part(Tn * NB, [&](int64_t m, int64_t lo, int64_t hi) {
-        for (int64_t i = lo; i < hi; ++i) {
-          const int64_t t = i / NB, c = i % NB;
-          bn_rstd[i] = norm_rstd<T, A>(A(p.stats[t * SW + NB + c]), p.eps);
-        }
-      });
-      team.barrier();
     }
     for (int64_t t = Tn - 1; t >= 0; --t) {
       const T* cs_t = p.cs + t * B * H;
@@ -545,6 +678,12 @@ void lstm_backward(const LstmBwdParams<T>& p, bool full_dpre, const at::Tensor& 
         for (int64_t t = Tn - 1; t >= 0; --t) bn_bwd(t, m, lo, hi, /*ih=*/true);
       });
   });
+  if (bn_rows) {
+    at::Tensor tot = bn_dg.total();
+    dg_cell.add_(tot.narrow(0, 0, H));
+    db_cell.add_(tot.narrow(0, H, H));
+    dg_hh.add_(tot.narrow(0, 2 * H, GH));
+  }
 }
 
 using T16 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,

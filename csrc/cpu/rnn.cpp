@@ -38,7 +38,7 @@ std::tuple<at::Tensor, at::Tensor> rnn_fwd_cpu(const at::Tensor& x, const c10::o
   AT_DISPATCH_FLOATING_TYPES(dt, "rnn_fwd_cpu", [&] {
     using T_ = scalar_t;
     const int64_t n = team_members(B * H * H);
-    const TeamSplit how = team_split(n, B, w_hh.nbytes(), /*batch_norm=*/false);
+    const TeamSplit how = team_split(n, B, w_hh.nbytes());
     auto gemm = member_gemms<T_>(w_hh, B, /*transposed=*/true, n, how);
     const T_ *bi = ptr<T_>(b_ih), *bh = ptr<T_>(b_hh);
     T_* hp = h.data_ptr<T_>();
@@ -97,7 +97,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     using T_ = scalar_t;
     T_* dhp = dh.data_ptr<T_>();
     const int64_t n = team_members(B * H * H);
-    const TeamSplit how = team_split(n, B, w_hh.nbytes(), /*batch_norm=*/false);
+    const TeamSplit how = team_split(n, B, w_hh.nbytes());
     auto gemm_bwd = member_gemms<T_>(w_hh, B, /*transposed=*/false, n, how);
     T_* dnp = dh_new.data_ptr<T_>();
     auto rows = [&](int64_t t, int64_t lo, int64_t hi) {

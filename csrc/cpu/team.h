@@ -160,17 +160,18 @@ std::vector<RecurrentGemm<T>> member_gemms(const at::Tensor& w, int64_t M, bool 
 //  kColumns: member m owns a column slice of the recurrent product (its slice of W packed once),
 //    then a part of the batch rows of the row passes, with barriers between the phases.
 //  kRows: member m owns batch rows [lo, hi) for the whole time loop and multiplies them by the
-//    whole W (packed once per member): without batch norm the rows of a step never meet, so
-//    the loop needs no barrier at all. Chosen when W takes at most half a core's L2 (512 KiB)
-//    and every member gets >= 16 rows; batch norm always uses kColumns (its statistics span
-//    the rows). Measured in one process, alternating, fwd+bwd (rows / columns time): pixel
-//    MNIST (H=100, W 160 KiB) 0.85-0.86, row MNIST (H=128, 256 KiB) 0.95-0.96, S1 (H=256,
-//    1 MiB, not chosen) 0.99-1.01.
-// FUSEDRNN_CPU_SPLIT=rows|columns forces either for cells without batch norm (tests, comparisons).
+//    whole W (packed once per member). Without batch norm the rows of a step never meet, so the
+//    loop needs no barrier at all; batch norm reduces each member's rows and combines the
+//    members' partial statistics after one barrier per norm (2 barriers per step forward, 2
+//    backward, instead of 4 and 5). Chosen when W takes at most half a core's L2 (512 KiB) and
+//    every member gets >= 16 rows. Measured in one process, alternating, fwd+bwd (rows / columns
+//    time), without norm: pixel MNIST (H=100, W 160 KiB) 0.85-0.86, row MNIST (H=128, 256 KiB)
+//    0.95-0.96, S1 (H=256, 1 MiB, not chosen) 0.99-1.01.
+// FUSEDRNN_CPU_SPLIT=rows|columns forces either (tests, comparisons).
 enum class TeamSplit { kColumns, kRows };
 
-inline TeamSplit team_split(int64_t members, int64_t rows, int64_t w_bytes, bool batch_norm) {
-  if (batch_norm || members <= 1) return TeamSplit::kColumns;
+inline TeamSplit team_split(int64_t members, int64_t rows, int64_t w_bytes) {
+  if (members <= 1) return TeamSplit::kColumns;
   if (const char* env = std::getenv("FUSEDRNN_CPU_SPLIT")) {
     const std::string v(env);
     TORCH_CHECK(v == "rows" || v == "columns", "FUSEDRNN_CPU_SPLIT must be 'rows' or 'columns', got '", v, "'");

@@ -285,6 +285,118 @@ FUSEDRNN_ALWAYS_INLINE void bn_column_bwd(const T* v, const T* dy, T* dv, int64_
   }
 }
 
+// Batch norm under the row split (team.h's TeamSplit::kRows): each member reduces its own rows
+// [lo, hi) of v [B, N] for every column, and after a barrier every member combines the
+// members' partials (in member order: the same result in every member).
+//
+// Forward partial: the active-row count and, per column, the mean and M2 (sum of squared
+// deviations from it), two passes in double. part: [mean N | M2 N].
+template <typename T>
+FUSEDRNN_ALWAYS_INLINE void bn_partial_stats(const T* v, int64_t lo, int64_t hi, int64_t N, const int64_t* lengths,
+                                             int64_t t, double* part, int64_t* count) {
+  double* __restrict mean = part;
+  double* __restrict m2 = part + N;
+  std::fill(part, part + 2 * N, 0.0);
+  int64_t n = 0;
+  for (int64_t b = lo; b < hi; ++b) {
+    if (!active(lengths, b, t)) continue;
+    const T* __restrict row = v + b * N;
+    for (int64_t j = 0; j < N; ++j) mean[j] += double(row[j]);
+    ++n;
+  }
+  *count = n;
+  if (n == 0) return;
+  for (int64_t j = 0; j < N; ++j) mean[j] /= double(n);
+  for (int64_t b = lo; b < hi; ++b) {
+    if (!active(lengths, b, t)) continue;
+    const T* __restrict row = v + b * N;
+    for (int64_t j = 0; j < N; ++j) {
+      double d = double(row[j]) - mean[j];
+      m2[j] += d * d;
+    }
+  }
+}
+
+// Mean and biased variance of every column from the members' partials (part m at parts + m *
+// stride), merged pairwise in member order (Chan, Golub and LeVeque's update).
+template <typename T>
+inline void bn_combine_stats(const double* parts, const int64_t* counts, int64_t members, int64_t stride, int64_t N,
+                             T* mean, T* var) {
+  for (int64_t j = 0; j < N; ++j) {
+    double n = 0, mu = 0, q = 0;
+    for (int64_t m = 0; m < members; ++m) {
+      const double nm = double(counts[m]);
+      if (nm == 0) continue;
+      const double pm = parts[m * stride + j], delta = pm - mu, nn = n + nm;
+      mu += delta * nm / nn;
+      q += parts[m * stride + N + j] + delta * delta * n * nm / nn;
+      n = nn;
+    }
+    mean[j] = T(mu);
+    var[j] = n > 0 ? T(q / n) : T(0);
+  }
+}
+
+// Backward partial over rows [lo, hi): per column s1 = sum dy gain, s2 = sum dy gain vhat (double)
+// into part [s1 N | s2 N]; dgain += dy vhat and dbias += dy (if non-null) in member-private rows.
+template <typename T>
+FUSEDRNN_ALWAYS_INLINE void bn_partial_bwd(const T* v, const T* dy, int64_t lo, int64_t hi, int64_t N,
+                                           const int64_t* lengths, int64_t t, const T* mean, const T* rstd,
+                                           const T* gain, double* part, T* dgain, T* dbias) {
+  double* __restrict s1 = part;
+  double* __restrict s2 = part + N;
+  std::fill(part, part + 2 * N, 0.0);
+  for (int64_t b = lo; b < hi; ++b) {
+    if (!active(lengths, b, t)) continue;
+    const T* vr = v + b * N;
+    const T* gr = dy + b * N;
+    for (int64_t k = 0; k < N; ++k) {
+      T vhat = (vr[k] - mean[k]) * rstd[k];
+      T g = gr[k];
+      s1[k] += double(g * gain[k]);
+      s2[k] += double(g * gain[k] * vhat);
+      dgain[k] += g * vhat;
+    }
+    if (dbias)
+      for (int64_t k = 0; k < N; ++k) dbias[k] += gr[k];
+  }
+}
+
+// Backward of rows [lo, hi) through the batch norm from the members' partial sums (see
+// bn_column_bwd): dy -> dv (may alias dy). scratch: 2N values.
+template <typename T>
+FUSEDRNN_ALWAYS_INLINE void bn_apply_bwd(const T* v, const T* dy, T* dv, int64_t B, int64_t lo, int64_t hi, int64_t N,
+                                         const int64_t* lengths, int64_t t, bool training, const T* mean,
+                                         const T* rstd, const T* gain, const double* parts, int64_t members,
+                                         int64_t stride, T* scratch) {
+  int64_t n = 0;
+  for (int64_t b = 0; b < B; ++b) n += active(lengths, b, t) ? 1 : 0;
+  if (n == 0) return;
+  T* __restrict m1 = scratch;
+  T* __restrict m2 = scratch + N;
+  for (int64_t k = 0; k < N; ++k) {
+    double a = 0, c = 0;
+    for (int64_t m = 0; m < members; ++m) {
+      a += parts[m * stride + k];
+      c += parts[m * stride + N + k];
+    }
+    m1[k] = T(a / double(n));
+    m2[k] = T(c / double(n));
+  }
+  for (int64_t b = lo; b < hi; ++b) {
+    if (!active(lengths, b, t)) continue;
+    const T* vr = v + b * N;
+    const T* gr = dy + b * N;
+    T* dr = dv + b * N;
+    if (training) {
+      for (int64_t k = 0; k < N; ++k)
+        dr[k] = norm_bwd(gr[k] * gain[k], (vr[k] - mean[k]) * rstd[k], rstd[k], m1[k], m2[k]);
+    } else {
+      for (int64_t k = 0; k < N; ++k) dr[k] = rstd[k] * (gr[k] * gain[k]);
+    }
+  }
+}
+
 #define FUSEDRNN_ROW_DISPATCH(NAME, TPARAMS, TARGS)                                          \
   template <TPARAMS, typename... Args>                                                      \
   FUSEDRNN_AVX2_TARGET void NAME##_avx2(Args... args) { NAME<TARGS>(args...); }             \
@@ -302,6 +414,9 @@ FUSEDRNN_ROW_DISPATCH(rnn_units_fwd, typename T FUSEDRNN_COMMA int KIND, T FUSED
 FUSEDRNN_ROW_DISPATCH(rnn_units_bwd, typename T FUSEDRNN_COMMA int KIND, T FUSEDRNN_COMMA KIND)
 FUSEDRNN_ROW_DISPATCH(bn_column_stats, typename T, T)
 FUSEDRNN_ROW_DISPATCH(bn_column_bwd, typename T, T)
+FUSEDRNN_ROW_DISPATCH(bn_partial_stats, typename T, T)
+FUSEDRNN_ROW_DISPATCH(bn_partial_bwd, typename T, T)
+FUSEDRNN_ROW_DISPATCH(bn_apply_bwd, typename T, T)
 #undef FUSEDRNN_COMMA
 #undef FUSEDRNN_ROW_DISPATCH
 
