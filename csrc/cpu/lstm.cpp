@@ -2,11 +2,13 @@
 //
 // Forward: x W_ih^T for all steps is one GEMM; per step h W_hh^T (and a W_fgr^T for FGR), then
 // fused passes over batch rows: normalization, biases, gates, cell update, output, masking.
-// Batch norm needs statistics across rows, so its step is: column statistics of the
-// recurrent projection (each member right after its own columns of the product), row pass A
-// (gates, c_t), column statistics of c_t, row pass B (h_t). The input projection's statistics
-// do not depend on the recurrence: all steps' are computed before the loop, and backward
-// runs their part after the loop.
+// The passes run on a thread team (team.h) split by columns of the product or by batch rows.
+// Batch norm needs statistics across rows, so its step is: statistics of the recurrent
+// projection (column split: each member right after its own columns of the product; row split:
+// each member's partials of its rows, combined after a barrier), row pass A (gates, c_t),
+// statistics of c_t (likewise), row pass B (h_t). The input projection's statistics do not
+// depend on the recurrence: all steps' are computed before the loop, and backward runs their
+// part after the loop.
 // Backward mirrors it in reverse time; dW_ih, dW_hh, dW_fgr, dx and the biases' gradients are
 // large GEMMs / reductions after the loop.
 #include <torch/library.h>
