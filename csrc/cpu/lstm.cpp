@@ -190,7 +190,8 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
   auto bn_partial = [&](int64_t t, int64_t m, int64_t lo, int64_t hi, bool cell) {
     if (!p.training) return;
     const T* v = cell ? p.cs + t * B * H : hw_all.data_ptr<T>() + t * B * GH;
-    bn_partial_stats_run<T>(v, lo, hi, cell ? H : GH, L, t, bn_part.data() + m * PW + (cell ? 2 * GH : 0),
+    const int64_t N = cell ? H : GH;
+    bn_partial_stats_run<T>(v, N, lo, hi, int64_t(0), N, L, t, bn_part.data() + m * PW + (cell ? 2 * GH : 0),
                             bn_count.data() + (cell ? n : 0) + m);
   };
   // Row split: member m's own copy of step t's hh (cell = false) or cell statistics, combined
@@ -567,7 +568,7 @@ void lstm_backward(const LstmBwdParams<T>& p, bool full_dpre, const at::Tensor& 
   const bool bn_rows = NORM == kNormBatch && how == TeamSplit::kRows;
   const int64_t QW = 2 * (GH + H);
   std::vector<double> bn_q(bn_rows ? n * QW : 0);
-  std::vector<T> bn_scr(bn_rows ? n * 2 * GH : 0);
+  std::vector<double> bn_scr(bn_rows ? n * 2 * GH : 0);
   ThreadAcc bn_dg(n, bn_rows ? 2 * H + GH : 0, opts);
   // Row split: member m's partial sums over its rows of the cell (cell = true) or hh norm.
   auto bn_partial = [&](int64_t t, int64_t m, int64_t lo, int64_t hi, bool cell) {
@@ -575,17 +576,18 @@ void lstm_backward(const LstmBwdParams<T>& p, bool full_dpre, const at::Tensor& 
     const T* rstd = bn_rstd.data() + t * NB + (cell ? 2 * GH : GH);
     T* dg = bn_dg.row<T>(m);
     if (cell)
-      bn_partial_bwd_run<T>(p.cs + t * B * H, static_cast<const T*>(dcnp), lo, hi, H, L, t, st + 2 * GH, rstd,
-                            p.g_cell, bn_q.data() + m * QW, dg, dg + H);
+      bn_partial_bwd_run<T>(p.cs + t * B * H, static_cast<const T*>(dcnp), H, lo, hi, int64_t(0), H, L, t,
+                            st + 2 * GH, rstd, p.g_cell, bn_q.data() + m * QW, dg, dg + H);
     else
-      bn_partial_bwd_run<T>(p.hw + t * B * GH, static_cast<const T*>(p.dpre + t * B * GH), lo, hi, GH, L, t, st + GH,
-                            rstd, p.g_hh, bn_q.data() + m * QW + 2 * H, dg + 2 * H, static_cast<T*>(nullptr));
+      bn_partial_bwd_run<T>(p.hw + t * B * GH, static_cast<const T*>(p.dpre + t * B * GH), GH, lo, hi, int64_t(0),
+                            GH, L, t, st + GH, rstd, p.g_hh, bn_q.data() + m * QW + 2 * H, dg + 2 * H,
+                            static_cast<T*>(nullptr));
   };
   // Row split: the cell (in place on d_cn) or hh (dpre -> dhw) norm backward of member m's rows.
   auto bn_apply = [&](int64_t t, int64_t m, int64_t lo, int64_t hi, bool cell) {
     const T* st = p.stats + t * SW;
     const T* rstd = bn_rstd.data() + t * NB + (cell ? 2 * GH : GH);
-    T* scr = bn_scr.data() + m * 2 * GH;
+    double* scr = bn_scr.data() + m * 2 * GH;
     if (cell)
       bn_apply_bwd_run<T>(p.cs + t * B * H, static_cast<const T*>(dcnp), dcnp, B, lo, hi, H, L, t, p.training,
                           st + 2 * GH, rstd, p.g_cell, static_cast<const double*>(bn_q.data()), n, QW, scr);

@@ -197,11 +197,52 @@ FUSEDRNN_ALWAYS_INLINE void rnn_units_bwd(int64_t H, const T* __restrict dh, con
   for (int64_t j = 0; j < H; ++j) dpre[j] = rnn_cell_bwd(KIND, dh[j] + dy[j], y[j]);
 }
 
-// Batch-norm column passes over v [B, N] (row-major), columns [k0, k1), rows active at step t:
-// rows outer and columns inner (contiguous, vectorizable; each column still sums its rows in
-// order, in double). acc: scratch of 2 (k1 - k0) doubles. Dispatched like the unit loops.
-//
-// Statistics. Training: batch mean and biased variance; eval: the running slot.
+// Batch-norm passes over v [B, N] (row-major, row stride ld = N), rows active at step t: rows
+// outer and columns inner (contiguous, vectorizable; each column sums its rows in order, in
+// double). Two ways to split them over a team (team.h): the column split gives a member
+// columns [k0, k1) of every row (bn_column_*); the row split gives it rows [lo, hi) of every
+// column, and the members' partials are combined after a barrier (bn_partial_*, then
+// bn_combine_stats / bn_apply_bwd). Both are built from the same partial passes below.
+// Dispatched like the unit loops.
+
+inline int64_t active_count(const int64_t* lengths, int64_t lo, int64_t hi, int64_t t) {
+  int64_t n = 0;
+  for (int64_t b = lo; b < hi; ++b) n += active(lengths, b, t) ? 1 : 0;
+  return n;
+}
+
+// Statistics of rows [lo, hi), columns [k0, k1): the active-row count and, per column, the mean
+// and M2 (sum of squared deviations from it), two passes in double. part: [mean w | M2 w],
+// w = k1 - k0.
+template <typename T>
+FUSEDRNN_ALWAYS_INLINE void bn_partial_stats(const T* v, int64_t ld, int64_t lo, int64_t hi, int64_t k0, int64_t k1,
+                                             const int64_t* lengths, int64_t t, double* part, int64_t* count) {
+  const int64_t w = k1 - k0;
+  double* __restrict mean = part;
+  double* __restrict m2 = part + w;
+  std::fill(part, part + 2 * w, 0.0);
+  int64_t n = 0;
+  for (int64_t b = lo; b < hi; ++b) {
+    if (!active(lengths, b, t)) continue;
+    const T* __restrict row = v + b * ld + k0;
+    for (int64_t j = 0; j < w; ++j) mean[j] += double(row[j]);
+    ++n;
+  }
+  *count = n;
+  if (n == 0) return;
+  for (int64_t j = 0; j < w; ++j) mean[j] /= double(n);
+  for (int64_t b = lo; b < hi; ++b) {
+    if (!active(lengths, b, t)) continue;
+    const T* __restrict row = v + b * ld + k0;
+    for (int64_t j = 0; j < w; ++j) {
+      double d = double(row[j]) - mean[j];
+      m2[j] += d * d;
+    }
+  }
+}
+
+// Column split, statistics of columns [k0, k1) over every row. Training: batch mean and biased
+// variance; eval: the running slot. acc: 2 (k1 - k0) doubles.
 template <typename T>
 FUSEDRNN_ALWAYS_INLINE void bn_column_stats(const T* v, int64_t B, int64_t N, int64_t k0, int64_t k1,
                                             const int64_t* lengths, int64_t t, bool training, const T* rm_slot,
@@ -212,113 +253,16 @@ FUSEDRNN_ALWAYS_INLINE void bn_column_stats(const T* v, int64_t B, int64_t N, in
     return;
   }
   const int64_t w = k1 - k0;
-  double* __restrict s = acc;
-  double* __restrict q = acc + w;
-  std::fill(acc, acc + 2 * w, 0.0);
   int64_t n = 0;
-  for (int64_t b = 0; b < B; ++b) {
-    if (!active(lengths, b, t)) continue;
-    const T* __restrict row = v + b * N + k0;
-    for (int64_t j = 0; j < w; ++j) s[j] += double(row[j]);
-    ++n;
-  }
-  for (int64_t j = 0; j < w; ++j) s[j] = n ? s[j] / double(n) : 0.0;
-  for (int64_t b = 0; b < B; ++b) {
-    if (!active(lengths, b, t)) continue;
-    const T* __restrict row = v + b * N + k0;
-    for (int64_t j = 0; j < w; ++j) {
-      double d = double(row[j]) - s[j];
-      q[j] += d * d;
-    }
-  }
+  bn_partial_stats(v, N, 0, B, k0, k1, lengths, t, acc, &n);
   for (int64_t j = 0; j < w; ++j) {
-    mean[k0 + j] = T(s[j]);
-    var[k0 + j] = n ? T(q[j] / double(n)) : T(0);
+    mean[k0 + j] = T(acc[j]);
+    var[k0 + j] = n ? T(acc[w + j] / double(n)) : T(0);
   }
 }
 
-// Backward through the batch norm: dy (gradient of the normalized output, before gain) -> dv
-// (may alias dy); accumulates dgain (and dbias if non-null).
-template <typename T>
-FUSEDRNN_ALWAYS_INLINE void bn_column_bwd(const T* v, const T* dy, T* dv, int64_t B, int64_t N, int64_t k0,
-                                          int64_t k1, const int64_t* lengths, int64_t t, bool training,
-                                          const T* mean, const T* rstd, const T* gain, T* dgain, T* dbias,
-                                          double* acc) {
-  const int64_t w = k1 - k0;
-  double* __restrict s1 = acc;
-  double* __restrict s2 = acc + w;
-  std::fill(acc, acc + 2 * w, 0.0);
-  int64_t n = 0;
-  for (int64_t b = 0; b < B; ++b) {
-    if (!active(lengths, b, t)) continue;
-    const T* vr = v + b * N;
-    const T* gr = dy + b * N;
-    for (int64_t k = k0; k < k1; ++k) {
-      T vhat = (vr[k] - mean[k]) * rstd[k];
-      T g = gr[k];
-      s1[k - k0] += double(g * gain[k]);
-      s2[k - k0] += double(g * gain[k] * vhat);
-      dgain[k] += g * vhat;
-    }
-    if (dbias)
-      for (int64_t k = k0; k < k1; ++k) dbias[k] += gr[k];
-    ++n;
-  }
-  if (n == 0) return;
-  for (int64_t j = 0; j < w; ++j) {  // the means, once per column (not per element)
-    s1[j] /= double(n);
-    s2[j] /= double(n);
-  }
-  for (int64_t b = 0; b < B; ++b) {
-    if (!active(lengths, b, t)) continue;
-    const T* vr = v + b * N;
-    const T* gr = dy + b * N;
-    T* dr = dv + b * N;
-    if (training) {
-      for (int64_t k = k0; k < k1; ++k) {
-        T vhat = (vr[k] - mean[k]) * rstd[k];
-        dr[k] = norm_bwd(gr[k] * gain[k], vhat, rstd[k], T(s1[k - k0]), T(s2[k - k0]));
-      }
-    } else {
-      for (int64_t k = k0; k < k1; ++k) dr[k] = rstd[k] * (gr[k] * gain[k]);
-    }
-  }
-}
-
-// Batch norm under the row split (team.h's TeamSplit::kRows): each member reduces its own rows
-// [lo, hi) of v [B, N] for every column, and after a barrier every member combines the
-// members' partials (in member order: the same result in every member).
-//
-// Forward partial: the active-row count and, per column, the mean and M2 (sum of squared
-// deviations from it), two passes in double. part: [mean N | M2 N].
-template <typename T>
-FUSEDRNN_ALWAYS_INLINE void bn_partial_stats(const T* v, int64_t lo, int64_t hi, int64_t N, const int64_t* lengths,
-                                             int64_t t, double* part, int64_t* count) {
-  double* __restrict mean = part;
-  double* __restrict m2 = part + N;
-  std::fill(part, part + 2 * N, 0.0);
-  int64_t n = 0;
-  for (int64_t b = lo; b < hi; ++b) {
-    if (!active(lengths, b, t)) continue;
-    const T* __restrict row = v + b * N;
-    for (int64_t j = 0; j < N; ++j) mean[j] += double(row[j]);
-    ++n;
-  }
-  *count = n;
-  if (n == 0) return;
-  for (int64_t j = 0; j < N; ++j) mean[j] /= double(n);
-  for (int64_t b = lo; b < hi; ++b) {
-    if (!active(lengths, b, t)) continue;
-    const T* __restrict row = v + b * N;
-    for (int64_t j = 0; j < N; ++j) {
-      double d = double(row[j]) - mean[j];
-      m2[j] += d * d;
-    }
-  }
-}
-
-// Mean and biased variance of every column from the members' partials (part m at parts + m *
-// stride), merged pairwise in member order (Chan, Golub and LeVeque's update).
+// Row split: mean and biased variance of every column from the members' partials (part m at
+// parts + m * stride), merged pairwise in member order (Chan, Golub and LeVeque's update).
 template <typename T>
 inline void bn_combine_stats(const double* parts, const int64_t* counts, int64_t members, int64_t stride, int64_t N,
                              T* mean, T* var) {
@@ -337,64 +281,88 @@ inline void bn_combine_stats(const double* parts, const int64_t* counts, int64_t
   }
 }
 
-// Backward partial over rows [lo, hi): per column s1 = sum dy gain, s2 = sum dy gain vhat (double)
-// into part [s1 N | s2 N]; dgain += dy vhat and dbias += dy (if non-null) in member-private rows.
+// Backward sums over rows [lo, hi), columns [k0, k1): per column s1 = sum dy gain and s2 = sum
+// dy gain vhat (double) into part [s1 w | s2 w]; dgain += dy vhat and dbias += dy (if non-null).
+// dy is the gradient of the normalized output before the gain.
 template <typename T>
-FUSEDRNN_ALWAYS_INLINE void bn_partial_bwd(const T* v, const T* dy, int64_t lo, int64_t hi, int64_t N,
-                                           const int64_t* lengths, int64_t t, const T* mean, const T* rstd,
-                                           const T* gain, double* part, T* dgain, T* dbias) {
+FUSEDRNN_ALWAYS_INLINE void bn_partial_bwd(const T* v, const T* dy, int64_t ld, int64_t lo, int64_t hi, int64_t k0,
+                                           int64_t k1, const int64_t* lengths, int64_t t, const T* mean,
+                                           const T* rstd, const T* gain, double* part, T* dgain, T* dbias) {
+  const int64_t w = k1 - k0;
   double* __restrict s1 = part;
-  double* __restrict s2 = part + N;
-  std::fill(part, part + 2 * N, 0.0);
+  double* __restrict s2 = part + w;
+  std::fill(part, part + 2 * w, 0.0);
   for (int64_t b = lo; b < hi; ++b) {
     if (!active(lengths, b, t)) continue;
-    const T* vr = v + b * N;
-    const T* gr = dy + b * N;
-    for (int64_t k = 0; k < N; ++k) {
+    const T* vr = v + b * ld;
+    const T* gr = dy + b * ld;
+    for (int64_t k = k0; k < k1; ++k) {
       T vhat = (vr[k] - mean[k]) * rstd[k];
       T g = gr[k];
-      s1[k] += double(g * gain[k]);
-      s2[k] += double(g * gain[k] * vhat);
+      s1[k - k0] += double(g * gain[k]);
+      s2[k - k0] += double(g * gain[k] * vhat);
       dgain[k] += g * vhat;
     }
     if (dbias)
-      for (int64_t k = 0; k < N; ++k) dbias[k] += gr[k];
+      for (int64_t k = k0; k < k1; ++k) dbias[k] += gr[k];
   }
 }
 
-// Backward of rows [lo, hi) through the batch norm from the members' partial sums (see
-// bn_column_bwd): dy -> dv (may alias dy). scratch: 2N values.
+// Backward of rows [lo, hi), columns [k0, k1): dy -> dv (may alias dy), given m1 = mean(dy gain)
+// and m2 = mean(dy gain vhat) over the step's active rows (indexed from k0).
+template <typename T>
+FUSEDRNN_ALWAYS_INLINE void bn_bwd_rows(const T* v, const T* dy, T* dv, int64_t ld, int64_t lo, int64_t hi,
+                                        int64_t k0, int64_t k1, const int64_t* lengths, int64_t t, bool training,
+                                        const T* mean, const T* rstd, const T* gain, const double* m1,
+                                        const double* m2) {
+  for (int64_t b = lo; b < hi; ++b) {
+    if (!active(lengths, b, t)) continue;
+    const T* vr = v + b * ld;
+    const T* gr = dy + b * ld;
+    T* dr = dv + b * ld;
+    if (training) {
+      for (int64_t k = k0; k < k1; ++k)
+        dr[k] = norm_bwd(gr[k] * gain[k], (vr[k] - mean[k]) * rstd[k], rstd[k], T(m1[k - k0]), T(m2[k - k0]));
+    } else {
+      for (int64_t k = k0; k < k1; ++k) dr[k] = rstd[k] * (gr[k] * gain[k]);
+    }
+  }
+}
+
+// Column split, backward of columns [k0, k1) over every row; accumulates dgain (and dbias if
+// non-null). acc: 2 (k1 - k0) doubles.
+template <typename T>
+FUSEDRNN_ALWAYS_INLINE void bn_column_bwd(const T* v, const T* dy, T* dv, int64_t B, int64_t N, int64_t k0,
+                                          int64_t k1, const int64_t* lengths, int64_t t, bool training,
+                                          const T* mean, const T* rstd, const T* gain, T* dgain, T* dbias,
+                                          double* acc) {
+  const int64_t w = k1 - k0;
+  bn_partial_bwd(v, dy, N, 0, B, k0, k1, lengths, t, mean, rstd, gain, acc, dgain, dbias);
+  const int64_t n = active_count(lengths, 0, B, t);
+  if (n == 0) return;
+  for (int64_t j = 0; j < 2 * w; ++j) acc[j] /= double(n);  // the means, once per column
+  bn_bwd_rows(v, dy, dv, N, 0, B, k0, k1, lengths, t, training, mean, rstd, gain, acc, acc + w);
+}
+
+// Row split, backward of rows [lo, hi) from the members' bn_partial_bwd sums (part m at parts +
+// m * stride, over all N columns). scratch: 2N doubles.
 template <typename T>
 FUSEDRNN_ALWAYS_INLINE void bn_apply_bwd(const T* v, const T* dy, T* dv, int64_t B, int64_t lo, int64_t hi, int64_t N,
                                          const int64_t* lengths, int64_t t, bool training, const T* mean,
                                          const T* rstd, const T* gain, const double* parts, int64_t members,
-                                         int64_t stride, T* scratch) {
-  int64_t n = 0;
-  for (int64_t b = 0; b < B; ++b) n += active(lengths, b, t) ? 1 : 0;
+                                         int64_t stride, double* scratch) {
+  const int64_t n = active_count(lengths, 0, B, t);
   if (n == 0) return;
-  T* __restrict m1 = scratch;
-  T* __restrict m2 = scratch + N;
   for (int64_t k = 0; k < N; ++k) {
     double a = 0, c = 0;
     for (int64_t m = 0; m < members; ++m) {
       a += parts[m * stride + k];
       c += parts[m * stride + N + k];
     }
-    m1[k] = T(a / double(n));
-    m2[k] = T(c / double(n));
+    scratch[k] = a / double(n);
+    scratch[N + k] = c / double(n);
   }
-  for (int64_t b = lo; b < hi; ++b) {
-    if (!active(lengths, b, t)) continue;
-    const T* vr = v + b * N;
-    const T* gr = dy + b * N;
-    T* dr = dv + b * N;
-    if (training) {
-      for (int64_t k = 0; k < N; ++k)
-        dr[k] = norm_bwd(gr[k] * gain[k], (vr[k] - mean[k]) * rstd[k], rstd[k], m1[k], m2[k]);
-    } else {
-      for (int64_t k = 0; k < N; ++k) dr[k] = rstd[k] * (gr[k] * gain[k]);
-    }
-  }
+  bn_bwd_rows(v, dy, dv, N, lo, hi, 0, N, lengths, t, training, mean, rstd, gain, scratch, scratch + N);
 }
 
 #define FUSEDRNN_ROW_DISPATCH(NAME, TPARAMS, TARGS)                                          \
