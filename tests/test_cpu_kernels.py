@@ -263,11 +263,12 @@ def test_buffer_cache_off(monkeypatch):
 
 
 FORK_SCRIPT = """
-import os, sys, threading, time
+import os, sys, threading
 import torch
 from fusedrnn import _ops
 from fusedrnn.spec import CellSpec
 from test_cpu_kernels import CACHE_SHAPE, make_layer
+from test_reliability import wait_child
 
 torch.set_num_threads(1)  # fork after an OpenMP team has started is unsafe in itself
 os.environ["FUSEDRNN_CPU_CACHE_MB"] = "1024"
@@ -294,17 +295,8 @@ for _ in range(20):
                 code = 0 if torch.equal(_ops.run_layer(spec, x, state, p)[0], want) else 2
         finally:
             os._exit(code)
-    start, status = time.monotonic(), None
-    while status is None and time.monotonic() - start < 60:
-        done, st_ = os.waitpid(pid, os.WNOHANG)
-        status = st_ if done else None
-        time.sleep(0.01)
-    if status is None:
-        os.kill(pid, 9)
-        os.waitpid(pid, 0)
-        codes.append("hang")
-    else:
-        codes.append(os.waitstatus_to_exitcode(status))
+    status = wait_child(pid, timeout=60, poll=0.01)
+    codes.append("hang" if status is None else os.waitstatus_to_exitcode(status))
 stop.set()
 thread.join()
 print(codes)

@@ -327,13 +327,27 @@ def _mutations(func, args):
                 yield f"{name}={value}", i, value
 
 
+def wait_child(pid, timeout, poll):
+    """waitpid with a deadline: the child's wait status, or None for a child still running after
+    `timeout` seconds (then killed and reaped)."""
+    import signal
+    import time
+
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        time.sleep(poll)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return None
+
+
 def inject_op_faults():
     """Runs every mutated op call in a forked child; returns {outcome: [call labels]} with outcome
     raised (a Python exception), accepted (ran), crash (killed by a signal) or hang (> 30 s).
     Meant for a fresh single-threaded process (fork after OpenMP has started is unsafe)."""
-    import signal
-    import time
-
     torch.set_num_threads(1)
     outcomes = {"raised": [], "accepted": [], "crash": [], "hang": []}
     for func, args in _record_op_calls():
@@ -347,14 +361,8 @@ def inject_op_faults():
                 except Exception:
                     os._exit(1)
                 os._exit(0)
-            start, status = time.monotonic(), None
-            while status is None and time.monotonic() - start < 30:
-                done, st_ = os.waitpid(pid, os.WNOHANG)
-                status = st_ if done else None
-                time.sleep(0.002)
+            status = wait_child(pid, timeout=30, poll=0.002)
             if status is None:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
                 outcome = "hang"
             elif os.WIFSIGNALED(status):
                 outcome = "crash"
