@@ -53,15 +53,18 @@ step import 60 "$PY" -c "import fusedrnn, fusedrnn._ops as o; print('HAS_CUDA', 
 # the CPU kernels' error path, then the CUDA one, under gdb (backtrace + loaded libraries on a
 # crash): if the CPU checks crash too, the cause is the build environment (compiler/libstdc++),
 # not the CUDA host code.
-step error_path 120 bash -c "if command -v gdb >/dev/null; then gdb -q -batch -ex run -ex bt -ex 'info sharedlibrary' \
-  --args $PY tests/cuda_error_path.py; else $PY tests/cuda_error_path.py; fi; $PY tests/cuda_error_path.py"
+DBG="$(command -v gdb || command -v cuda-gdb || true)"  # the GPU image has cuda-gdb, no gdb
+step error_path 150 bash -c "if [ -n '$DBG' ]; then '$DBG' -q -batch -ex 'set pagination off' -ex run -ex bt \
+  -ex 'info sharedlibrary' --args $PY -X faulthandler tests/cuda_error_path.py; fi; \
+  $PY -X faulthandler tests/cuda_error_path.py"
 step toolchain 60 bash -c "$PY -c 'import torch; print(torch.__config__.show())' | head -20; \
   ldd fusedrnn/_C*.so; strings -a fusedrnn/_C*.so | grep -m3 'GCC: '; \
   $PY -c 'import torch, fusedrnn._C; print([l.split()[-1] for l in open(\"/proc/self/maps\") if \"libstdc\" in l or \"gomp\" in l][::4])'"
 
-step pytest_cuda 300 "$PY" -m pytest -m cuda -q --no-header -p no:cacheprovider tests/test_cuda.py
+# -n 8 (pytest-xdist, in the GPU image): a test that crashes its worker is reported and the rest still run
+step pytest_cuda 300 "$PY" -m pytest -m cuda -q -n 8 -rfE --no-header -p no:cacheprovider tests/test_cuda.py
 # other cuda-marked tests (e.g. the persistent kernels); pytest's "no tests collected" (5) is a pass
-step pytest_cuda_other 120 bash -c "$PY -m pytest -m cuda -q --no-header -p no:cacheprovider tests \
+step pytest_cuda_other 120 bash -c "$PY -m pytest -m cuda -q -n 8 -rfE --no-header -p no:cacheprovider tests \
   --ignore=tests/test_cuda.py; rc=\$?; [ \$rc -eq 5 ] && exit 0; exit \$rc"
 
 SAN="$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer")"
@@ -71,12 +74,12 @@ if "$SAN" --help 2>&1 | grep -q -- '--kernel-name'; then
 fi
 for tool in memcheck racecheck synccheck; do
   step "sanitizer_$tool" 150 "$SAN" --tool "$tool" "${FILTER[@]}" --error-exitcode 1 \
-    "$PY" tests/cuda_sanitize_ops.py
+    "$PY" -X faulthandler tests/cuda_sanitize_ops.py
 done
 # issue 5: the persistent LSTM kernels, fwd + bwd (forced by tests/persistent_sanitize.py), racecheck/synccheck
 for tool in racecheck synccheck; do
   step "sanitizer_persistent_$tool" 120 "$SAN" --tool "$tool" "${FILTER[@]}" --error-exitcode 1 \
-    "$PY" tests/persistent_sanitize.py
+    "$PY" -X faulthandler tests/persistent_sanitize.py
 done
 
 set +x
