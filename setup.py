@@ -6,11 +6,52 @@ build time, so install with `pip install --no-build-isolation -e .`.
 """
 import glob
 import os
+import subprocess
 import sys
+import tempfile
 
 from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _needed_libs(path):
+    """The DT_NEEDED entries of a shared object (readelf comes with the linker's binutils)."""
+    out = subprocess.run(["readelf", "-d", path], capture_output=True, text=True, check=True).stdout
+    return [line.split("[", 1)[1].rstrip("]") for line in out.splitlines() if "(NEEDED)" in line]
+
+
+def _shared_libstdcxx_link_args():
+    """Link arguments that make the extension use the shared libstdc++ torch runs with.
+
+    Some toolchains link libstdc++ statically into shared objects (seen: the /opt/gcc compiler of a
+    GPU machine image). The extension then carries a private copy of the C++ runtime: an ostream
+    that libc10 constructs meets the locale facets of the other copy, and every error message that
+    formats a number (a tensor's shape) segfaulted instead of raising. A probe library built with
+    the same compiler tells; if it does not need libstdc++.so, the library file torch loaded is
+    named on the link line, so the extension resolves the C++ runtime to it.
+    """
+    if not sys.platform.startswith("linux"):
+        return []
+    cxx = os.environ.get("CXX", "c++")
+    with tempfile.TemporaryDirectory() as d:
+        src, lib = os.path.join(d, "probe.cpp"), os.path.join(d, "probe.so")
+        with open(src, "w") as f:
+            f.write("#include <sstream>\n#include <string>\n"
+                    "std::string probe(long v) { std::ostringstream s; s << v; return s.str(); }\n")
+        try:
+            subprocess.run([cxx, "-shared", "-fPIC", src, "-o", lib], capture_output=True, check=True)
+            if any(n.startswith("libstdc++.so") for n in _needed_libs(lib)):
+                return []
+        except (OSError, subprocess.CalledProcessError):
+            return []  # no probe possible: leave the toolchain's default
+    with open("/proc/self/maps") as maps:  # torch is imported: its libstdc++ is mapped
+        loaded = sorted({line.split()[-1] for line in maps if "/libstdc++.so" in line})
+    if not loaded:
+        raise RuntimeError(f"{cxx} links libstdc++ statically and no shared libstdc++ is loaded to link "
+                           "against; build with a compiler that links it dynamically (set CXX)")
+    print(f"fusedrnn setup: {cxx} links libstdc++ statically; linking {loaded[0]} instead", file=sys.stderr)
+    return [loaded[0]]
 
 
 def _extensions():
@@ -35,7 +76,7 @@ def _extensions():
     # with -fopenmp; without it every parallel_for of the kernels (the CPU thread team of
     # csrc/cpu/team.h) runs on one thread. At run time libgomp.so.1 resolves to the copy torch
     # already loaded.
-    link = []
+    link = _shared_libstdcxx_link_args()
     if torch.backends.openmp.is_available() and sys.platform.startswith("linux"):
         cxx.append("-fopenmp")
         link.append("-fopenmp")

@@ -17,6 +17,7 @@ import io
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -389,6 +390,23 @@ def test_op_fault_injection_never_crashes():
     print({k: len(v) for k, v in outcomes.items()})
     assert outcomes["crash"] == [] and outcomes["hang"] == [], {k: outcomes[k] for k in ("crash", "hang")}
     assert len(outcomes["raised"]) > len(outcomes["accepted"])
+
+
+@pytest.mark.skipif(not CPU_BUILT, reason=CPU_SKIP)
+@pytest.mark.skipif(not sys.platform.startswith("linux") or shutil.which("readelf") is None,
+                    reason="needs Linux and readelf")
+def test_extension_uses_the_shared_cpp_runtime():
+    """fusedrnn._C takes libstdc++ from the shared library torch runs with, never a private static
+    copy. Built by the GPU image's /opt/gcc (which links libstdc++ statically) it had one, and every
+    error message that formats a number segfaulted: an ostream of libc10 met the locale facets of
+    the other copy. setup.py links the shared library when the compiler would not."""
+    import fusedrnn._C as ext
+    dynamic = subprocess.run(["readelf", "-d", ext.__file__], capture_output=True, text=True, check=True).stdout
+    needed = [line.split("[", 1)[1].rstrip("]") for line in dynamic.splitlines() if "(NEEDED)" in line]
+    assert any(n.startswith("libstdc++.so") for n in needed), needed
+    with open("/proc/self/maps") as maps:
+        mapped = {line.split()[-1] for line in maps if "/libstdc++.so" in line}
+    assert len({os.path.realpath(m) for m in mapped}) == 1, mapped
 
 
 # ============================================================================ edge inputs
