@@ -351,6 +351,17 @@ def test_emulated_batchnorm_eval_and_late_steps_fp64(lib, spec):
                             t0=1)
 
 
+@pytest.mark.parametrize("spec", [CellSpec("lstm", "vanilla", "batch"), CellSpec("lstm", "fgr", "batch"),
+                                  CellSpec("lstm", "cifg", "batch")], ids=spec_id)
+def test_emulated_batchnorm_tiles_fp64(lib, spec):
+    """Batch-norm kernels with two tiles of units (H = 37 > 32 lanes) and more rows than warps
+    (B = 19 > 8): each warp's partial column statistics, combined over the warps, forward and
+    backward, training (padded rows left out of the statistics) and eval."""
+    lengths = [4, 4, 1, 3, 4, 2, 4, 4, 3, 1, 4, 4, 2, 4, 3, 4, 4, 1, 4]
+    check_against_reference(lib, spec, T=4, B=19, I=3, H=37, dtype=torch.float64, lengths=lengths, training=True)
+    check_against_reference(lib, spec, T=2, B=19, I=3, H=37, dtype=torch.float64, lengths=None, training=False)
+
+
 @pytest.mark.parametrize("spec", [CellSpec("lstm"), CellSpec("lstm", "fgr", "layer"),
                                   CellSpec("lstm", "cifg", "batch"), CellSpec("lstm", "nog", "layer_per_gate"),
                                   CellSpec("gru", norm="layer"), CellSpec("rnn_relu")], ids=spec_id)

@@ -164,19 +164,33 @@ __device__ inline void block_moments(F get, int n, A eps, A* red, A* mean, A* rs
   *rstd = A(1) / sqrt(block_sum(q, red) / A(n) + eps);
 }
 
-// Mean and biased variance of get(b) over the rows active at this step (one thread, serial).
-template <typename A, typename F>
-__device__ inline void column_moments(const StepDims& d, F get, A* mean, A* var) {
-  A s = 0;
+// Batch-norm tiles: a block takes kBnUnits = 32 hidden units (one per lane, so a batch row's
+// loads are coalesced across the warp) and all batch rows, split over its kBnGroups warps (warp
+// w takes rows w, w + kBnGroups, ...). A column statistic is each warp's partial sum over its
+// rows, combined in warp order through shared memory: deterministic, two barriers per combine.
+constexpr int kBnUnits = 32, kBnGroups = 8, kBnThreads = kBnUnits * kBnGroups;
+
+// v[k] := the sum of v[k] over the block's warps (the same column in every warp), for k < K.
+// blockDim.x == kBnThreads; red: K * kBnThreads shared accumulators.
+template <int K, typename A>
+__device__ inline void group_sums(A* v, A* red) {
+  __syncthreads();  // red may still be read by the previous call
+  for (int k = 0; k < K; ++k) red[k * kBnThreads + threadIdx.x] = v[k];
+  __syncthreads();
+  const int lane = threadIdx.x & 31;
+  for (int k = 0; k < K; ++k) {
+    A s = 0;
+    for (int w = 0; w < kBnGroups; ++w) s += red[k * kBnThreads + w * kBnUnits + lane];
+    v[k] = s;
+  }
+}
+
+// Rows active at this step.
+__device__ inline int active_rows(const StepDims& d) {
+  if (d.lengths == nullptr) return d.B;
   int n = 0;
-  for (int b = 0; b < d.B; ++b)
-    if (row_active(d, b)) { s += get(b); ++n; }
-  const A m = n ? s / A(n) : A(0);
-  A q = 0;
-  for (int b = 0; b < d.B; ++b)
-    if (row_active(d, b)) { const A dv = get(b) - m; q += dv * dv; }
-  *mean = m;
-  *var = n ? q / A(n) : A(0);
+  for (int b = 0; b < d.B; ++b) n += d.t < d.lengths[b];
+  return n;
 }
 
 // ----------------------------------------------------------------------------- LSTM forward
@@ -298,43 +312,95 @@ __global__ void lstm_fwd_rows_kernel(LstmStepFwd<T> p) {
   }
 }
 
-// Batch norm: one thread per hidden unit j owns all gate columns of j for the whole batch.
-// Padded rows must not enter the statistics, so c_t of padded rows is recomputed in phase B
-// from the carried c_next only through the active test (c_next holds c_t for active rows).
+// Batch norm: one tile of hidden units per block (see kBnUnits): each lane owns all gate columns
+// of its unit j over the rows of its warp. Statistics are two-pass over the rows active at this
+// step (mean, then centered squares), as the reference's; padded rows never enter them.
 template <typename T>
 __global__ void lstm_fwd_batchnorm_kernel(LstmStepFwd<T> p) {
   using A = typename AccOf<T>::type;
+  SIMT_SHARED(A, red, 8 * kBnThreads);
   const LstmFlags fl = lstm_flags(p.d.variant);
-  const int j = blockIdx.x * blockDim.x + threadIdx.x, H = p.d.H, G = fl.num_gates, GH = G * H;
-  if (j >= H) return;  // no barrier in this kernel
+  const int H = p.d.H, G = fl.num_gates, GH = G * H, B = p.d.B, w = threadIdx.x >> 5;
+  const int j = blockIdx.x * kBnUnits + (threadIdx.x & 31);
+  const bool unit = j < H;  // lanes past H only take part in the barriers
   const A eps = A(p.d.eps);
   const long NB = 2L * GH + H;
-  A ms[8] = {}, rs[8] = {};
-  for (int q = 0; q < G; ++q) {
-    const long col = long(q) * H + j;
-    A m_ih, v_ih, m_hh, v_hh;
-    if (p.d.training) {
-      column_moments<A>(p.d, [&](int b) { return A(p.xw[long(b) * GH + col]); }, &m_ih, &v_ih);
-      column_moments<A>(p.d, [&](int b) { return A(p.hw[long(b) * GH + col]); }, &m_hh, &v_hh);
-    } else {
-      m_ih = A(p.rm_ih[col]); v_ih = A(p.rv_ih[col]); m_hh = A(p.rm_hh[col]); v_hh = A(p.rv_hh[col]);
-    }
-    ms[q] = m_ih; rs[q] = A(1) / sqrt(v_ih + eps);
-    ms[4 + q] = m_hh; rs[4 + q] = A(1) / sqrt(v_hh + eps);
-    p.stats[col] = m_ih; p.stats[NB + col] = v_ih;
-    p.stats[GH + col] = m_hh; p.stats[NB + GH + col] = v_hh;
-  }
-  for (int b = 0; b < p.d.B; ++b) lstm_unit_a<T, A, kNormBatch>(p, fl, b, j, row_active(p.d, b), ms, rs);
-  A mc, vc;
+  const int n = active_rows(p.d);
+  const A inv_n = n ? A(1) / A(n) : A(0);
+  // ms/rs: slot q (input projection) and 4 + q (recurrent projection) of gate q, as lstm_pre reads
+  A ms[8] = {}, rs[8] = {}, var[8] = {};
   if (p.d.training) {
-    column_moments<A>(p.d, [&](int b) { return A(p.c_next[long(b) * H + j]); }, &mc, &vc);
-  } else {
-    mc = A(p.rm_cell[j]); vc = A(p.rv_cell[j]);
+    if (unit)
+      for (int b = w; b < B; b += kBnGroups)
+        if (row_active(p.d, b))
+#pragma unroll
+          for (int q = 0; q < 4; ++q)
+            if (q < G) {
+              ms[q] += A(p.xw[long(b) * GH + q * H + j]);
+              ms[4 + q] += A(p.hw[long(b) * GH + q * H + j]);
+            }
+    group_sums<8>(ms, red);
+    for (int k = 0; k < 8; ++k) ms[k] *= inv_n;
+    if (unit)
+      for (int b = w; b < B; b += kBnGroups)
+        if (row_active(p.d, b))
+#pragma unroll
+          for (int q = 0; q < 4; ++q)
+            if (q < G) {
+              const A dx = A(p.xw[long(b) * GH + q * H + j]) - ms[q];
+              const A dh = A(p.hw[long(b) * GH + q * H + j]) - ms[4 + q];
+              var[q] += dx * dx;
+              var[4 + q] += dh * dh;
+            }
+    group_sums<8>(var, red);
+    for (int k = 0; k < 8; ++k) var[k] *= inv_n;
+  } else if (unit) {
+#pragma unroll
+    for (int q = 0; q < 4; ++q)
+      if (q < G) {
+        const long col = long(q) * H + j;
+        ms[q] = A(p.rm_ih[col]); var[q] = A(p.rv_ih[col]);
+        ms[4 + q] = A(p.rm_hh[col]); var[4 + q] = A(p.rv_hh[col]);
+      }
   }
-  p.stats[2L * GH + j] = mc; p.stats[NB + 2L * GH + j] = vc;
-  const A rc = A(1) / sqrt(vc + eps);
-  for (int b = 0; b < p.d.B; ++b)
-    lstm_unit_b<T, A>(p, fl, b, j, row_active(p.d, b), A(p.c_next[long(b) * H + j]), mc, rc, true);
+  if (unit) {
+#pragma unroll
+    for (int q = 0; q < 4; ++q)
+      if (q < G) {
+        rs[q] = A(1) / sqrt(var[q] + eps);
+        rs[4 + q] = A(1) / sqrt(var[4 + q] + eps);
+        if (w == 0) {
+          const long col = long(q) * H + j;
+          p.stats[col] = ms[q]; p.stats[NB + col] = var[q];
+          p.stats[GH + col] = ms[4 + q]; p.stats[NB + GH + col] = var[4 + q];
+        }
+      }
+    for (int b = w; b < B; b += kBnGroups) lstm_unit_a<T, A, kNormBatch>(p, fl, b, j, row_active(p.d, b), ms, rs);
+  }
+  // Cell statistics over c_t of the active rows: each lane reads the c_next it has just written.
+  A mc[1] = {A(0)}, vc[1] = {A(0)};
+  if (p.d.training) {
+    if (unit)
+      for (int b = w; b < B; b += kBnGroups)
+        if (row_active(p.d, b)) mc[0] += A(p.c_next[long(b) * H + j]);
+    group_sums<1>(mc, red);
+    mc[0] *= inv_n;
+    if (unit)
+      for (int b = w; b < B; b += kBnGroups)
+        if (row_active(p.d, b)) {
+          const A dc = A(p.c_next[long(b) * H + j]) - mc[0];
+          vc[0] += dc * dc;
+        }
+    group_sums<1>(vc, red);
+    vc[0] *= inv_n;
+  } else if (unit) {
+    mc[0] = A(p.rm_cell[j]); vc[0] = A(p.rv_cell[j]);
+  }
+  if (!unit) return;  // no barrier below
+  if (w == 0) { p.stats[2L * GH + j] = mc[0]; p.stats[NB + 2L * GH + j] = vc[0]; }
+  const A rc = A(1) / sqrt(vc[0] + eps);
+  for (int b = w; b < B; b += kBnGroups)
+    lstm_unit_b<T, A>(p, fl, b, j, row_active(p.d, b), A(p.c_next[long(b) * H + j]), mc[0], rc, true);
 }
 
 // ----------------------------------------------------------------------------- LSTM backward
@@ -492,60 +558,74 @@ __global__ void lstm_bwd_rows_kernel(LstmStepBwd<T> p) {
   }
 }
 
-// Batch-norm backward: one thread per hidden unit j, serial over the batch.
+// Batch-norm backward: the forward's tiles (kBnUnits lanes x kBnGroups warps of rows). Each
+// (row, unit) belongs to one lane, which writes its dpre and reads it back for the gate norms.
 template <typename T>
 __global__ void lstm_bwd_batchnorm_kernel(LstmStepBwd<T> p) {
   using A = typename AccOf<T>::type;
+  SIMT_SHARED(A, red, 4 * kBnThreads);
   const LstmFlags fl = lstm_flags(p.d.variant);
-  const int j = blockIdx.x * blockDim.x + threadIdx.x, H = p.d.H, G = fl.num_gates, GH = G * H;
-  if (j >= H) return;
+  const int H = p.d.H, G = fl.num_gates, GH = G * H, B = p.d.B, w = threadIdx.x >> 5;
+  const int j = blockIdx.x * kBnUnits + (threadIdx.x & 31);
+  const bool unit = j < H;  // lanes past H only take part in the barriers
   const long NB = 2L * GH + H, WG = 3L * GH + 5L * H;
   const A eps = A(p.d.eps);
-  const bool train = p.d.training != 0;
-  const A mc = A(p.stats[2L * GH + j]), rc = A(1) / sqrt(A(p.stats[NB + 2L * GH + j]) + eps);
-  int n = 0;
-  for (int b = 0; b < p.d.B; ++b) n += row_active(p.d, b);
-  A m1 = 0, m2 = 0;
-  if (train && n > 0) {
-    for (int b = 0; b < p.d.B; ++b) {
-      if (!row_active(p.d, b)) continue;
-      A d_o, d_cn, chat;
-      lstm_out_grads<T, A>(p, fl, b, j, true, true, mc, rc, &d_o, &d_cn, &chat);
-      m1 += d_cn * A(p.g_cell[j]);
-      m2 += d_cn * A(p.g_cell[j]) * chat;
-    }
-    m1 /= A(n); m2 /= A(n);
-  }
-  for (int b = 0; b < p.d.B; ++b) {
-    const bool active = row_active(p.d, b);
-    A d_o, d_cn, chat;
-    lstm_out_grads<T, A>(p, fl, b, j, active, true, mc, rc, &d_o, &d_cn, &chat);
-    const A dg = d_cn * A(p.g_cell[j]);
-    const A dc = train ? norm_bwd<A>(dg, chat, rc, m1, m2) : rc * dg;
-    if (active) {
-      A* wg = p.wgrad + long(b) * WG + 3L * GH;
-      wg[3 * H + j] += d_cn * chat;
-      wg[4 * H + j] += d_cn;
-    }
-    lstm_unit_bwd<T, A>(p, fl, b, j, active, d_o, dc);
-  }
-  for (int q = 0; q < G; ++q) {
-    const long col = long(q) * H + j;
-    const A mx = A(p.stats[col]), rx = A(1) / sqrt(A(p.stats[NB + col]) + eps);
-    const A mh = A(p.stats[GH + col]), rh = A(1) / sqrt(A(p.stats[NB + GH + col]) + eps);
-    const A gx = A(p.g_ih[col]), gh = A(p.g_hh[col]);
-    A sx1 = 0, sx2 = 0, sh1 = 0, sh2 = 0;
-    if (train && n > 0) {
-      for (int b = 0; b < p.d.B; ++b) {
+  const int n = active_rows(p.d);
+  const bool stats = p.d.training != 0 && n > 0;  // uniform over the block
+  const A inv_n = n ? A(1) / A(n) : A(0);
+  const A mc = unit ? A(p.stats[2L * GH + j]) : A(0);
+  const A rc = unit ? A(1) / sqrt(A(p.stats[NB + 2L * GH + j]) + eps) : A(1);
+  const A g_cell = unit ? A(p.g_cell[j]) : A(0);
+  A m[2] = {A(0), A(0)};  // batch means of dcn * g and dcn * g * chat (cell norm backward)
+  if (stats) {
+    if (unit)
+      for (int b = w; b < B; b += kBnGroups) {
         if (!row_active(p.d, b)) continue;
-        const long i = long(b) * GH + col;
-        const A d = A(p.dpre[i]);
-        sx1 += d * gx; sx2 += d * gx * (A(p.xw[i]) - mx) * rx;
-        sh1 += d * gh; sh2 += d * gh * (A(p.hw[i]) - mh) * rh;
+        A d_o, d_cn, chat;
+        lstm_out_grads<T, A>(p, fl, b, j, true, true, mc, rc, &d_o, &d_cn, &chat);
+        m[0] += d_cn * g_cell;
+        m[1] += d_cn * g_cell * chat;
       }
-      sx1 /= A(n); sx2 /= A(n); sh1 /= A(n); sh2 /= A(n);
+    group_sums<2>(m, red);
+    m[0] *= inv_n; m[1] *= inv_n;
+  }
+  if (unit)
+    for (int b = w; b < B; b += kBnGroups) {
+      const bool active = row_active(p.d, b);
+      A d_o, d_cn, chat;
+      lstm_out_grads<T, A>(p, fl, b, j, active, true, mc, rc, &d_o, &d_cn, &chat);
+      const A dg = d_cn * g_cell;
+      const A dc = stats ? norm_bwd<A>(dg, chat, rc, m[0], m[1]) : rc * dg;
+      if (active) {
+        A* wg = p.wgrad + long(b) * WG + 3L * GH;
+        wg[3 * H + j] += d_cn * chat;
+        wg[4 * H + j] += d_cn;
+      }
+      lstm_unit_bwd<T, A>(p, fl, b, j, active, d_o, dc);
     }
-    for (int b = 0; b < p.d.B; ++b) {
+  for (int q = 0; q < G; ++q) {  // G is uniform: every lane meets the same barriers
+    const long col = long(q) * H + j;
+    A mx = 0, rx = 1, mh = 0, rh = 1, gx = 0, gh = 0;
+    if (unit) {
+      mx = A(p.stats[col]); rx = A(1) / sqrt(A(p.stats[NB + col]) + eps);
+      mh = A(p.stats[GH + col]); rh = A(1) / sqrt(A(p.stats[NB + GH + col]) + eps);
+      gx = A(p.g_ih[col]); gh = A(p.g_hh[col]);
+    }
+    A sm[4] = {A(0), A(0), A(0), A(0)};  // means of d * g and d * g * vhat, input then recurrent
+    if (stats) {
+      if (unit)
+        for (int b = w; b < B; b += kBnGroups) {
+          if (!row_active(p.d, b)) continue;
+          const long i = long(b) * GH + col;
+          const A d = A(p.dpre[i]);
+          sm[0] += d * gx; sm[1] += d * gx * (A(p.xw[i]) - mx) * rx;
+          sm[2] += d * gh; sm[3] += d * gh * (A(p.hw[i]) - mh) * rh;
+        }
+      group_sums<4>(sm, red);
+      for (int k = 0; k < 4; ++k) sm[k] *= inv_n;
+    }
+    if (!unit) continue;
+    for (int b = w; b < B; b += kBnGroups) {
       const long i = long(b) * GH + col;
       if (!row_active(p.d, b)) {
         p.dxw[i] = T(0);
@@ -553,8 +633,8 @@ __global__ void lstm_bwd_batchnorm_kernel(LstmStepBwd<T> p) {
         continue;
       }
       const A d = A(p.dpre[i]), xh = (A(p.xw[i]) - mx) * rx, hh = (A(p.hw[i]) - mh) * rh;
-      p.dxw[i] = T(train ? norm_bwd<A>(d * gx, xh, rx, sx1, sx2) : rx * d * gx);
-      p.dhw[i] = T(train ? norm_bwd<A>(d * gh, hh, rh, sh1, sh2) : rh * d * gh);
+      p.dxw[i] = T(stats ? norm_bwd<A>(d * gx, xh, rx, sm[0], sm[1]) : rx * d * gx);
+      p.dhw[i] = T(stats ? norm_bwd<A>(d * gh, hh, rh, sm[2], sm[3]) : rh * d * gh);
       A* wg = p.wgrad + long(b) * WG;
       wg[col] += d;
       wg[GH + col] += d * xh;
@@ -737,8 +817,7 @@ inline int row_threads(int H) {
 template <typename T>
 inline void lstm_step_fwd(const LstmStepFwd<T>& p, int norm, cudaStream_t stream) {
   if (norm == kNormBatch) {
-    const int threads = 128;
-    simt::launch(lstm_fwd_batchnorm_kernel<T>, dim3((p.d.H + threads - 1) / threads), dim3(threads), 0, stream, p);
+    simt::launch(lstm_fwd_batchnorm_kernel<T>, dim3((p.d.H + kBnUnits - 1) / kBnUnits), dim3(kBnThreads), 0, stream, p);
     return;
   }
   FUSEDRNN_NORM_SWITCH(norm, NORM, [&] {
@@ -749,8 +828,7 @@ inline void lstm_step_fwd(const LstmStepFwd<T>& p, int norm, cudaStream_t stream
 template <typename T>
 inline void lstm_step_bwd(const LstmStepBwd<T>& p, int norm, cudaStream_t stream) {
   if (norm == kNormBatch) {
-    const int threads = 128;
-    simt::launch(lstm_bwd_batchnorm_kernel<T>, dim3((p.d.H + threads - 1) / threads), dim3(threads), 0, stream, p);
+    simt::launch(lstm_bwd_batchnorm_kernel<T>, dim3((p.d.H + kBnUnits - 1) / kBnUnits), dim3(kBnThreads), 0, stream, p);
     return;
   }
   FUSEDRNN_NORM_SWITCH(norm, NORM, [&] {
