@@ -112,9 +112,16 @@ def compare_half(spec, x, state, p, lengths=None, training=False, t0=0):
 # ----------------------------------------------------------------------------- the matrix
 
 
+# Both CUDA paths: "0" forces the per-step kernels, "auto" (the default) runs the persistent LSTM
+# kernels at these batches (B = 8) for float32 and the half types (float64 always runs per step).
+PATHS = pytest.mark.parametrize("path", ["0", "auto"], ids=["step", "auto"])
+
+
+@PATHS
 @pytest.mark.parametrize("dtype", (torch.float64, torch.float32), ids=str)
 @pytest.mark.parametrize("spec", ALL_SPECS, ids=spec_id)
-def test_matches_reference(spec, dtype):
+def test_matches_reference(spec, dtype, path, monkeypatch):
+    monkeypatch.setenv("FUSEDRNN_PERSISTENT", path)
     # B = 8 and lengths leaving 8, 7, 6, 4, 1 active rows at steps 0..4: batch norm over 2 (or 3)
     # active rows is ill-conditioned -- with 2 rows xhat = +-1 and the input gradient is
     # (dy_a - dy_b) / 2 * (1 - xhat^2) / sigma, a cancellation whose float32 rounding depends on
@@ -130,9 +137,11 @@ def test_matches_reference(spec, dtype):
     compare(spec, x, state, p, lengths=torch.tensor([2, 5, 4, 3, 5, 1, 5, 4], device=DEV), training=False, t0=1)
 
 
+@PATHS
 @pytest.mark.parametrize("dtype", HALF, ids=str)
 @pytest.mark.parametrize("spec", ALL_SPECS, ids=spec_id)
-def test_half_precision_rule(spec, dtype):
+def test_half_precision_rule(spec, dtype, path, monkeypatch):
+    monkeypatch.setenv("FUSEDRNN_PERSISTENT", path)
     x, state, p = make_layer(spec, 6, 8, 5, 40, dtype)
     compare_half(spec, x, state, p, training=True)
     compare_half(spec, x, state, p, lengths=torch.tensor([6, 3, 6, 1, 6, 6, 5, 4], device=DEV), training=True)
