@@ -112,6 +112,14 @@ StepDims dims(int64_t B, int64_t H, int variant, int64_t t, bool training, doubl
 // Columns [lo, hi) of a [B, N] matrix: a strided view cuBLAS takes as is.
 Tensor cols(const Tensor& m, int64_t lo, int64_t hi) { return m.slice(1, lo, hi); }
 
+// Step t of a contiguous [T, ...] tensor as a raw pointer. The per-step loops take no tensor
+// views where a pointer does: each view is a dispatcher call and a TensorImpl (about a microsecond
+// of host time), and the per-step path is host-bound at small shapes.
+template <typename P>
+P* step_ptr(const Tensor& a, int64_t t) {
+  return a.data_ptr<P>() + t * a.stride(0);
+}
+
 // ----------------------------------------------------------------------------- LSTM
 
 constexpr const char* kLstmFwd = "fusedrnn::lstm_fwd (CUDA)";
@@ -197,18 +205,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   if (!persistent) FUSEDRNN_DISPATCH(x.scalar_type(), "fusedrnn_lstm_fwd_cuda", [&] {
     using T_ = scalar_t;
     Tensor h_prev = h0, a_prev = fl.fgr ? *a0 : Tensor();
+    const Tensor w_hh_t = w_hh.t(), w_fgr_t = fl.fgr ? w_fgr->t() : Tensor();
+    const std::vector<Tensor> h_bufs = h_buf.unbind(0), a_bufs = fl.fgr ? a_buf.unbind(0) : std::vector<Tensor>();
     for (int64_t t = 0; t < T; ++t) {
       Tensor hw_t = two ? hw[t] : hw;
-      at::mm_out(hw_t, h_prev, w_hh.t());
-      if (fl.fgr) at::mm_out(fgr, a_prev, w_fgr->t());
-      Tensor h_next = t == T - 1 ? h_n : h_buf[t % 2];
-      Tensor a_next = !fl.fgr ? Tensor() : t == T - 1 ? a_n : a_buf[t % 2];
+      at::mm_out(hw_t, h_prev, w_hh_t);
+      if (fl.fgr) at::mm_out(fgr, a_prev, w_fgr_t);
+      Tensor h_next = t == T - 1 ? h_n : h_bufs[t % 2];
+      Tensor a_next = !fl.fgr ? Tensor() : t == T - 1 ? a_n : a_bufs[t % 2];
       const int64_t slot = std::min<int64_t>(t0 + t, S - 1);
       const bool eval_bn = norm == kNormBatch && !training;
       auto run = [&](const OptT& r, int64_t width) { return eval_bn ? ptr<T_>(r) + slot * width : nullptr; };
       LstmStepFwd<T_> p{};
       p.d = dims(B, H, int(variant), t, training, eps, L);
-      p.xw = xw[t].data_ptr<T_>();
+      p.xw = step_ptr<T_>(xw, t);
       p.hw = hw_t.data_ptr<T_>();
       p.fgr = fl.fgr ? fgr.data_ptr<T_>() : nullptr;
       p.b_ih = ptr<T_>(b_ih); p.b_hh = ptr<T_>(b_hh); p.w_peep = ptr<T_>(w_peep);
@@ -217,15 +227,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
       p.rm_ih = run(rm_ih, GH); p.rv_ih = run(rv_ih, GH); p.rm_hh = run(rm_hh, GH); p.rv_hh = run(rv_hh, GH);
       p.rm_cell = run(rm_cell, H); p.rv_cell = run(rv_cell, H);
       p.h_prev = h_prev.data_ptr<T_>();
-      p.c_prev = t == 0 ? c0.data_ptr<T_>() : cs[t - 1].data_ptr<T_>();
+      p.c_prev = t == 0 ? c0.data_ptr<T_>() : step_ptr<T_>(cs, t - 1);
       p.a_prev = fl.fgr ? a_prev.data_ptr<T_>() : nullptr;
       p.h_next = h_next.data_ptr<T_>();
-      p.c_next = cs[t].data_ptr<T_>();
+      p.c_next = step_ptr<T_>(cs, t);
       p.a_next = fl.fgr ? a_next.data_ptr<T_>() : nullptr;
-      p.y = y[t].data_ptr<T_>();
-      p.acts = acts[t].data_ptr<T_>();
-      p.v_out = norm == kNormLayerPerGate ? xw[t].data_ptr<T_>() : nullptr;  // xw becomes v = xw + hw
-      p.stats = norm == kNormNone ? nullptr : stats[t].data_ptr<typename AccOf<T_>::type>();
+      p.y = step_ptr<T_>(y, t);
+      p.acts = step_ptr<T_>(acts, t);
+      p.v_out = norm == kNormLayerPerGate ? step_ptr<T_>(xw, t) : nullptr;  // xw becomes v = xw + hw
+      p.stats = norm == kNormNone ? nullptr : step_ptr<typename AccOf<T_>::type>(stats, t);
       lstm_step_fwd<T_>(p, int(norm), stream);
       FUSEDRNN_LAUNCH_CHECK();
       h_prev = h_next;
@@ -285,26 +295,27 @@ lstm_bwd(const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& grad_c_n, c
       cs, xw, hw, stats, variant, norm, training, eps, dpre, dxw, dhw, wgrad, dh, dc, da);
   if (!persistent) FUSEDRNN_DISPATCH(dt, "fusedrnn_lstm_bwd_cuda", [&] {
     using T_ = scalar_t;
+    const std::vector<Tensor> dc_bufs = dc_buf.unbind(0);
     for (int64_t t = T - 1; t >= 0; --t) {
-      Tensor dc_prev = dc_buf[t % 2];
+      const Tensor& dc_prev = dc_bufs[t % 2];
       LstmStepBwd<T_> p{};
       p.d = dims(B, H, int(variant), t, training, eps, L);
-      p.xw = norm != kNormNone ? xw[t].data_ptr<T_>() : nullptr;
-      p.hw = two ? hw[t].data_ptr<T_>() : nullptr;
+      p.xw = norm != kNormNone ? step_ptr<T_>(xw, t) : nullptr;
+      p.hw = two ? step_ptr<T_>(hw, t) : nullptr;
       p.w_peep = ptr<T_>(w_peep);
       p.g_ih = ptr<T_>(g_ih); p.g_hh = ptr<T_>(g_hh); p.g_cell = ptr<T_>(g_cell); p.b_cell = ptr<T_>(b_cell);
       p.g_gates = ptr<T_>(g_gates); p.b_gates = ptr<T_>(b_gates);
-      p.c_prev = t == 0 ? c0.data_ptr<T_>() : cs[t - 1].data_ptr<T_>();
-      p.acts = acts[t].data_ptr<T_>();
-      p.cs = cs[t].data_ptr<T_>();
-      p.stats = norm != kNormNone ? stats[t].data_ptr<typename AccOf<T_>::type>() : nullptr;
-      p.dy = grad_y[t].data_ptr<T_>();
+      p.c_prev = t == 0 ? c0.data_ptr<T_>() : step_ptr<T_>(cs, t - 1);
+      p.acts = step_ptr<T_>(acts, t);
+      p.cs = step_ptr<T_>(cs, t);
+      p.stats = norm != kNormNone ? step_ptr<typename AccOf<T_>::type>(stats, t) : nullptr;
+      p.dy = step_ptr<T_>(grad_y, t);
       p.dh = dh.data_ptr<T_>();
       p.dc = dc.data_ptr<T_>();
       p.da = fl.fgr ? da.data_ptr<T_>() : nullptr;
-      p.dpre = dpre[t].data_ptr<T_>();
-      p.dxw = dxw[t].data_ptr<T_>();
-      p.dhw = dhw[t].data_ptr<T_>();
+      p.dpre = step_ptr<T_>(dpre, t);
+      p.dxw = step_ptr<T_>(dxw, t);
+      p.dhw = step_ptr<T_>(dhw, t);
       p.dh_direct = dh_direct.data_ptr<T_>();
       p.dc_prev = dc_prev.data_ptr<T_>();
       p.da_direct = fl.fgr ? da_direct.data_ptr<T_>() : nullptr;
@@ -435,17 +446,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_fwd(
   FUSEDRNN_DISPATCH(x.scalar_type(), "fusedrnn_gru_fwd_cuda", [&] {
     using T_ = scalar_t;
     Tensor h_prev = h0;
+    const Tensor w_hh_t = w_hh.t();
+    const std::vector<Tensor> h_bufs = h_buf.unbind(0);
     for (int64_t t = 0; t < T; ++t) {
       Tensor hw_t = ln ? hw[t] : hw;
-      at::mm_out(hw_t, h_prev, w_hh.t());
-      Tensor h_next = t == T - 1 ? h_n : h_buf[t % 2];
+      at::mm_out(hw_t, h_prev, w_hh_t);
+      Tensor h_next = t == T - 1 ? h_n : h_bufs[t % 2];
       GruStepFwd<T_> p{};
       p.d = dims(B, H, 0, t, false, eps, L);
-      p.xw = xw[t].data_ptr<T_>(); p.hw = hw_t.data_ptr<T_>();
+      p.xw = step_ptr<T_>(xw, t); p.hw = hw_t.data_ptr<T_>();
       p.b_ih = ptr<T_>(b_ih); p.b_hh = ptr<T_>(b_hh); p.g_ih = ptr<T_>(g_ih); p.g_hh = ptr<T_>(g_hh);
       p.h_prev = h_prev.data_ptr<T_>(); p.h_next = h_next.data_ptr<T_>();
-      p.y = y[t].data_ptr<T_>(); p.acts = acts[t].data_ptr<T_>(); p.hn = hn[t].data_ptr<T_>();
-      p.stats = ln ? stats[t].data_ptr<typename AccOf<T_>::type>() : nullptr;
+      p.y = step_ptr<T_>(y, t); p.acts = step_ptr<T_>(acts, t); p.hn = step_ptr<T_>(hn, t);
+      p.stats = ln ? step_ptr<typename AccOf<T_>::type>(stats, t) : nullptr;
       gru_step_fwd<T_>(p, int(norm), stream);
       FUSEDRNN_LAUNCH_CHECK();
       h_prev = h_next;
@@ -491,12 +504,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_b
     for (int64_t t = T - 1; t >= 0; --t) {
       GruStepBwd<T_> p{};
       p.d = dims(B, H, 0, t, false, eps, L);
-      p.xw = ln ? xw[t].data_ptr<T_>() : nullptr; p.hw = ln ? hw[t].data_ptr<T_>() : nullptr;
+      p.xw = ln ? step_ptr<T_>(xw, t) : nullptr; p.hw = ln ? step_ptr<T_>(hw, t) : nullptr;
       p.g_ih = ptr<T_>(g_ih); p.g_hh = ptr<T_>(g_hh);
-      p.h_prev = h_prev_all[t].data_ptr<T_>(); p.acts = acts[t].data_ptr<T_>(); p.hn = hn[t].data_ptr<T_>();
-      p.stats = ln ? stats[t].data_ptr<typename AccOf<T_>::type>() : nullptr;
-      p.dy = grad_y[t].data_ptr<T_>(); p.dh = dh.data_ptr<T_>();
-      p.dxw = dxw[t].data_ptr<T_>(); p.dhw = dhw[t].data_ptr<T_>(); p.dh_direct = dh_direct.data_ptr<T_>();
+      p.h_prev = step_ptr<T_>(h_prev_all, t); p.acts = step_ptr<T_>(acts, t); p.hn = step_ptr<T_>(hn, t);
+      p.stats = ln ? step_ptr<typename AccOf<T_>::type>(stats, t) : nullptr;
+      p.dy = step_ptr<T_>(grad_y, t); p.dh = dh.data_ptr<T_>();
+      p.dxw = step_ptr<T_>(dxw, t); p.dhw = step_ptr<T_>(dhw, t); p.dh_direct = dh_direct.data_ptr<T_>();
       p.wgrad = wgrad.data_ptr<typename AccOf<T_>::type>();
       gru_step_bwd<T_>(p, int(norm), stream);
       FUSEDRNN_LAUNCH_CHECK();
@@ -544,14 +557,16 @@ std::tuple<Tensor, Tensor> rnn_fwd(const Tensor& x, const OptT& lengths, const T
   FUSEDRNN_DISPATCH(x.scalar_type(), "fusedrnn_rnn_fwd_cuda", [&] {
     using T_ = scalar_t;
     Tensor h_prev = h0;
+    const Tensor w_hh_t = w_hh.t();
+    const std::vector<Tensor> h_bufs = h_buf.unbind(0);
     for (int64_t t = 0; t < T; ++t) {
-      at::mm_out(hw, h_prev, w_hh.t());
-      Tensor h_next = t == T - 1 ? h_n : h_buf[t % 2];
+      at::mm_out(hw, h_prev, w_hh_t);
+      Tensor h_next = t == T - 1 ? h_n : h_bufs[t % 2];
       RnnStepFwd<T_> p{};
       p.d = dims(B, H, int(kind), t, false, 0.0, L);
-      p.xw = xw[t].data_ptr<T_>(); p.hw = hw.data_ptr<T_>();
+      p.xw = step_ptr<T_>(xw, t); p.hw = hw.data_ptr<T_>();
       p.b_ih = ptr<T_>(b_ih); p.b_hh = ptr<T_>(b_hh);
-      p.h_prev = h_prev.data_ptr<T_>(); p.h_next = h_next.data_ptr<T_>(); p.y = y[t].data_ptr<T_>();
+      p.h_prev = h_prev.data_ptr<T_>(); p.h_next = h_next.data_ptr<T_>(); p.y = step_ptr<T_>(y, t);
       rnn_step_fwd<T_>(p, stream);
       FUSEDRNN_LAUNCH_CHECK();
       h_prev = h_next;
@@ -579,8 +594,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_bwd(
     for (int64_t t = T - 1; t >= 0; --t) {
       RnnStepBwd<T_> p{};
       p.d = dims(B, H, int(kind), t, false, 0.0, L);
-      p.y = y[t].data_ptr<T_>(); p.dy = grad_y[t].data_ptr<T_>(); p.dh = dh.data_ptr<T_>();
-      p.dpre = dpre[t].data_ptr<T_>(); p.dh_direct = dh_direct.data_ptr<T_>();
+      p.y = step_ptr<T_>(y, t); p.dy = step_ptr<T_>(grad_y, t); p.dh = dh.data_ptr<T_>();
+      p.dpre = step_ptr<T_>(dpre, t); p.dh_direct = dh_direct.data_ptr<T_>();
       rnn_step_bwd<T_>(p, stream);
       FUSEDRNN_LAUNCH_CHECK();
       at::addmm_out(dh, dh_direct, dpre[t], w_hh);
