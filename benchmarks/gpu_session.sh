@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Everything a lent GPU session runs, in one command that fits a 10-minute limit:
 #   1. tests/gpu_check.sh: build with CUDA, pytest -m cuda, compute-sanitizer runs;
-#   2. the benchmark on the GPU: the per-step CUDA path and the persistent kernel
-#      (FUSEDRNN_PERSISTENT=1), each side by side with cuDNN in its own run;
+#   2. the benchmark on the GPU: the default dispatch side by side with cuDNN, then the persistent
+#      kernel forced vs the per-step path at B = 16 and 32;
 #   3. one archive $OUT/gpu_session.tar.gz with every log and result.
 # Usage (repository root, GPU machine): OUT=/some/dir bash benchmarks/gpu_session.sh
-# Budgets: GPU_CHECK_BUDGET_S (default 330) for step 1, BENCH_BUDGET_S (default 110) per benchmark run.
+# Budgets: GPU_CHECK_BUDGET_S (default 300) for step 1 (its CPU suite skipped: GPU_CHECK_SKIP_CPU=1),
+# BENCH_BUDGET_S (default 230) for the main benchmark, 60 s for each persistent-vs-per-step run.
 set -u
 cd "$(dirname "$0")/.." || exit 2
 OUT="${OUT:-$(mktemp -d)}"
@@ -13,23 +14,27 @@ work="$(mktemp -d)"
 export PYTHONUNBUFFERED=1
 PY="${PYTHON:-python3}"
 
-OUT="$work/check" GPU_CHECK_BUDGET_S="${GPU_CHECK_BUDGET_S:-330}" bash tests/gpu_check.sh > "$work/gpu_check.txt" 2>&1
+OUT="$work/check" GPU_CHECK_SKIP_CPU="${GPU_CHECK_SKIP_CPU:-1}" GPU_CHECK_BUDGET_S="${GPU_CHECK_BUDGET_S:-300}" \
+  bash tests/gpu_check.sh > "$work/gpu_check.txt" 2>&1
 echo "gpu_check exit: $?" | tee -a "$work/gpu_check.txt"
 sed -n '/gpu_check summary/,$p' "$work/gpu_check.txt"
 
-# issue 5 shapes: B sweep at H=256, H sweep at B=64, T=1000, and the char-LM shape
-SHAPES="${SHAPES:-100x1x256x256,100x8x256x256,100x64x256x256,100x64x512x512,100x64x1024x1024,1000x8x256x256,80x32x512x512}"
-bench() {  # bench NAME PERSISTENT_MODE CANDIDATES: one benchmark run into $work/NAME
-  local name="$1" mode="$2" cands="$3"
-  FUSEDRNN_PERSISTENT="$mode" timeout --kill-after=10 "${BENCH_BUDGET_S:-110}" "$PY" -m benchmarks \
-    --device cuda --suite gpu --cells vanilla,ln,bn --candidates "$cands" --shapes "$SHAPES" \
-    --dtype float32,bfloat16 --repeats 10 --warmup 3 --budget 1 --out "$work/$name" --quiet > "$work/$name.log" 2>&1
-  echo "benchmark $name (FUSEDRNN_PERSISTENT=$mode): exit $?" | tee -a "$work/gpu_check.txt"
-}
-bench bench-step 0 fused,nn,floor
-bench bench-persistent 1 fused,nn
+# 1. the default dispatch (FUSEDRNN_PERSISTENT unset = auto) against cuDNN and the GEMM floor:
+#    issue 5's B sweep at H=256, the H sweep at B=64, T=1000, and the char-LM shape
+SHAPES="${SHAPES:-100x8x256x256,100x32x256x256,100x64x256x256,100x64x1024x1024,1000x8x256x256,1000x64x256x256,80x32x512x512}"
+timeout --kill-after=10 "${BENCH_BUDGET_S:-230}" "$PY" -m benchmarks --device cuda --suite gpu --cells vanilla,ln,bn \
+  --candidates fused,nn,floor --shapes "$SHAPES" --dtype float32,bfloat16 --repeats 10 --warmup 3 --budget 0.5 \
+  --no-memory --out "$work/bench-auto" --quiet > "$work/bench-auto.log" 2>&1
+echo "benchmark bench-auto: exit $?" | tee -a "$work/gpu_check.txt"
+# 2. the persistent kernel forced vs the per-step path at the batches auto leaves per step (B = 16, 32)
+for mode in 1 0; do
+  FUSEDRNN_PERSISTENT=$mode timeout --kill-after=10 60 "$PY" -m benchmarks --device cuda --cells vanilla,ln,bn \
+    --candidates fused,nn --shapes 100x16x256x256,100x32x256x256 --dtype float32 --repeats 10 --warmup 3 \
+    --budget 0.5 --no-memory --no-plot --out "$work/bench-persistent-$mode" --quiet > "$work/bench-persistent-$mode.log" 2>&1
+  echo "benchmark bench-persistent-$mode (FUSEDRNN_PERSISTENT=$mode): exit $?" | tee -a "$work/gpu_check.txt"
+done
 
 tar czf "$OUT/gpu_session.tar.gz" -C "$work" .
 for f in "$work"/bench-*/results.md; do
-  [ -f "$f" ] && { echo "==== $f"; grep -E "^\|" "$f" | head -40; }
+  [ -f "$f" ] && { echo "==== $f"; grep -E "^\|" "$f" | head -60; }
 done

@@ -23,7 +23,7 @@ def run(spec, dtype, training, H=40, T=4, B=3, I=5):
     p = {r: t.to("cuda", dtype).requires_grad_(not r.startswith(("rm_", "rv_"))) for r, t in p.items()}
     x = torch.randn(T, B, I, generator=g).to("cuda", dtype).requires_grad_()
     state = tuple(torch.zeros(B, n, device="cuda", dtype=dtype, requires_grad=True) for n in spec.state_sizes(H))
-    lengths = torch.tensor([T, 2, T - 1], device="cuda")
+    lengths = torch.tensor([T, 2, T - 1, 1, T][:B], device="cuda")  # B <= 5
     y, final = _ops.run_layer(spec, x, state, p, lengths=lengths, training=training)
     loss = y.float().square().sum() + sum(f.float().sum() for f in final)
     grads = torch.autograd.grad(loss, [x, *state, *(v for v in p.values() if v.requires_grad)])
