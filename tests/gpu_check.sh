@@ -63,14 +63,6 @@ step toolchain 60 bash -c "$PY -c 'import torch; print(torch.__config__.show())'
 
 # -n 8 (pytest-xdist, in the GPU image): a test that crashes its worker is reported and the rest still run
 step pytest_cuda 300 "$PY" -m pytest -m cuda -q -n 8 -rfE --no-header -p no:cacheprovider tests/test_cuda.py
-# other cuda-marked tests (e.g. the persistent kernels); pytest's "no tests collected" (5) is a pass
-step pytest_cuda_other 120 bash -c "$PY -m pytest -m cuda -q -n 8 -rfE --no-header -p no:cacheprovider tests \
-  --ignore=tests/test_cuda.py; rc=\$?; [ \$rc -eq 5 ] && exit 0; exit \$rc"
-# the CPU suite on this machine's toolchain and CPU (another compiler, AVX-512), slow tests excluded
-# (16 workers x 16 threads each ran 86% of it in 200 s: 8 workers of 2 threads)
-[ "${GPU_CHECK_SKIP_CPU:-0}" = 1 ] || step pytest_cpu 200 env OMP_NUM_THREADS=2 "$PY" -m pytest -m "not slow and not cuda" \
-  -q -n 8 -rfE --no-header -p no:cacheprovider tests
-
 SAN="$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer")"
 FILTER=()
 if "$SAN" --help 2>&1 | grep -q -- '--kernel-name'; then
@@ -90,6 +82,16 @@ for tool in racecheck synccheck; do
   step "sanitizer_persistent_$tool" 120 "$SAN" --tool "$tool" "${FILTER[@]}" --error-exitcode 1 \
     "$PY" -X faulthandler tests/persistent_sanitize.py
 done
+
+# last, where the budget may run out first: the other cuda-marked tests and the CPU suite
+# other cuda-marked tests (e.g. the persistent kernels); pytest's "no tests collected" (5) is a pass
+step pytest_cuda_other 120 bash -c "$PY -m pytest -m cuda -q -n 8 -rfE --no-header -p no:cacheprovider tests \
+  --ignore=tests/test_cuda.py; rc=\$?; [ \$rc -eq 5 ] && exit 0; exit \$rc"
+# the CPU suite on this machine's toolchain and CPU (another compiler, AVX-512), slow tests excluded
+# (16 workers x 16 threads each ran 86% of it in 200 s: 8 workers of 2 threads)
+[ "${GPU_CHECK_SKIP_CPU:-0}" = 1 ] || step pytest_cpu 200 env OMP_NUM_THREADS=2 "$PY" -m pytest -m "not slow and not cuda" \
+  -q -n 8 -rfE --no-header -p no:cacheprovider tests
+
 
 set +x
 echo "==================== gpu_check summary (logs in $OUT)"
