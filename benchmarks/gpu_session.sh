@@ -20,16 +20,16 @@ echo "gpu_check exit: $?" | tee -a "$work/gpu_check.txt"
 sed -n '/gpu_check summary/,$p' "$work/gpu_check.txt"
 
 # 1. the default dispatch (FUSEDRNN_PERSISTENT unset = auto) against cuDNN and the GEMM floor:
-#    issue 5's B sweep at H=256, the H sweep at B=64, T=1000, and the char-LM shape
-SHAPES="${SHAPES:-100x8x256x256,100x32x256x256,100x64x256x256,100x64x1024x1024,1000x8x256x256,1000x64x256x256,80x32x512x512}"
+#    a B sweep at H=256, H=1024 at B=32, T=1000, and the char-LM shape
+SHAPES="${SHAPES:-100x8x256x256,100x16x256x256,100x32x256x256,100x64x256x256,100x32x1024x1024,1000x32x256x256,80x32x512x512}"
 timeout --kill-after=10 "${BENCH_BUDGET_S:-230}" "$PY" -m benchmarks --device cuda --suite gpu --cells vanilla,ln,bn \
   --candidates fused,nn,floor --shapes "$SHAPES" --dtype float32,bfloat16 --repeats 10 --warmup 3 --budget 0.5 \
   --no-memory --out "$work/bench-auto" --quiet > "$work/bench-auto.log" 2>&1
 echo "benchmark bench-auto: exit $?" | tee -a "$work/gpu_check.txt"
-# 2. the persistent kernel forced vs the per-step path at the batches auto leaves per step (B = 16, 32)
+# 2. the persistent kernel forced vs the per-step path at B = 16 and 32 (H = 256; H = 1024 at B = 32)
 for mode in 1 0; do
   FUSEDRNN_PERSISTENT=$mode timeout --kill-after=10 60 "$PY" -m benchmarks --device cuda --cells vanilla,ln,bn \
-    --candidates fused,nn --shapes 100x16x256x256,100x32x256x256 --dtype float32 --repeats 10 --warmup 3 \
+    --candidates fused,nn --shapes 100x16x256x256,100x32x256x256,100x32x1024x1024 --dtype float32 --repeats 10 --warmup 3 \
     --budget 0.5 --no-memory --no-plot --out "$work/bench-persistent-$mode" --quiet > "$work/bench-persistent-$mode.log" 2>&1
   echo "benchmark bench-persistent-$mode (FUSEDRNN_PERSISTENT=$mode): exit $?" | tee -a "$work/gpu_check.txt"
 done

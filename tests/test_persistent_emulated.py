@@ -127,15 +127,19 @@ def test_persistent_backward_is_persistent(ops, monkeypatch):
         ops.lstm_bwd(*g, *args, out[0], *out[4:9], 0, 0, False, 1e-5)
 
 
-@pytest.mark.parametrize("norm", ["none", "layer"])
-def test_persistent_auto_threshold(ops, monkeypatch, norm):
-    """FUSEDRNN_PERSISTENT=auto picks the persistent kernel up to B = 8 only (persistent_launch.h:
-    on an H100 it won at B = 8 and lost to the per-step path at B = 64, vanilla and layer norm)."""
+@pytest.mark.parametrize("norm,limit", [("none", 32), ("batch", 16), ("layer", 0), ("layer_per_gate", 0)])
+def test_persistent_auto_threshold(ops, monkeypatch, norm, limit):
+    """FUSEDRNN_PERSISTENT=auto (the default) picks the persistent kernel up to B = 32 without norm,
+    16 with batch norm, never with the layer norms (persistent_launch.h: H100 measurements)."""
     monkeypatch.delenv("FUSEDRNN_PERSISTENT_SMEM", raising=False)
     monkeypatch.delenv("FUSEDRNN_PERSISTENT_CHUNK", raising=False)
     code = NORMS.index(norm)
-    assert ops.persist_auto_why(8, 8, code) == ""
-    assert ops.persist_auto_why(9, 8, code) == "batch above the auto threshold"
+    if limit == 0:
+        assert ops.persist_auto_why(1, 8, code) == "layer norms run per step under auto"
+        return
+    assert ops.persist_auto_why(1, 8, code) == ""
+    assert ops.persist_auto_why(limit, 8, code) == ""
+    assert ops.persist_auto_why(limit + 1, 8, code) == "batch above the auto threshold"
     assert ops.persist_auto_why(64, 8, code) == "batch above the auto threshold"
 
 

@@ -14,7 +14,7 @@ std::string persist_auto_why(int64_t B, int64_t H, int64_t norm) {
   const PersistDevice dev = persist_device();
   const PersistPlan plan = persist_plan(int(norm), false, 4, int(H), int(B), dev.sms, dev.smem_max, kPersistThreads, 4);
   std::string why;
-  persist_selected("persist_auto_why", PersistMode::kAuto, dev, plan, at::kFloat, 1, B, H, &why);
+  persist_selected("persist_auto_why", PersistMode::kAuto, dev, plan, at::kFloat, norm, 1, B, H, &why);
   return why;
 }
 }  // namespace
