@@ -51,8 +51,9 @@ def role_name(spec: CellSpec, role: str) -> str:
     return f"{prefix}_{_NORM_ROLE_NAMES[role]}"
 
 
-def init_parameters(spec: CellSpec, params: dict, hidden_size: int) -> None:
-    """torch.nn's uniform(-1/sqrt(H), 1/sqrt(H)) for weights and biases; norms as in the papers."""
+def init_parameters(spec: CellSpec, params: dict, hidden_size: int, generator: torch.Generator | None = None) -> None:
+    """torch.nn's uniform(-1/sqrt(H), 1/sqrt(H)) for weights and biases; norms as in the papers.
+    `generator` draws the weights (default: torch's global generator, as torch.nn does)."""
     bound = 1.0 / math.sqrt(hidden_size) if hidden_size > 0 else 0.0
     H = hidden_size
     with torch.no_grad():
@@ -66,7 +67,7 @@ def init_parameters(spec: CellSpec, params: dict, hidden_size: int) -> None:
             elif role in ("b_cell", "b_gates"):
                 t.zero_()
             else:
-                t.uniform_(-bound, bound)
+                t.uniform_(-bound, bound, generator=generator)
         if spec.is_lstm and "f" in spec.gates and spec.variant != "cifg":
             f = slice(spec.gates.index("f") * H, (spec.gates.index("f") + 1) * H)
             if spec.norm == "batch" and "b_ih" in params:  # forget bias 1.0 in total

@@ -32,7 +32,7 @@ def make_layer(spec, T, B, I, H, dtype, seed=0):
     """Random inputs, states and parameters on the GPU (norm gains/shifts perturbed from 1/0)."""
     g = torch.Generator().manual_seed(seed)
     p = {r: torch.empty(s, dtype=torch.float64) for r, s in spec.parameter_shapes(I, H).items()}
-    init_parameters(spec, p, H)
+    init_parameters(spec, p, H, generator=g)  # the seed fixes every input, whatever ran before
     with torch.no_grad():
         for r, t in p.items():
             if r.startswith(("g_", "b_")):
