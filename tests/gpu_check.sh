@@ -68,8 +68,13 @@ FILTER=()
 if "$SAN" --help 2>&1 | grep -q -- '--kernel-name'; then
   FILTER=(--kernel-name kns=fusedrnn)  # only our kernels: cuBLAS/ATen kernels are not checked (and slow)
 fi
+# racecheck instruments every kernel: with --kernel-name (only ours) it stopped on the bfloat16 LN
+# case with "Internal Sanitizer Error: failed to handle a hardware exception" whichever of our
+# kernels was selected, and ran the same case clean (0 hazards) with no filter (H100, 2026-11-23).
 for tool in memcheck racecheck synccheck; do
-  step "sanitizer_$tool" 150 "$SAN" --tool "$tool" "${FILTER[@]}" --error-exitcode 1 \
+  F=("${FILTER[@]}")
+  [ "$tool" = racecheck ] && F=()
+  step "sanitizer_$tool" 150 "$SAN" --tool "$tool" "${F[@]}" --error-exitcode 1 \
     "$PY" -X faulthandler tests/cuda_sanitize_ops.py
 done
 # racecheck of a bare torch bfloat16 matmul (cuBLAS, no fusedrnn): on the H100 racecheck stopped with

@@ -14,18 +14,20 @@
 // Heuristic (auto, the default): persistent when the dtype is float32/float16/bfloat16 (float64
 // always runs per step), the device supports cooperative launches, the W_hh slice of
 // U = ceil(H / SMs) units (G * U rows of H, fp32) plus the staged h fit in the opt-in shared
-// memory of one SM, and B <= persist_auto_max_batch(norm): 32 without norm, 16 with batch norm,
-// never with the layer norms. Measured on H100s (torch 2.11, float32, TF32 off), ms, fwd+bwd,
-// persistent vs per-step, T=100 (benchmarks/results/gpu-h100-20261123-*/):
-//   vanilla B=8 H=256:    3.11 vs 6.46 (cuDNN 4.07)     vanilla T=1000 B=8: 23.0 vs 46.4 (cuDNN 33.1)
-//   vanilla B=16 H=256:   3.75 vs 7.68 (cuDNN 4.07/4.75) BN B=16: 6.07 vs 8.15
-//   vanilla B=32 H=256:   5.56 vs 7.32 (cuDNN 4.49/4.51) BN B=32: 11.0 vs 9.54
-//   vanilla B=64 H=256:   9.95 vs 6.72 (cuDNN 4.41)     vanilla B=64 H=1024: 85.2 vs 12.4 (cuDNN 13.3)
-//   LN B=8: 5.36 vs 7.17; LN B=16: 7.49 vs 6.79; LN B=32: 12.0 vs 8.71; LN B=64: 21.4 vs 8.39
-// (the B=16/32 pairs come from two runs one after the other, cuDNN measured in each). The layer
-// norms stay per step under auto for a second reason: on two of three H100 runs a forced-
-// persistent layer-norm test missed its tolerance (H=512 dx; once grad w_ih at H=7) while
-// passing on the others with the same inputs -- an unexplained moving error, see the README.
+// memory of one SM, and the recurrent product's multiply-adds per CTA and step, 4 * U * H * B,
+// are at most persist_auto_max_work(norm): 65,536 without norm, 32,768 with batch norm, none
+// with the layer norms. The persistent product runs on the FMA units (no tensor cores yet), so
+// its step time grows with that work while the per-step path's cuBLAS GEMM barely notices it.
+// Measured on H100s (132 SMs; torch 2.11, float32, TF32 off), fwd+bwd ms, persistent vs per-step,
+// T=100 (benchmarks/results/gpu-h100-20261123-*/; U = 2 at H = 256, 8 at H = 1024):
+//   vanilla H=256:  B=8 3.11 vs 6.46, B=16 3.75/3.39 vs 7.68/6.43, B=32 5.56/5.41 vs 7.32/7.28,
+//                   B=64 9.95 vs 6.72 (work per CTA 16k, 33k, 66k, 131k)
+//   vanilla H=1024: B=32 31.0 vs 9.25 (cuDNN 8.91), B=64 85.2 vs 12.4 (1M, 2M)
+//   BN H=256:       B=16 6.07/5.95 vs 8.15/6.39, B=32 11.0/10.8 vs 9.54/8.18
+//   LN H=256:       B=8 5.36 vs 7.17, B=16 7.49/7.32 vs 6.79/6.64, B=32 12.0/11.9 vs 8.71/6.19
+// (pairs: two H100 runs, each with both paths in one process). The thresholds sit at the largest
+// measured wins; H = 512 is interpolated by the work rule (persistent up to B = 8 without norm).
+// The layer norms stay per step: their cross-CTA statistics cost two more grid syncs per step.
 #pragma once
 
 #include <cstdlib>
@@ -62,9 +64,10 @@ inline PersistMode persist_mode() {
   return PersistMode::kStep;
 }
 
-// The largest batch `auto` runs persistent, by norm (see the measurements above); 0: never.
-inline int64_t persist_auto_max_batch(int64_t norm) {
-  return norm == kNormNone ? 32 : norm == kNormBatch ? 16 : 0;
+// The most recurrent multiply-adds per CTA and step (4 * U * H * B) `auto` runs persistent, by
+// norm (see the measurements above); 0: never.
+inline int64_t persist_auto_max_work(int64_t norm) {
+  return norm == kNormNone ? 65536 : norm == kNormBatch ? 32768 : 0;
 }
 
 // Device limits the plan depends on.
@@ -130,8 +133,9 @@ inline bool persist_selected(const char* op, PersistMode mode, const PersistDevi
   if (!dtype_ok) *why = std::string("dtype ") + c10::toString(dt) + " runs per step";
   else if (!dev.cooperative) *why = "the device has no cooperative launch";
   else if (!plan.fits) *why = plan.why;
-  else if (mode == PersistMode::kAuto && persist_auto_max_batch(norm) == 0) *why = "layer norms run per step under auto";
-  else if (mode == PersistMode::kAuto && B > persist_auto_max_batch(norm)) *why = "batch above the auto threshold";
+  else if (mode == PersistMode::kAuto && persist_auto_max_work(norm) == 0) *why = "layer norms run per step under auto";
+  else if (mode == PersistMode::kAuto && 4 * int64_t(plan.units) * H * B > persist_auto_max_work(norm))
+    *why = "recurrent work per CTA above the auto threshold";
   TORCH_CHECK(why->empty() || mode != PersistMode::kRequire, op,
               ": FUSEDRNN_PERSISTENT=require but the persistent kernel cannot run: ", *why, " (T=", T, ", B=", B,
               ", H=", H, ", dtype ", dt, ")");
