@@ -23,6 +23,7 @@
 //   vanilla H=256:  B=8 3.11 vs 6.46, B=16 3.75/3.39 vs 7.68/6.43, B=32 5.56/5.41 vs 7.32/7.28,
 //                   B=64 9.95 vs 6.72 (work per CTA 16k, 33k, 66k, 131k)
 //   vanilla H=1024: B=32 31.0 vs 9.25 (cuDNN 8.91), B=64 85.2 vs 12.4 (1M, 2M)
+//   vanilla H=512:  B=32 (T=80) 8.73 vs 7.10 (two runs; 262k)
 //   BN H=256:       B=16 6.07/5.95 vs 8.15/6.39, B=32 11.0/10.8 vs 9.54/8.18
 //   LN H=256:       B=8 5.36 vs 7.17, B=16 7.49/7.32 vs 6.79/6.64, B=32 12.0/11.9 vs 8.71/6.19
 // (pairs: two H100 runs, each with both paths in one process). The thresholds sit at the largest
