@@ -95,9 +95,13 @@ assert _ops.HAS_CPU, f"instrumented extension did not load: {_ops.LOAD_ERROR}"
 assert "libasan" in open("/proc/self/maps").read(), "ASan runtime not loaded"
 print("[sanitizers] importing", _ops._C.__file__)
 PY
+# Not the fork-while-another-thread-allocates test: GCC 12's ASan runtime has no fork handlers for
+# its own allocator lock, so a child forked while the other thread is inside malloc waits forever
+# in libsanitizer (2 hangs in 600 forks under ASan, 0 in 600 without it; the CI run of 2026-11-23
+# hung once). The plain test suite runs it.
 ops="(test_matches_reference and float64) or test_odd_shapes or (test_batch_norm_slots and fgr) \
 or test_modules_bidirectional_multilayer or test_opcheck or test_errors_say_expected_and_got \
-or test_property_cpu_kernels_equal_reference or buffer_cache"
+or test_property_cpu_kernels_equal_reference or (buffer_cache and not forked_while_another_thread)"
 # OMP_NUM_THREADS=2: the kernels' parallel loops run threaded, as by default. --capture=sys:
 # pytest's default fd capture would swallow the report of a sanitizer that kills the process.
 OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" run_san "$py" -m pytest -q -p no:cacheprovider --capture=sys -x \
