@@ -193,6 +193,35 @@ __device__ inline int active_rows(const StepDims& d) {
   return n;
 }
 
+// Two-pass batch mean and biased variance of K values per lane over the rows active at this
+// step, each warp taking its rows (w, w + kBnGroups, ...): get(b, v) writes row b's K values to
+// v. Every thread of the block calls it (barriers inside); a lane with unit false adds nothing.
+template <int K, typename A, typename F>
+__device__ inline void tile_moments(const StepDims& d, bool unit, A inv_n, F get, A* mean, A* var, A* red) {
+  const int w = threadIdx.x >> 5;
+  A v[K];
+  for (int k = 0; k < K; ++k) mean[k] = var[k] = A(0);
+  if (unit)
+    for (int b = w; b < d.B; b += kBnGroups)
+      if (row_active(d, b)) {
+        get(b, v);
+        for (int k = 0; k < K; ++k) mean[k] += v[k];
+      }
+  group_sums<K>(mean, red);
+  for (int k = 0; k < K; ++k) mean[k] *= inv_n;
+  if (unit)
+    for (int b = w; b < d.B; b += kBnGroups)
+      if (row_active(d, b)) {
+        get(b, v);
+        for (int k = 0; k < K; ++k) {
+          const A dv = v[k] - mean[k];
+          var[k] += dv * dv;
+        }
+      }
+  group_sums<K>(var, red);
+  for (int k = 0; k < K; ++k) var[k] *= inv_n;
+}
+
 // ----------------------------------------------------------------------------- LSTM forward
 
 // Gate pre-activations of unit j of row b after norm, biases and FGR terms, in slots of the
@@ -330,30 +359,13 @@ __global__ void lstm_fwd_batchnorm_kernel(LstmStepFwd<T> p) {
   // ms/rs: slot q (input projection) and 4 + q (recurrent projection) of gate q, as lstm_pre reads
   A ms[8] = {}, rs[8] = {}, var[8] = {};
   if (p.d.training) {
-    if (unit)
-      for (int b = w; b < B; b += kBnGroups)
-        if (row_active(p.d, b))
+    tile_moments<8, A>(p.d, unit, inv_n, [&](int b, A* v) {
 #pragma unroll
-          for (int q = 0; q < 4; ++q)
-            if (q < G) {
-              ms[q] += A(p.xw[long(b) * GH + q * H + j]);
-              ms[4 + q] += A(p.hw[long(b) * GH + q * H + j]);
-            }
-    group_sums<8>(ms, red);
-    for (int k = 0; k < 8; ++k) ms[k] *= inv_n;
-    if (unit)
-      for (int b = w; b < B; b += kBnGroups)
-        if (row_active(p.d, b))
-#pragma unroll
-          for (int q = 0; q < 4; ++q)
-            if (q < G) {
-              const A dx = A(p.xw[long(b) * GH + q * H + j]) - ms[q];
-              const A dh = A(p.hw[long(b) * GH + q * H + j]) - ms[4 + q];
-              var[q] += dx * dx;
-              var[4 + q] += dh * dh;
-            }
-    group_sums<8>(var, red);
-    for (int k = 0; k < 8; ++k) var[k] *= inv_n;
+      for (int q = 0; q < 4; ++q) {  // absent gates (q >= G) give zero statistics
+        v[q] = q < G ? A(p.xw[long(b) * GH + q * H + j]) : A(0);
+        v[4 + q] = q < G ? A(p.hw[long(b) * GH + q * H + j]) : A(0);
+      }
+    }, ms, var, red);
   } else if (unit) {
 #pragma unroll
     for (int q = 0; q < 4; ++q)
@@ -380,19 +392,7 @@ __global__ void lstm_fwd_batchnorm_kernel(LstmStepFwd<T> p) {
   // Cell statistics over c_t of the active rows: each lane reads the c_next it has just written.
   A mc[1] = {A(0)}, vc[1] = {A(0)};
   if (p.d.training) {
-    if (unit)
-      for (int b = w; b < B; b += kBnGroups)
-        if (row_active(p.d, b)) mc[0] += A(p.c_next[long(b) * H + j]);
-    group_sums<1>(mc, red);
-    mc[0] *= inv_n;
-    if (unit)
-      for (int b = w; b < B; b += kBnGroups)
-        if (row_active(p.d, b)) {
-          const A dc = A(p.c_next[long(b) * H + j]) - mc[0];
-          vc[0] += dc * dc;
-        }
-    group_sums<1>(vc, red);
-    vc[0] *= inv_n;
+    tile_moments<1, A>(p.d, unit, inv_n, [&](int b, A* v) { v[0] = A(p.c_next[long(b) * H + j]); }, mc, vc, red);
   } else if (unit) {
     mc[0] = A(p.rm_cell[j]); vc[0] = A(p.rv_cell[j]);
   }
