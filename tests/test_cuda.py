@@ -17,7 +17,7 @@ from fusedrnn import _ops, reference
 from fusedrnn.modules import init_parameters
 from fusedrnn.spec import CellSpec
 
-from conftest import ALL_SPECS, TOLERANCES, spec_id
+from conftest import ALL_SPECS, check_close, spec_id
 from test_cuda_emulated_ops import check_half_rule
 
 pytestmark = [pytest.mark.cuda,
@@ -74,19 +74,6 @@ def _flat(result):
     out.update({f"grad {k}": v for k, v in grads.items()})
     out.update({f"running {k}": v for k, v in running.items()})
     return out
-
-
-def check_close(actual, expected, name, truth=None):
-    """Tolerance table; float32 may instead be as accurate as the float32 reference (see the CPU tests)."""
-    rtol, atol = TOLERANCES[expected.dtype]
-    if truth is not None and not torch.allclose(actual, expected, rtol=rtol, atol=atol):
-        err_kernel = (actual.double() - truth).abs().max().item()
-        err_reference = (expected.double() - truth).abs().max().item()
-        assert err_kernel <= 2 * err_reference + atol, (
-            f"{name}: float32 kernel error vs float64 {err_kernel:.3g} > 2 x float32 reference error "
-            f"{err_reference:.3g} + {atol}")
-        return
-    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
 
 
 def compare(spec, x, state, p, lengths=None, training=False, t0=0):
