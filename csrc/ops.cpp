@@ -10,6 +10,9 @@
 //   norm:    NormKind (none 0, layer 1, layer_per_gate 2, batch 3)
 //   kind:    RnnKind (tanh 0, relu 1)
 // Absent optional results (e.g. a_n without FGR, grads of absent roles) are empty tensors.
+// w_hr [P, H]: torch.nn.LSTM's projection (proj_size P; vanilla LSTM, norm none): h0, h_n, y,
+// grad_y, grad_h_n and dh0 are then P wide, w_hh is [4H, P], and lstm_fwd's hw result holds
+// m_t = o * tanh(c_t) [T, B, H] (h_t = m_t W_hr^T), which lstm_bwd reads for dW_hr.
 #include <Python.h>
 #include <torch/library.h>
 
@@ -27,7 +30,8 @@ TORCH_LIBRARY(fusedrnn, m) {
       "Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_peep, Tensor? w_fgr, Tensor? g_ih, "
       "Tensor? g_hh, Tensor? g_cell, Tensor? b_cell, Tensor? g_gates, Tensor? b_gates, "
       "Tensor? rm_ih, Tensor? rv_ih, Tensor? rm_hh, Tensor? rv_hh, Tensor? rm_cell, "
-      "Tensor? rv_cell, int variant, int norm, bool training, int t0, float eps) -> "
+      "Tensor? rv_cell, int variant, int norm, bool training, int t0, float eps, "
+      "Tensor? w_hr=None) -> "
       "(Tensor y, Tensor h_n, Tensor c_n, Tensor a_n, Tensor acts, Tensor cs, Tensor xw, "
       "Tensor hw, Tensor stats)");
   m.def(
@@ -36,9 +40,10 @@ TORCH_LIBRARY(fusedrnn, m) {
       "Tensor? b_ih, Tensor? b_hh, Tensor? w_peep, Tensor? w_fgr, Tensor? g_ih, Tensor? g_hh, "
       "Tensor? g_cell, Tensor? b_cell, Tensor? g_gates, Tensor? b_gates, Tensor y, Tensor acts, "
       "Tensor cs, Tensor xw, Tensor hw, Tensor stats, int variant, int norm, bool training, "
-      "float eps) -> (Tensor dx, Tensor dh0, Tensor dc0, Tensor da0, Tensor dw_ih, Tensor dw_hh, "
-      "Tensor db_ih, Tensor db_hh, Tensor dw_peep, Tensor dw_fgr, Tensor dg_ih, Tensor dg_hh, "
-      "Tensor dg_cell, Tensor db_cell, Tensor dg_gates, Tensor db_gates)");
+      "float eps, Tensor? w_hr=None) -> (Tensor dx, Tensor dh0, Tensor dc0, Tensor da0, "
+      "Tensor dw_ih, Tensor dw_hh, Tensor db_ih, Tensor db_hh, Tensor dw_peep, Tensor dw_fgr, "
+      "Tensor dg_ih, Tensor dg_hh, Tensor dg_cell, Tensor db_cell, Tensor dg_gates, "
+      "Tensor db_gates, Tensor dw_hr)");
   // stats: lstm_fwd's batch-norm statistics [T, 2, 2GH + H]; updates slot min(t0 + t, S - 1)
   // of every running tensor for each step t with more than one active sequence.
   m.def(

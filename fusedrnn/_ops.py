@@ -80,9 +80,6 @@ def run_layer(spec: CellSpec, x, state, p: dict, *, lengths=None, training: bool
     running statistics in p are updated in place); t0: batch-norm slot of x[0].
     Returns y [T, B, H_out] (zero at padded steps) and the final state tuple.
     """
-    if spec.proj_size:
-        raise NotImplementedError("fusedrnn: the fused kernels do not implement proj_size > 0; "
-                                  "use backend='reference' for projected LSTMs")
     x = x.contiguous()
     lengths = None if lengths is None else lengths.contiguous()
     ops = torch.ops.fusedrnn
@@ -92,7 +89,8 @@ def run_layer(spec: CellSpec, x, state, p: dict, *, lengths=None, training: bool
         out = ops.lstm_fwd(x, lengths, _c(state[0]), _c(state[1]), _c(state[2]) if fgr else None,
                            _c(p["w_ih"]), _c(p["w_hh"]), *(_c(p.get(r)) for r in _LSTM_ROLES),
                            *(_c(p[r]) if bn else None for r in _BN_ROLES),
-                           _VARIANT[spec.variant], _NORM[spec.norm], bool(training), int(t0), float(spec.eps))
+                           _VARIANT[spec.variant], _NORM[spec.norm], bool(training), int(t0), float(spec.eps),
+                           _c(p["w_hr"]) if spec.proj_size else None)
         if bn and training:
             with torch.no_grad():
                 ops.bn_update_(*(p[r] for r in _BN_ROLES), out[8], lengths, x.shape[1], int(t0),
@@ -175,9 +173,10 @@ def _stats_dtype(dtype):
 
 def _lstm_fwd_fake(x, lengths, h0, c0, a0, w_ih, w_hh, b_ih, b_hh, w_peep, w_fgr, g_ih, g_hh, g_cell, b_cell,
                    g_gates, b_gates, rm_ih, rv_ih, rm_hh, rv_hh, rm_cell, rv_cell, variant, norm, training, t0,
-                   eps):
+                   eps, w_hr=None):
     T, B, _ = x.shape
-    H = w_hh.shape[1]
+    R = w_hh.shape[1]  # width of h: H, or P with the projection w_hr [P, H]
+    H = R if w_hr is None else w_hr.shape[1]
     G = _NUM_GATES[variant]
     fgr = variant == _VARIANT["fgr"]
     empty = x.new_empty(0)
@@ -186,28 +185,29 @@ def _lstm_fwd_fake(x, lengths, h0, c0, a0, w_ih, w_hh, b_ih, b_hh, w_peep, w_fgr
              x.new_empty(T, B, 6, dtype=sd) if norm == 1 else
              x.new_empty(T, B, 2 * G + 2, dtype=sd) if norm == 2 else
              x.new_empty(T, 2, 2 * G * H + H, dtype=sd))
-    return (x.new_empty(T, B, H), x.new_empty(B, H), x.new_empty(B, H),
+    hw = (x.new_empty(T, B, G * H) if norm in (1, 3) else
+          x.new_empty(T, B, H) if w_hr is not None else x.new_empty(0))  # projection: m_t
+    return (x.new_empty(T, B, R), x.new_empty(B, R), x.new_empty(B, H),
             x.new_empty(B, 3 * H) if fgr else x.new_empty(0), x.new_empty(T, B, G * H), x.new_empty(T, B, H),
-            x.new_empty(T, B, G * H) if norm != 0 else x.new_empty(0),
-            x.new_empty(T, B, G * H) if norm in (1, 3) else x.new_empty(0), stats)
+            x.new_empty(T, B, G * H) if norm != 0 else x.new_empty(0), hw, stats)
 
 
 def _lstm_bwd_fake(grad_y, grad_h_n, grad_c_n, grad_a_n, x, lengths, h0, c0, a0, w_ih, w_hh, b_ih, b_hh, w_peep,
                    w_fgr, g_ih, g_hh, g_cell, b_cell, g_gates, b_gates, y, acts, cs, xw, hw, stats, variant, norm,
-                   training, eps):
+                   training, eps, w_hr=None):
     def like(t):
         return x.new_empty(0) if t is None else torch.empty_like(t)
     return (torch.empty_like(x), torch.empty_like(h0), torch.empty_like(c0), like(a0), torch.empty_like(w_ih),
             torch.empty_like(w_hh), like(b_ih), like(b_hh), like(w_peep), like(w_fgr), like(g_ih), like(g_hh),
-            like(g_cell), like(b_cell), like(g_gates), like(b_gates))
+            like(g_cell), like(b_cell), like(g_gates), like(b_gates), like(w_hr))
 
 
 def _lstm_setup(ctx, inputs, output):
     (x, lengths, h0, c0, a0, w_ih, w_hh, b_ih, b_hh, w_peep, w_fgr, g_ih, g_hh, g_cell, b_cell, g_gates, b_gates,
-     *_running, variant, norm, training, t0, eps) = inputs
+     *_running, variant, norm, training, t0, eps, w_hr) = inputs
     y, _h, _c_, _a, acts, cs, xw, hw, stats = output
     ctx.save_for_backward(x, lengths, h0, c0, a0, w_ih, w_hh, b_ih, b_hh, w_peep, w_fgr, g_ih, g_hh, g_cell,
-                          b_cell, g_gates, b_gates, y, acts, cs, xw, hw, stats)
+                          b_cell, g_gates, b_gates, y, acts, cs, xw, hw, stats, w_hr)
     ctx.args = (variant, norm, training, eps)
     ctx.mark_non_differentiable(acts, cs, xw, hw, stats)
     ctx.set_materialize_grads(False)
@@ -218,12 +218,13 @@ def _lstm_backward(ctx, gy, gh, gc, ga, *_unused):
     saved = ctx.saved_tensors
     (x, lengths, h0, c0, a0, w_ih, w_hh, b_ih, b_hh, w_peep, w_fgr, g_ih, g_hh, g_cell, b_cell, g_gates,
      b_gates) = saved[:17]
+    w_hr = saved[-1]
     gy, gh, gc, ga = (_dense(g, s, x) for g, s in zip((gy, gh, gc, ga), ctx.grad_shapes))
-    grads = torch.ops.fusedrnn.lstm_bwd(gy, gh, gc, ga, *saved, *ctx.args)
-    dx, dh0, dc0, da0, dw_ih, dw_hh, *rest = grads
+    grads = torch.ops.fusedrnn.lstm_bwd(gy, gh, gc, ga, *saved[:-1], *ctx.args, w_hr)
+    dx, dh0, dc0, da0, dw_ih, dw_hh, *rest, dw_hr = grads
     roles = (b_ih, b_hh, w_peep, w_fgr, g_ih, g_hh, g_cell, b_cell, g_gates, b_gates)
     return (dx, None, dh0, dc0, _grad(da0, a0), dw_ih, dw_hh, *(_grad(g, r) for g, r in zip(rest, roles)),
-            *([None] * 6), None, None, None, None, None)
+            *([None] * 6), None, None, None, None, None, _grad(dw_hr, w_hr))
 
 
 def _gru_fwd_fake(x, lengths, h0, w_ih, w_hh, b_ih, b_hh, g_ih, g_hh, norm, eps):

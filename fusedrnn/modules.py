@@ -79,10 +79,13 @@ def init_parameters(spec: CellSpec, params: dict, hidden_size: int, generator: t
 
 def _layer_runner(backend: str, x: torch.Tensor, spec: CellSpec):
     """(run_layer function, name of the backend that runs) for this input."""
-    if backend == "reference" or (backend == "auto" and spec.proj_size):
-        return reference.run_layer, "reference"  # the kernels do not implement proj_size
+    if backend == "reference":
+        return reference.run_layer, "reference"
     from . import _ops  # noqa: F401  (kernels are optional until built)
-    return _ops.select(backend, x)
+    run, name = _ops.select(backend, x)
+    if spec.proj_size and name == "cuda" and backend == "auto":
+        return reference.run_layer, "reference"  # the CUDA kernels do not implement proj_size
+    return run, name
 
 
 def _register(module: nn.Module, spec: CellSpec, input_size: int, hidden_size: int, bias: bool,

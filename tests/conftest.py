@@ -19,7 +19,9 @@ ALL_SPECS = (
 
 
 def spec_id(spec: CellSpec) -> str:
-    return f"{spec.family}-{spec.variant}-{spec.norm}" if spec.family == "lstm" else f"{spec.family}-{spec.norm}"
+    if spec.family != "lstm":
+        return f"{spec.family}-{spec.norm}"
+    return f"{spec.family}-{spec.variant}-{spec.norm}" + (f"-proj{spec.proj_size}" if spec.proj_size else "")
 
 
 def assert_close(actual, expected, dtype=None, msg=""):

@@ -23,6 +23,9 @@ from conftest import ALL_SPECS, check_close, spec_id
 pytestmark = pytest.mark.skipif(not _ops.HAS_CPU, reason=f"fusedrnn._C not built: {_ops.LOAD_ERROR}")
 
 DTYPES = (torch.float64, torch.float32)
+# The CPU kernels also run torch.nn.LSTM's projection (proj_size; vanilla LSTM without norm).
+PROJECTED = CellSpec("lstm", proj_size=3)
+CPU_SPECS = [*ALL_SPECS, PROJECTED]
 
 
 def make_layer(spec, T, B, I, H, dtype, seed=0):
@@ -87,7 +90,7 @@ def compare(spec, x, state, p, lengths=None, training=False, t0=0):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("spec", ALL_SPECS, ids=spec_id)
+@pytest.mark.parametrize("spec", CPU_SPECS, ids=spec_id)
 def test_matches_reference(spec, dtype):
     # B = 8 with lengths leaving 8, 7, 6, 4 and 1 active rows at steps 0..4. Batch norm over exactly
     # 2 active rows is ill-conditioned (xhat = +-1 whatever the input, so the true input gradient is
@@ -104,7 +107,7 @@ def test_matches_reference(spec, dtype):
 @pytest.mark.parametrize("split", ["columns", "rows"])
 @pytest.mark.parametrize("members", ["2", "3"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("spec", ALL_SPECS, ids=spec_id)
+@pytest.mark.parametrize("spec", [*CPU_SPECS, CellSpec("lstm", proj_size=17)], ids=spec_id)
 def test_team_matches_reference(monkeypatch, spec, dtype, members, split):
     """The time loop split over a thread team (csrc/cpu/team.h): FUSEDRNN_CPU_TEAM forces the
     member count at a test-sized shape (by default a team starts above ~64k multiply-adds per
@@ -112,7 +115,7 @@ def test_team_matches_reference(monkeypatch, spec, dtype, members, split):
     rows through the whole loop; batch norm always uses columns). 3 members on this 2-thread
     machine also runs one thread playing two members. H = 20 gives members column slices of
     different widths (16-aligned, one may be empty), B = 8 rows split 3/3/2 with rows finishing
-    at different steps."""
+    at different steps; a projection of 17 gives W_hr's rows two column slices too."""
     monkeypatch.setenv("FUSEDRNN_CPU_TEAM", members)
     monkeypatch.setenv("FUSEDRNN_CPU_SPLIT", split)
     x, state, p = make_layer(spec, 5, 8, 3, 20, dtype, seed=5)
@@ -122,7 +125,7 @@ def test_team_matches_reference(monkeypatch, spec, dtype, members, split):
 
 @pytest.mark.parametrize("mode", ["0", "loop"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("spec", [CellSpec("lstm", "fgr", "layer"), CellSpec("gru"), CellSpec("rnn_tanh")],
+@pytest.mark.parametrize("spec", [CellSpec("lstm", "fgr", "layer"), PROJECTED, CellSpec("gru"), CellSpec("rnn_tanh")],
                          ids=spec_id)
 def test_recurrent_gemm_fallbacks(monkeypatch, spec, dtype, mode):
     """The recurrent products without MKL's packed GEMM: FUSEDRNN_PACKED_GEMM=0 uses BLAS ?gemm_
@@ -150,7 +153,7 @@ def test_team_env_rejects_bad_count(monkeypatch):
         _ops.run_layer(spec, x, state, p)
 
 
-@pytest.mark.parametrize("spec", ALL_SPECS, ids=spec_id)
+@pytest.mark.parametrize("spec", [*ALL_SPECS, CellSpec("lstm", proj_size=1)], ids=spec_id)
 def test_gradcheck(spec):
     x, state, p = make_layer(spec, 3, 3, 2, 2, torch.float64, seed=3)
     roles = [r for r, v in p.items() if v.requires_grad]
@@ -168,7 +171,7 @@ def test_gradcheck(spec):
 @pytest.mark.parametrize("T,B,I,H", [(1, 1, 1, 1), (1, 3, 1, 7), (4, 1, 2, 1), (3, 2, 1, 7)])
 @pytest.mark.parametrize("spec", [CellSpec("lstm"), CellSpec("lstm", "fgr", "layer"), CellSpec("lstm", "cifg", "batch"),
                                   CellSpec("lstm", "nog", "layer_per_gate"), CellSpec("gru", norm="layer"),
-                                  CellSpec("rnn_relu")], ids=spec_id)
+                                  CellSpec("rnn_relu"), CellSpec("lstm", proj_size=1)], ids=spec_id)
 def test_odd_shapes(spec, T, B, I, H):
     x, state, p = make_layer(spec, T, B, I, H, torch.float64)
     # batch norm in training needs B > 1 (the modules enforce it); eval works for any B
@@ -336,9 +339,10 @@ def _module_pair(cls, kwargs, dtype=torch.float64):
     (fusedrnn.LSTM, dict(variant="fgr", norm="layer")),
     (fusedrnn.LSTM, dict(variant="peephole", norm="batch", max_bn_steps=4)),
     (fusedrnn.LSTM, dict(variant="cifg", norm="layer_per_gate")),
+    (fusedrnn.LSTM, dict(proj_size=2)),
     (fusedrnn.GRU, dict(norm="layer")),
     (fusedrnn.RNN, dict(nonlinearity="relu")),
-], ids=["lstm", "lstm-fgr-layer", "lstm-peephole-batch", "lstm-cifg-lpg", "gru-layer", "rnn-relu"])
+], ids=["lstm", "lstm-fgr-layer", "lstm-peephole-batch", "lstm-cifg-lpg", "lstm-proj", "gru-layer", "rnn-relu"])
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 def test_modules_bidirectional_multilayer(cls, kwargs, packed):
     ker, ref = _module_pair(cls, dict(input_size=3, hidden_size=5, num_layers=2, bidirectional=True, **kwargs))
@@ -369,6 +373,9 @@ def test_auto_backend_is_cpu():
     m = fusedrnn.LSTM(3, 4, norm="layer")
     m(torch.randn(2, 1, 3))
     assert m.last_backend == "cpu"
+    m = fusedrnn.LSTM(3, 4, proj_size=2)
+    m(torch.randn(2, 1, 3))
+    assert m.last_backend == "cpu"
     c = fusedrnn.LSTMCell(3, 4, norm="batch").eval()
     c(torch.randn(2, 3), bn_step=5)
     assert c.last_backend == "cpu"
@@ -377,9 +384,10 @@ def test_auto_backend_is_cpu():
     assert g.last_backend == "cpu"
 
 
-def test_compile_fullgraph():
+@pytest.mark.parametrize("kwargs", [dict(norm="layer"), dict(proj_size=2)], ids=["layer", "proj"])
+def test_compile_fullgraph(kwargs):
     torch.manual_seed(0)
-    m = fusedrnn.LSTM(3, 4, num_layers=2, norm="layer")
+    m = fusedrnn.LSTM(3, 4, num_layers=2, **kwargs)
     x = torch.randn(5, 2, 3)
     y_eager, _ = m(x)
     g_eager = torch.autograd.grad(y_eager.sum(), list(m.parameters()))
@@ -418,20 +426,22 @@ def _lstm_args(spec, training=True, dtype=torch.float64):
     return (x, torch.tensor([3, 2]), state[0], state[1], state[2] if spec.full_gate_recurrence else None,
             p["w_ih"], p["w_hh"], *(p.get(r) for r in _ops._LSTM_ROLES),
             *(p[r] if bn else None for r in _ops._BN_ROLES),
-            _ops._VARIANT[spec.variant], _ops._NORM[spec.norm], training, 0, spec.eps)
+            _ops._VARIANT[spec.variant], _ops._NORM[spec.norm], training, 0, spec.eps,
+            *((p["w_hr"],) if spec.proj_size else ()))
 
 
 @pytest.mark.parametrize("spec", [CellSpec("lstm", "peephole"), CellSpec("lstm", "fgr", "layer"),
-                                  CellSpec("lstm", "cifg", "layer_per_gate"), CellSpec("lstm", "nig", "batch")],
-                         ids=spec_id)
+                                  CellSpec("lstm", "cifg", "layer_per_gate"), CellSpec("lstm", "nig", "batch"),
+                                  CellSpec("lstm", proj_size=2)], ids=spec_id)
 def test_opcheck_lstm(spec):
     args = _lstm_args(spec)
     torch.library.opcheck(torch.ops.fusedrnn.lstm_fwd.default, args)
     out = torch.ops.fusedrnn.lstm_fwd(*args)
     grads = tuple(torch.randn_like(t) for t in out[:4])
     saved = (*args[:17], out[0], *out[4:])
-    bwd_args = tuple(t.detach() if isinstance(t, torch.Tensor) else t for t in (*grads, *saved)) + \
-        (args[-5], args[-4], args[-3], args[-1])
+    variant, norm, training, _t0, eps, *w_hr = args[23:]
+    bwd_args = tuple(t.detach() if isinstance(t, torch.Tensor) else t
+                     for t in (*grads, *saved, variant, norm, training, eps, *w_hr))
     torch.library.opcheck(torch.ops.fusedrnn.lstm_bwd.default, bwd_args)
     if spec.norm == "batch":
         running = tuple(t.clone() for t in args[17:23])
@@ -481,3 +491,28 @@ def test_errors_say_expected_and_got():
     with pytest.raises(TypeError, match="float32 and float64"):
         _ops.select("cpu", torch.randn(2, 2, dtype=torch.bfloat16))
     assert _ops.select("auto", torch.randn(2, 2, dtype=torch.bfloat16))[1] == "reference"
+
+
+def test_projection_errors_say_expected_and_got():
+    """w_hr [P, H] (proj_size): shapes checked against H (from w_hr) and P; vanilla / no norm only."""
+    args = list(_lstm_args(CellSpec("lstm", proj_size=2)))  # H = 3, P = 2: w_hh [12, 2], h0 [2, 2]
+    bad = list(args)
+    bad[-1] = args[-1][:, :2].contiguous()  # w_hr [2, 2]: H = 2 disagrees with c0 and w_hh
+    with pytest.raises(RuntimeError, match=r"w_hh must have shape \[8, 2\], got \[12, 2\]"):
+        torch.ops.fusedrnn.lstm_fwd(*bad)
+    bad = list(args)
+    bad[-1] = args[-1][:1].contiguous()  # w_hr [1, 3]: P = 1, but w_hh and h0 are 2 wide
+    with pytest.raises(RuntimeError, match=r"w_hh must have shape \[12, 1\], got \[12, 2\]|h0 must have shape"):
+        torch.ops.fusedrnn.lstm_fwd(*bad)
+    bad = list(args)
+    bad[-1] = args[-1][:0].contiguous()
+    with pytest.raises(RuntimeError, match=r"w_hr must be \[P, H\] with P >= 1, got shape \[0, 3\]"):
+        torch.ops.fusedrnn.lstm_fwd(*bad)
+    bad = list(args)
+    bad[24] = _ops._NORM["layer"]
+    with pytest.raises(RuntimeError, match="vanilla LSTM without norm only"):
+        torch.ops.fusedrnn.lstm_fwd(*bad)
+    bad = list(args)
+    bad[2] = torch.zeros(2, 3, dtype=torch.float64)  # h0 H wide instead of P
+    with pytest.raises(RuntimeError, match=r"h0 must have shape \[2, 2\], got \[2, 3\]"):
+        torch.ops.fusedrnn.lstm_fwd(*bad)

@@ -235,6 +235,15 @@ def test_auto_backend_is_cuda():
     assert c.last_backend == "cuda"
 
 
+def test_projection_runs_the_reference_on_cuda():
+    """The CUDA kernels do not implement proj_size: auto runs the reference, backend='cuda' says so."""
+    m = fusedrnn.LSTM(3, 4, proj_size=2, device=DEV)
+    y, (h, c) = m(torch.randn(2, 1, 3, device=DEV))
+    assert m.last_backend == "reference" and y.shape == (2, 1, 2) and h.shape == (1, 1, 2)
+    with pytest.raises(RuntimeError, match=r"do not implement the projection w_hr \(proj_size > 0\)"):
+        fusedrnn.LSTM(3, 4, proj_size=2, backend="cuda", device=DEV)(torch.randn(2, 1, 3, device=DEV))
+
+
 def test_current_stream_and_device_guard():
     """The kernels run on the caller's current stream; the result matches the default stream's
     (to the float32 tolerance: cuBLAS may pick another algorithm on another stream)."""

@@ -51,11 +51,11 @@ def emulated_layer(ops, spec, x, state, p, lens, training, t0, grads):
         args = (x, lens, state[0], state[1], state[2] if fgr else None, p["w_ih"], p["w_hh"],
                 *(p.get(r) for r in _LSTM_ROLES))
         code = (LSTM_VARIANTS.index(spec.variant), NORMS.index(spec.norm), training)
-        out = ops.lstm_fwd(*args, *(p[r] if bn else None for r in _BN), *code, t0, spec.eps)
+        out = ops.lstm_fwd(*args, *(p[r] if bn else None for r in _BN), *code, t0, spec.eps, None)
         if bn and training:
             ops.bn_update_(*(p[r] for r in _BN), out[8], lens, x.shape[1], t0, spec.bn_momentum)
         ga = grads[3] if fgr else x.new_zeros(0)
-        g = ops.lstm_bwd(grads[0], grads[1], grads[2], ga, *args, out[0], *out[4:9], *code, spec.eps)
+        g = ops.lstm_bwd(grads[0], grads[1], grads[2], ga, *args, out[0], *out[4:9], *code, spec.eps, None)
         names = ["x", "h", "c", "a", "w_ih", "w_hh", *_LSTM_ROLES]
         final = (out[1], out[2], out[3]) if fgr else (out[1], out[2])
     elif spec.family == "gru":
@@ -134,13 +134,15 @@ def test_emulated_ops_check_arguments(ops):
         ("x", x), ("lengths", None), ("h0", state[0]), ("c0", state[1]), ("a0", None), ("w_ih", p["w_ih"]),
         ("w_hh", p["w_hh"]), *((r, p.get(r)) for r in _LSTM_ROLES), *((r, None) for r in _BN))]
     with pytest.raises(RuntimeError, match=r"w_ih must have shape \[16, 3\], got \[16, 2\]"):
-        ops.lstm_fwd(*args(w_ih=p["w_ih"][:, :2].contiguous()), 1, 1, False, 0, 1e-5)
+        ops.lstm_fwd(*args(w_ih=p["w_ih"][:, :2].contiguous()), 1, 1, False, 0, 1e-5, None)
     with pytest.raises(RuntimeError, match="w_peep of shape .* is required by this cell"):
-        ops.lstm_fwd(*args(w_peep=None), 1, 1, False, 0, 1e-5)
+        ops.lstm_fwd(*args(w_peep=None), 1, 1, False, 0, 1e-5, None)
     with pytest.raises(RuntimeError, match="must have dtype"):
-        ops.lstm_fwd(*args(h0=state[0].float()), 1, 1, False, 0, 1e-5)
+        ops.lstm_fwd(*args(h0=state[0].float()), 1, 1, False, 0, 1e-5, None)
     with pytest.raises(RuntimeError, match="lengths must be int64"):
-        ops.lstm_fwd(*args(lengths=torch.tensor([2, 1], dtype=torch.int32)), 1, 1, False, 0, 1e-5)
+        ops.lstm_fwd(*args(lengths=torch.tensor([2, 1], dtype=torch.int32)), 1, 1, False, 0, 1e-5, None)
+    with pytest.raises(RuntimeError, match=r"CUDA kernels do not implement the projection w_hr \(proj_size > 0\)"):
+        ops.lstm_fwd(*args(), 1, 1, False, 0, 1e-5, torch.zeros(2, 4, dtype=torch.float64))
 
 
 def half_rule_error(actual, truth):
@@ -267,7 +269,7 @@ torch.ops.load_library({str(so)!r})
 ops = torch.ops.fusedrnn_nvcc_errors
 x, h, c = torch.randn(3, 2, 2), torch.zeros(2, 3), torch.zeros(2, 3)
 calls = [lambda: ops.lstm_fwd(x, None, h, c, None, torch.randn(12, 2), torch.randn(12, 3), *([None] * 16), 0, 0,
-                              True, 0, 1e-5),
+                              True, 0, 1e-5, None),
          lambda: ops.gru_fwd(x, None, h, torch.randn(9, 2), torch.randn(9, 3), None, None, None, None, 0, 1e-5),
          lambda: ops.rnn_fwd(x, None, h, torch.randn(3, 2), torch.randn(3, 3), None, None, 0)]
 for call in calls:

@@ -98,7 +98,7 @@ def test_persistent_require_says_why_and_force_falls_back(ops, monkeypatch):
     spec = CellSpec("lstm", "vanilla", "none")
     x, state, p, _ = make_case(spec, 2, 2, 3, 8, torch.float64, None)
     args = (x, None, state[0], state[1], None, p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"], *([None] * 14), 0, 0,
-            False, 0, 1e-5)
+            False, 0, 1e-5, None)
     monkeypatch.setenv("FUSEDRNN_PERSISTENT_SMEM", "64")
     monkeypatch.setenv("FUSEDRNN_PERSISTENT", "require")
     with pytest.raises(RuntimeError, match="persistent kernel cannot run: the weight slice does not fit"):
@@ -121,10 +121,10 @@ def test_persistent_backward_is_persistent(ops, monkeypatch):
     args = (x, None, state[0], state[1], None, p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"], *([None] * 8))
     monkeypatch.setenv("FUSEDRNN_PERSISTENT", "require")
     monkeypatch.setenv("FUSEDRNN_PERSISTENT_SMEM", "10000")
-    out = ops.lstm_fwd(*args, *([None] * 6), 0, 0, False, 0, 1e-5)
+    out = ops.lstm_fwd(*args, *([None] * 6), 0, 0, False, 0, 1e-5, None)
     g = torch.ones_like(out[0]), torch.ones_like(out[1]), torch.ones_like(out[2]), x.new_zeros(0)
     with pytest.raises(RuntimeError, match=r"lstm_bwd \(CUDA, persistent\): FUSEDRNN_PERSISTENT=require"):
-        ops.lstm_bwd(*g, *args, out[0], *out[4:9], 0, 0, False, 1e-5)
+        ops.lstm_bwd(*g, *args, out[0], *out[4:9], 0, 0, False, 1e-5, None)
 
 
 @pytest.mark.parametrize("norm,limit", [("none", 11), ("batch", 5), ("layer", 0), ("layer_per_gate", 0)])
@@ -170,11 +170,11 @@ def test_batchnorm_huge_t0(ops, monkeypatch, mode):
             p["g_ih"], p["g_hh"], p["g_cell"], p["b_cell"], None, None, *bn)
     S = bn[0].shape[0]
     for training in (False, True):
-        ref = ops.lstm_fwd(*args, 0, 3, training, S - 1, spec.eps)
-        big = ops.lstm_fwd(*args, 0, 3, training, 2**31 + 5, spec.eps)
+        ref = ops.lstm_fwd(*args, 0, 3, training, S - 1, spec.eps, None)
+        big = ops.lstm_fwd(*args, 0, 3, training, 2**31 + 5, spec.eps, None)
         for a, b in zip(ref, big):
             torch.testing.assert_close(b, a, rtol=0, atol=0)
-    stats = ops.lstm_fwd(*args, 0, 3, True, 0, spec.eps)[8]
+    stats = ops.lstm_fwd(*args, 0, 3, True, 0, spec.eps, None)[8]
     want, got = [t.clone() for t in bn], [t.clone() for t in bn]
     ops.bn_update_(*want, stats, lens, 3, S - 1, 0.1)
     ops.bn_update_(*got, stats, lens, 3, 2**31 + 5, 0.1)

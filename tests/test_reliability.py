@@ -496,18 +496,20 @@ def test_nan_and_inf_propagate_as_in_the_reference(spec, value, training, backen
 
 
 def test_projection_with_the_default_backend_runs():
-    """proj_size with backend='auto' must work as in torch.nn (the fused kernels do not implement
-    projections, so auto falls back to the reference); backend='cpu' says it cannot."""
+    """proj_size with backend='auto' works as in torch.nn, through the CPU kernels when built (the
+    reference otherwise); a projected GRU-like misuse is refused at construction."""
     torch.manual_seed(0)
     ref = torch.nn.LSTM(3, 5, 2, proj_size=2, dtype=F64)
     ours = fusedrnn.LSTM(3, 5, 2, proj_size=2, dtype=F64)
     ours.load_state_dict(ref.state_dict())
     x = x64(4, 2, 3)
-    assert_close(ours(x)[0], ref(x)[0])
-    assert ours.last_backend == "reference"
-    if CPU_BUILT:
-        with pytest.raises(NotImplementedError, match="proj_size"):
-            fusedrnn.LSTM(3, 5, proj_size=2, backend="cpu", dtype=F64)(x)
+    y, (h, c) = ours(x)
+    y_ref, (h_ref, c_ref) = ref(x)
+    for a, b in ((y, y_ref), (h, h_ref), (c, c_ref)):
+        assert_close(a, b)
+    assert ours.last_backend == ("cpu" if CPU_BUILT else "reference")
+    with pytest.raises(ValueError, match="proj_size"):
+        fusedrnn.LSTM(3, 5, proj_size=2, norm="layer")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -50,21 +50,24 @@ inline void check_lengths(const char* op, const c10::optional<at::Tensor>& lengt
   TORCH_CHECK(mn >= 0 && mx <= T, op, ": lengths must be in [0, T=", T, "], got min ", mn, " max ", mx);
 }
 
-// The checks every family shares: x [T, B, I] float32/float64 with at least one step, w_hh [G*H, H],
-// w_ih [G*H, I], h0 [B, H] and lengths. Returns H.
+// The checks every family shares: x [T, B, I] float32/float64 with at least one step, w_hh [G*H, R],
+// w_ih [G*H, I], h0 [B, R] and lengths, R being the width of the recurrent state: H, or the
+// projection width P of a projected LSTM (`hidden` = H given, from w_hr). Returns H.
 inline int64_t check_recurrence(const char* op, const at::Tensor& x, const c10::optional<at::Tensor>& lengths,
-                                const at::Tensor& h0, const at::Tensor& w_ih, const at::Tensor& w_hh, int64_t G) {
+                                const at::Tensor& h0, const at::Tensor& w_ih, const at::Tensor& w_hh, int64_t G,
+                                int64_t hidden = -1) {
   TORCH_CHECK(x.dim() == 3, op, ": x must be [T, B, I], got shape ", x.sizes());
   auto dt = x.scalar_type();
   TORCH_CHECK(dt == at::kFloat || dt == at::kDouble, op, ": x must be float32 or float64 on the CPU, got ", dt);
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2);
   TORCH_CHECK(T >= 1, op, ": x must have at least one time step, got shape ", x.sizes());
   check_tensor(op, "x", x, dt, {T, B, I});
-  TORCH_CHECK(w_hh.dim() == 2, op, ": w_hh must be [", G, "H, H], got shape ", w_hh.sizes());
-  const int64_t H = w_hh.size(1);
-  check_tensor(op, "w_hh", w_hh, dt, {G * H, H});
+  TORCH_CHECK(w_hh.dim() == 2, op, ": w_hh must be [", G, "H, ", hidden < 0 ? "H" : "P", "], got shape ",
+              w_hh.sizes());
+  const int64_t R = w_hh.size(1), H = hidden < 0 ? R : hidden;
+  check_tensor(op, "w_hh", w_hh, dt, {G * H, R});
   check_tensor(op, "w_ih", w_ih, dt, {G * H, I});
-  check_tensor(op, "h0", h0, dt, {B, H});
+  check_tensor(op, "h0", h0, dt, {B, R});
   check_lengths(op, lengths, B, T);
   return H;
 }

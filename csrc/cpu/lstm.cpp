@@ -11,6 +11,10 @@
 // part after the loop.
 // Backward mirrors it in reverse time; dW_ih, dW_hh, dW_fgr, dx and the biases' gradients are
 // large GEMMs / reductions after the loop.
+// Projection (torch.nn.LSTM's proj_size, vanilla LSTM without norm): the row pass writes m_t =
+// o * tanh(c_t), and one more product per step, h_t = m_t W_hr^T (packed once like W_hh), gives
+// the output and the recurrent state, R = P wide; backward starts each step with
+// d m_t = (dh_t + dy_t) W_hr, and dW_hr = sum_t (dh_t + dy_t)^T m_t is one GEMM after the loop.
 #include <torch/library.h>
 
 #include "common.h"
@@ -42,24 +46,28 @@ inline int64_t stats_width(int norm, int64_t G, int64_t H) {
 
 template <typename T, int NORM>
 void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at::Tensor& hw_all,
-                  const at::Tensor& w_hh, const c10::optional<at::Tensor>& w_fgr) {
+                  const at::Tensor& w_hh, const c10::optional<at::Tensor>& w_fgr,
+                  const c10::optional<at::Tensor>& w_hr) {
   const int64_t Tn = p.steps, B = p.batch, H = p.hidden, G = p.gates, GH = G * H;
+  const int64_t P = p.proj, R = P ? P : H;  // R: width of h (the recurrent state and the output)
   const LstmFlags fl = p.flags;
   const bool vanilla = fl.num_peep == 0 && fl.num_gates == 4 && fl.input_act && fl.output_act && !fl.fgr;
   const int64_t* L = p.lengths;
   auto opts = xw_all.options();
   // carried state
-  at::Tensor h = at::from_blob(const_cast<T*>(p.h0), {B, H}, opts).clone();
+  at::Tensor h = at::from_blob(const_cast<T*>(p.h0), {B, R}, opts).clone();
   at::Tensor c = at::from_blob(const_cast<T*>(p.c0), {B, H}, opts).clone();
   at::Tensor a = fl.fgr ? at::from_blob(const_cast<T*>(p.a0), {B, 3 * H}, opts).clone() : at::Tensor();
   at::Tensor a_rec = fl.fgr ? cached_empty({B, 3 * H}, opts) : at::Tensor();
   // the team: member m owns gate columns [lo, hi) of the recurrent products (its W_hh / W_fgr
   // rows, packed once), a slice of batch rows of the row passes and of the BN columns
-  const int64_t n = team_members(B * GH * H);
-  const TeamSplit how = team_split(n, B, w_hh.nbytes());
+  // (and of W_hr's rows with a projection)
+  const int64_t n = team_members(B * GH * R + B * P * H);
+  const TeamSplit how = team_split(n, B, w_hh.nbytes() + (P ? w_hr->nbytes() : 0));
   auto gemm = member_gemms<T>(w_hh, B, /*transposed=*/true, n, how);
   auto gemm_fgr =
       fl.fgr ? member_gemms<T>(*w_fgr, B, /*transposed=*/true, n, how) : std::vector<RecurrentGemm<T>>();
+  auto gemm_hr = P ? member_gemms<T>(*w_hr, B, /*transposed=*/true, n, how) : std::vector<RecurrentGemm<T>>();
   // batch norm: rstd of the ih columns of every step (their statistics do not depend on the
   // recurrence and are computed before the time loop), of this step's hh and cell columns
   const int64_t NB = 2 * GH + H;
@@ -102,7 +110,7 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
     T* st = p.stats ? p.stats + (NORM == kNormBatch ? t * SW : t * B * SW) : nullptr;
     T* acts_t = p.acts + t * B * GH;
     T* cs_t = p.cs + t * B * H;
-    T* y_t = p.y + t * B * H;
+    T* y_t = (P ? p.ms : p.y) + t * B * H;  // the output, or m_t, the projection's input
     for (int64_t b = b0; b < b1; ++b) {
       T* acts_b = acts_t + b * GH;
       T* cs_b = cs_t + b * H;
@@ -157,7 +165,17 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
         cnp = cn;
       }
       units_out_run<T>(vanilla, fl, H, static_cast<const T*>(acts_b), cnp, static_cast<const T*>(cs_b), y_b,
-                       hp + b * H, c_b);
+                       P ? tmp : hp + b * H, c_b);  // with a projection h_t comes from project()
+    }
+  };
+  // Projection of step t, rows [b0, b1), columns [lo, hi) of y_t = m_t W_hr^T (the member's
+  // product just wrote them): rows active at t carry them as h_t, the others keep h and output 0.
+  auto project = [&](int64_t t, int64_t b0, int64_t b1, int64_t lo, int64_t hi) {
+    T* y_t = p.y + t * B * P;
+    for (int64_t b = b0; b < b1; ++b) {
+      T* yb = y_t + b * P;
+      if (active(L, b, t)) std::copy(yb + lo, yb + hi, hp + b * P + lo);
+      else std::fill(yb + lo, yb + hi, T(0));
     }
   };
   // Batch norm, pass B of rows [b0, b1): h_t from the normalized c_t.
@@ -222,7 +240,7 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
       });
       for (int64_t t = 0; t < Tn; ++t) {
         team.each_part(B, [&](int64_t m, int64_t lo, int64_t hi) {
-          gemm[m].run(hp + lo * H, hw_all.data_ptr<T>() + t * B * GH + lo * GH);
+          gemm[m].run(hp + lo * R, hw_all.data_ptr<T>() + t * B * GH + lo * GH);
           if (fl.fgr) gemm_fgr[m].run(ap + lo * 3 * H, arp + lo * 3 * H);
           bn_partial(t, m, lo, hi, /*cell=*/false);
         });
@@ -245,9 +263,13 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
         for (int64_t t = 0; t < Tn; ++t) {
           T* out = NORM == kNormNone ? xw_all.data_ptr<T>() + t * B * GH
                                      : hw_all.data_ptr<T>() + (hw_all.dim() == 3 ? t * B * GH : 0);
-          gemm[m].run(hp + lo * H, out + lo * GH, /*accumulate=*/NORM == kNormNone);
+          gemm[m].run(hp + lo * R, out + lo * GH, /*accumulate=*/NORM == kNormNone);
           if (fl.fgr) gemm_fgr[m].run(ap + lo * 3 * H, arp + lo * 3 * H);
           rows_a(t, m, lo, hi);
+          if (P) {
+            gemm_hr[m].run(p.ms + (t * B + lo) * H, p.y + (t * B + lo) * P);
+            project(t, lo, hi, 0, P);
+          }
         }
       });
       return;
@@ -271,6 +293,13 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
         rows_a(t, m, lo, hi);
       });
       team.barrier();
+      if (P) {  // h_t = m_t W_hr^T by columns of W_hr's rows
+        team.each([&](int64_t m) {
+          gemm_hr[m].run(p.ms + t * B * H, p.y + t * B * P);
+          project(t, 0, B, gemm_hr[m].lo(), gemm_hr[m].hi());
+        });
+        team.barrier();
+      }
       if (NORM == kNormBatch) {
         T* st = p.stats + t * SW;
         const int64_t slot = std::min<int64_t>(p.t0 + t, p.bn_slots - 1);
@@ -289,7 +318,7 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
       }
     }
   });
-  std::copy(hp, hp + B * H, p.h_n);
+  std::copy(hp, hp + B * R, p.h_n);
   std::copy(cp, cp + B * H, p.c_n);
   if (fl.fgr) std::copy(ap, ap + B * 3 * H, p.a_n);
 }
@@ -301,15 +330,29 @@ struct LstmArgs {
   c10::optional<at::Tensor> a0;
   at::Tensor w_ih, w_hh;
   c10::optional<at::Tensor> b_ih, b_hh, w_peep, w_fgr, g_ih, g_hh, g_cell, b_cell, g_gates, b_gates;
+  c10::optional<at::Tensor> w_hr;
+  bool projected() const { return w_hr.has_value() && w_hr->defined(); }
 };
 
-// Validates every argument against x and the variant/norm.
-void check_lstm(const char* op, const LstmArgs& a, const LstmFlags& fl, int64_t norm, int64_t variant) {
+// Validates every argument against x and the variant/norm; returns H.
+int64_t check_lstm(const char* op, const LstmArgs& a, const LstmFlags& fl, int64_t norm, int64_t variant) {
   TORCH_CHECK(variant >= 0 && variant <= kFGR, op, ": variant must be in [0, 8], got ", variant);
   TORCH_CHECK(norm >= 0 && norm <= kNormBatch, op, ": norm must be in [0, 3], got ", norm);
-  const int64_t H = check_recurrence(op, a.x, a.lengths, a.h0, a.w_ih, a.w_hh, fl.num_gates);
+  const bool proj = a.projected();
+  if (proj) {
+    TORCH_CHECK(variant == kVanilla && norm == kNormNone, op, ": w_hr (proj_size) is supported for the vanilla "
+                "LSTM without norm only (as torch.nn.LSTM), got variant ", variant, " norm ", norm);
+    TORCH_CHECK(a.w_hr->dim() == 2 && a.w_hr->size(0) >= 1, op, ": w_hr must be [P, H] with P >= 1, got shape ",
+                a.w_hr->sizes());
+  }
+  const int64_t H = check_recurrence(op, a.x, a.lengths, a.h0, a.w_ih, a.w_hh, fl.num_gates,
+                                     proj ? a.w_hr->size(1) : -1);
   const int64_t B = a.x.size(1), GH = fl.num_gates * H;
   auto dt = a.x.scalar_type();
+  if (proj) {
+    check_tensor(op, "w_hr", *a.w_hr, dt, {a.w_hr->size(0), H});
+    check_tensor(op, "w_hh", a.w_hh, dt, {GH, a.w_hr->size(0)});
+  }
   check_tensor(op, "c0", a.c0, dt, {B, H});
   check_opt(op, "a0", a.a0, dt, {B, 3 * H}, fl.fgr);
   TORCH_CHECK(!(a.b_ih.has_value() && a.b_ih->defined()) == !(a.b_hh.has_value() && a.b_hh->defined()), op,
@@ -325,12 +368,15 @@ void check_lstm(const char* op, const LstmArgs& a, const LstmFlags& fl, int64_t 
   check_opt(op, "b_cell", a.b_cell, dt, {H}, norm != kNormNone);
   check_opt(op, "g_gates", a.g_gates, dt, {GH}, norm == kNormLayerPerGate);
   check_opt(op, "b_gates", a.b_gates, dt, {GH}, norm == kNormLayerPerGate);
+  return H;
 }
 
 template <typename T>
 void fill_common(LstmFwdParams<T>& p, const LstmArgs& a, const LstmFlags& fl, int64_t norm, double eps) {
   p.steps = a.x.size(0); p.batch = a.x.size(1); p.input = a.x.size(2);
-  p.hidden = a.w_hh.size(1); p.gates = fl.num_gates;
+  p.proj = a.projected() ? a.w_hr->size(0) : 0;
+  p.hidden = p.proj ? a.w_hr->size(1) : a.w_hh.size(1); p.gates = fl.num_gates;
+  p.w_hr = ptr<T>(a.w_hr);
   p.flags = fl; p.norm = norm; p.eps = eps;
   p.x = a.x.data_ptr<T>(); p.lengths = len_ptr(a.lengths);
   p.h0 = a.h0.data_ptr<T>(); p.c0 = a.c0.data_ptr<T>(); p.a0 = ptr<T>(a.a0);
@@ -352,13 +398,15 @@ lstm_fwd_cpu(const at::Tensor& x, const c10::optional<at::Tensor>& lengths, cons
              const c10::optional<at::Tensor>& rm_ih, const c10::optional<at::Tensor>& rv_ih,
              const c10::optional<at::Tensor>& rm_hh, const c10::optional<at::Tensor>& rv_hh,
              const c10::optional<at::Tensor>& rm_cell, const c10::optional<at::Tensor>& rv_cell,
-             int64_t variant, int64_t norm, bool training, int64_t t0, double eps) {
+             int64_t variant, int64_t norm, bool training, int64_t t0, double eps,
+             const c10::optional<at::Tensor>& w_hr) {
   LstmArgs args{x, lengths, h0, c0, a0, w_ih, w_hh, b_ih, b_hh, w_peep, w_fgr, g_ih, g_hh, g_cell, b_cell,
-                g_gates, b_gates};
+                g_gates, b_gates, w_hr};
   TORCH_CHECK(variant >= 0 && variant <= kFGR, kFwd, ": variant must be in [0, 8], got ", variant);
   const LstmFlags fl = lstm_flags(static_cast<int>(variant));
-  check_lstm(kFwd, args, fl, norm, variant);
-  const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(1), G = fl.num_gates, GH = G * H;
+  const int64_t H = check_lstm(kFwd, args, fl, norm, variant);
+  const int64_t T = x.size(0), B = x.size(1), I = x.size(2), G = fl.num_gates, GH = G * H;
+  const int64_t R = w_hh.size(1);  // H, or P with a projection
   auto dt = x.scalar_type();
   int64_t S = 0;
   if (norm == kNormBatch) {
@@ -386,7 +434,8 @@ lstm_fwd_cpu(const at::Tensor& x, const c10::optional<at::Tensor>& lengths, cons
   }
   bool two = norm == kNormLayer || norm == kNormBatch;
   at::Tensor hw = two ? cached_empty({T, B, GH}, opts) : cached_empty({B, GH}, opts);
-  at::Tensor y = cached_empty({T, B, H}, opts), h_n = cached_empty({B, H}, opts), c_n = cached_empty({B, H}, opts);
+  at::Tensor y = cached_empty({T, B, R}, opts), h_n = cached_empty({B, R}, opts), c_n = cached_empty({B, H}, opts);
+  at::Tensor ms = args.projected() ? cached_empty({T, B, H}, opts) : at::Tensor();  // m_t, returned as hw
   at::Tensor a_n = fl.fgr ? cached_empty({B, 3 * H}, opts) : none_like(x);
   at::Tensor acts = cached_empty({T, B, GH}, opts), cs = cached_empty({T, B, H}, opts);
   at::Tensor stats = norm == kNormNone ? none_like(x)
@@ -406,16 +455,18 @@ lstm_fwd_cpu(const at::Tensor& x, const c10::optional<at::Tensor>& lengths, cons
     p.a_n = fl.fgr ? a_n.data_ptr<scalar_t>() : nullptr;
     p.acts = acts.data_ptr<scalar_t>(); p.cs = cs.data_ptr<scalar_t>();
     p.stats = norm == kNormNone ? nullptr : stats.data_ptr<scalar_t>();
+    p.ms = ms.defined() ? ms.data_ptr<scalar_t>() : nullptr;
     switch (norm) {
-      case kNormNone: lstm_forward<scalar_t, kNormNone>(p, xw, hw, w_hh, w_fgr); break;
-      case kNormLayer: lstm_forward<scalar_t, kNormLayer>(p, xw, hw, w_hh, w_fgr); break;
-      case kNormLayerPerGate: lstm_forward<scalar_t, kNormLayerPerGate>(p, xw, hw, w_hh, w_fgr); break;
-      default: lstm_forward<scalar_t, kNormBatch>(p, xw, hw, w_hh, w_fgr); break;
+      case kNormNone: lstm_forward<scalar_t, kNormNone>(p, xw, hw, w_hh, w_fgr, w_hr); break;
+      case kNormLayer: lstm_forward<scalar_t, kNormLayer>(p, xw, hw, w_hh, w_fgr, w_hr); break;
+      case kNormLayerPerGate: lstm_forward<scalar_t, kNormLayerPerGate>(p, xw, hw, w_hh, w_fgr, w_hr); break;
+      default: lstm_forward<scalar_t, kNormBatch>(p, xw, hw, w_hh, w_fgr, w_hr); break;
     }
   });
-  // Save only what backward reads: no projections without norm, one sum for layer_per_gate.
+  // Save only what backward reads: no projections without norm, one sum for layer_per_gate;
+  // with a projection (norm none) the hw slot carries m_t.
   if (norm == kNormNone) xw = none_like(x);
-  if (!two) hw = none_like(x);
+  if (!two) hw = ms.defined() ? ms : none_like(x);
   return {y, h_n, c_n, a_n, acts, cs, xw, hw, stats};
 }
 
@@ -423,10 +474,11 @@ lstm_fwd_cpu(const at::Tensor& x, const c10::optional<at::Tensor>& lengths, cons
 
 template <typename T, int NORM>
 void lstm_backward(const LstmBwdParams<T>& p, bool full_dpre, const at::Tensor& w_hh,
-                   const c10::optional<at::Tensor>& w_fgr, ThreadAcc& acc_bias, ThreadAcc& acc_peep,
-                   ThreadAcc& acc_gates, at::Tensor& dg_ih, at::Tensor& dg_hh, at::Tensor& dg_cell,
-                   at::Tensor& db_cell) {
+                   const c10::optional<at::Tensor>& w_fgr, const c10::optional<at::Tensor>& w_hr,
+                   ThreadAcc& acc_bias, ThreadAcc& acc_peep, ThreadAcc& acc_gates, at::Tensor& dg_ih,
+                   at::Tensor& dg_hh, at::Tensor& dg_cell, at::Tensor& db_cell) {
   const int64_t Tn = p.steps, B = p.batch, H = p.hidden, G = p.gates, GH = G * H;
+  const int64_t P = p.proj, R = P ? P : H;
   const LstmFlags fl = p.flags;
   const bool vanilla = fl.num_peep == 0 && fl.num_gates == 4 && fl.input_act && fl.output_act && !fl.fgr;
   const int64_t* L = p.lengths;
@@ -436,10 +488,14 @@ void lstm_backward(const LstmBwdParams<T>& p, bool full_dpre, const at::Tensor& 
   T* dh = p.dh0;
   T* dc = p.dc0;
   T* da = p.da0;
-  std::copy(p.dh_n, p.dh_n + B * H, dh);
+  std::copy(p.dh_n, p.dh_n + B * R, dh);
   std::copy(p.dc_n, p.dc_n + B * H, dc);
   if (fl.fgr) std::copy(p.da_n, p.da_n + B * 3 * H, da);
-  at::Tensor d_o = cached_empty({B, H}, opts), d_cn = cached_empty({B, H}, opts), dh_new = cached_empty({B, H}, opts);
+  at::Tensor d_o = cached_empty({B, H}, opts), d_cn = cached_empty({B, H}, opts), dh_new = cached_empty({B, R}, opts);
+  // projection: this step's d m_t = (dh_t + dy_t) W_hr, and zeros standing in for dy in pass 1
+  at::Tensor d_m = P ? cached_empty({B, H}, opts) : at::Tensor();
+  T* dmp = P ? d_m.data_ptr<T>() : nullptr;
+  const std::vector<T> zeros(P ? H : 0, T(0));
   at::Tensor da_new = fl.fgr ? cached_empty({B, 3 * H}, opts) : at::Tensor();
   at::Tensor dpre_ifo = fl.fgr ? cached_empty({B, 3 * H}, opts) : at::Tensor();
   T* dop = d_o.data_ptr<T>();
@@ -452,10 +508,11 @@ void lstm_backward(const LstmBwdParams<T>& p, bool full_dpre, const at::Tensor& 
   // the team (see lstm_forward), one member per accumulator row: member m owns columns of dh
   // (W_hh columns, packed once), rows of the row passes, BN columns, and row m of the accumulators
   const int64_t n = acc_gates.rows();
-  const TeamSplit how = team_split(n, B, w_hh.nbytes());
+  const TeamSplit how = team_split(n, B, w_hh.nbytes() + (P ? w_hr->nbytes() : 0));
   auto gemm_bwd = member_gemms<T>(w_hh, B, /*transposed=*/false, n, how);
   auto gemm_fgr =
       fl.fgr ? member_gemms<T>(*w_fgr, B, /*transposed=*/false, n, how) : std::vector<RecurrentGemm<T>>();
+  auto gemm_hr = P ? member_gemms<T>(*w_hr, B, /*transposed=*/false, n, how) : std::vector<RecurrentGemm<T>>();
   at::Tensor scratch = cached_empty({n, H}, opts);  // per member: cn [H]
   at::Tensor bn_acc = cached_empty({NORM == kNormBatch ? n : 0, 2 * GH}, opts.dtype(at::kDouble));
   T* dgc = dg_cell.defined() && dg_cell.numel() ? dg_cell.data_ptr<T>() : nullptr;
@@ -465,7 +522,7 @@ void lstm_backward(const LstmBwdParams<T>& p, bool full_dpre, const at::Tensor& 
   auto pass1 = [&](int64_t t, int64_t m, int64_t b0, int64_t b1) {
     const T* acts_t = p.acts + t * B * GH;
     const T* cs_t = p.cs + t * B * H;
-    const T* dy_t = p.dy + t * B * H;
+    const T* dy_t = P ? nullptr : p.dy + t * B * H;  // with a projection dh + dy is in d_m
     const T* st = p.stats ? p.stats + (NORM == kNormBatch ? t * SW : t * B * SW) : nullptr;
     T* cn = scratch.data_ptr<T>() + m * H;
     T* dgc_row = (NORM == kNormLayer || NORM == kNormLayerPerGate) ? acc_gates.row<T>(m) : nullptr;
@@ -482,8 +539,9 @@ void lstm_backward(const LstmBwdParams<T>& p, bool full_dpre, const at::Tensor& 
         const T* sb = st + b * SW + SW - 2;
         for (int64_t j = 0; j < H; ++j) cn[j] = norm_apply(cs_b[j], sb[0], sb[1], p.g_cell[j], p.b_cell[j]);
       }
-      units_out_bwd_run<T>(vanilla, fl, H, static_cast<const T*>(dh + b * H), dy_t + b * H, acts_b,
-                           static_cast<const T*>(cn), dop + b * H, dcnp + b * H);
+      units_out_bwd_run<T>(vanilla, fl, H, static_cast<const T*>(P ? dmp + b * H : dh + b * H),
+                           P ? zeros.data() : dy_t + b * H, acts_b, static_cast<const T*>(cn), dop + b * H,
+                           dcnp + b * H);
       if (NORM == kNormLayer || NORM == kNormLayerPerGate) {
         // dgc_row layout: [dg_cell H | db_cell H | dg_ih/dg_gates GH | dg_hh/db_gates GH]
         const T* sb = st + b * SW + SW - 2;
@@ -557,8 +615,19 @@ void lstm_backward(const LstmBwdParams<T>& p, bool full_dpre, const at::Tensor& 
   auto carry = [&](int64_t t, int64_t lo, int64_t hi) {
     for (int64_t b = lo; b < hi; ++b) {
       if (!active(L, b, t)) continue;
-      std::copy(dhn + b * H, dhn + (b + 1) * H, dh + b * H);
+      std::copy(dhn + b * R, dhn + (b + 1) * R, dh + b * R);
       if (fl.fgr) std::copy(dan + b * 3 * H, dan + (b + 1) * 3 * H, da + b * 3 * H);
+    }
+  };
+  // Projection: dh_t + dy_t of rows [lo, hi) (zero where finished), kept for dW_hr.
+  auto proj_grad = [&](int64_t t, int64_t lo, int64_t hi) {
+    const T* dy_t = p.dy + t * B * P;
+    T* g_t = p.dhy + t * B * P;
+    for (int64_t b = lo; b < hi; ++b) {
+      if (active(L, b, t))
+        for (int64_t k = 0; k < P; ++k) g_t[b * P + k] = dh[b * P + k] + dy_t[b * P + k];
+      else
+        std::fill(g_t + b * P, g_t + (b + 1) * P, T(0));
     }
   };
 
@@ -622,7 +691,7 @@ void lstm_backward(const LstmBwdParams<T>& p, bool full_dpre, const at::Tensor& 
         team.barrier();
         team.each_part(B, [&](int64_t m, int64_t lo, int64_t hi) {
           bn_apply(t, m, lo, hi, /*cell=*/false);
-          gemm_bwd[m].run(p.dhw + t * B * GH + lo * GH, dhn + lo * H);
+          gemm_bwd[m].run(p.dhw + t * B * GH + lo * GH, dhn + lo * R);
           if (fl.fgr) gemm_fgr[m].run(difo + lo * 3 * H, dan + lo * 3 * H);
           carry(t, lo, hi);
         });
@@ -636,9 +705,13 @@ void lstm_backward(const LstmBwdParams<T>& p, bool full_dpre, const at::Tensor& 
     if (how == TeamSplit::kRows) {  // each member its rows through every step, no barrier
       team.each_part(B, [&](int64_t m, int64_t lo, int64_t hi) {
         for (int64_t t = Tn - 1; t >= 0; --t) {
+          if (P) {
+            proj_grad(t, lo, hi);
+            gemm_hr[m].run(p.dhy + (t * B + lo) * P, dmp + lo * H);
+          }
           pass1(t, m, lo, hi);
           pass2(t, m, lo, hi);
-          gemm_bwd[m].run(p.dhw + t * B * GH + lo * GH, dhn + lo * H);
+          gemm_bwd[m].run(p.dhw + t * B * GH + lo * GH, dhn + lo * R);
           if (fl.fgr) gemm_fgr[m].run(difo + lo * 3 * H, dan + lo * 3 * H);
           carry(t, lo, hi);
         }
@@ -648,6 +721,12 @@ void lstm_backward(const LstmBwdParams<T>& p, bool full_dpre, const at::Tensor& 
     for (int64_t t = Tn - 1; t >= 0; --t) {
       const T* cs_t = p.cs + t * B * H;
       const T* st = p.stats ? p.stats + (NORM == kNormBatch ? t * SW : t * B * SW) : nullptr;
+      if (P) {  // d m_t by columns of W_hr, from every row's dh_t + dy_t (each member's carried rows)
+        team.each_part(B, [&](int64_t, int64_t lo, int64_t hi) { proj_grad(t, lo, hi); });
+        team.barrier();
+        team.each([&](int64_t m) { gemm_hr[m].run(p.dhy + t * B * P, dmp); });
+        team.barrier();
+      }
       team.each_part(B, [&](int64_t m, int64_t lo, int64_t hi) {
         pass1(t, m, lo, hi);
       });
@@ -690,11 +769,11 @@ void lstm_backward(const LstmBwdParams<T>& p, bool full_dpre, const at::Tensor& 
   }
 }
 
-using T16 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+using T17 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
                        at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-                       at::Tensor, at::Tensor>;
+                       at::Tensor, at::Tensor, at::Tensor>;
 
-T16 lstm_bwd_cpu(
+T17 lstm_bwd_cpu(
     const at::Tensor& grad_y, const at::Tensor& grad_h_n, const at::Tensor& grad_c_n, const at::Tensor& grad_a_n,
     const at::Tensor& x, const c10::optional<at::Tensor>& lengths, const at::Tensor& h0, const at::Tensor& c0,
     const c10::optional<at::Tensor>& a0, const at::Tensor& w_ih, const at::Tensor& w_hh,
@@ -704,30 +783,34 @@ T16 lstm_bwd_cpu(
     const c10::optional<at::Tensor>& g_cell, const c10::optional<at::Tensor>& b_cell,
     const c10::optional<at::Tensor>& g_gates, const c10::optional<at::Tensor>& b_gates, const at::Tensor& y,
     const at::Tensor& acts, const at::Tensor& cs, const at::Tensor& xw, const at::Tensor& hw,
-    const at::Tensor& stats, int64_t variant, int64_t norm, bool training, double eps) {
+    const at::Tensor& stats, int64_t variant, int64_t norm, bool training, double eps,
+    const c10::optional<at::Tensor>& w_hr) {
   LstmArgs args{x, lengths, h0, c0, a0, w_ih, w_hh, b_ih, b_hh, w_peep, w_fgr, g_ih, g_hh, g_cell, b_cell,
-                g_gates, b_gates};
+                g_gates, b_gates, w_hr};
   TORCH_CHECK(variant >= 0 && variant <= kFGR, kBwd, ": variant must be in [0, 8], got ", variant);
   const LstmFlags fl = lstm_flags(static_cast<int>(variant));
-  check_lstm(kBwd, args, fl, norm, variant);
-  const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(1), G = fl.num_gates, GH = G * H;
+  const int64_t H = check_lstm(kBwd, args, fl, norm, variant);
+  const int64_t T = x.size(0), B = x.size(1), I = x.size(2), G = fl.num_gates, GH = G * H;
+  const int64_t R = w_hh.size(1), P = args.projected() ? R : 0;  // R: width of h, P with a projection
   auto dt = x.scalar_type();
   bool two = norm == kNormLayer || norm == kNormBatch;
-  check_tensor(kBwd, "grad_y", grad_y, dt, {T, B, H});
-  check_tensor(kBwd, "grad_h_n", grad_h_n, dt, {B, H});
+  check_tensor(kBwd, "grad_y", grad_y, dt, {T, B, R});
+  check_tensor(kBwd, "grad_h_n", grad_h_n, dt, {B, R});
   check_tensor(kBwd, "grad_c_n", grad_c_n, dt, {B, H});
   if (fl.fgr) check_tensor(kBwd, "grad_a_n", grad_a_n, dt, {B, 3 * H});
-  check_tensor(kBwd, "y", y, dt, {T, B, H});
+  check_tensor(kBwd, "y", y, dt, {T, B, R});
   check_tensor(kBwd, "acts", acts, dt, {T, B, GH});
   check_tensor(kBwd, "cs", cs, dt, {T, B, H});
   if (norm != kNormNone) check_tensor(kBwd, "xw", xw, dt, {T, B, GH});
   if (two) check_tensor(kBwd, "hw", hw, dt, {T, B, GH});
+  if (P) check_tensor(kBwd, "hw (m_t of the projected LSTM)", hw, dt, {T, B, H});
   if (norm != kNormNone)
     check_tensor(kBwd, "stats", stats, dt,
                  norm == kNormBatch ? std::vector<int64_t>{T, 2, 2 * GH + H}
                                     : std::vector<int64_t>{T, B, stats_width(norm, G, H)});
   auto opts = x.options();
-  at::Tensor dh0 = cached_empty({B, H}, opts), dc0 = cached_empty({B, H}, opts);
+  at::Tensor dh0 = cached_empty({B, R}, opts), dc0 = cached_empty({B, H}, opts);
+  at::Tensor dhy = P ? cached_empty({T, B, P}, opts) : at::Tensor();
   at::Tensor da0 = fl.fgr ? cached_empty({B, 3 * H}, opts) : none_like(x);
   // Every row of these is written by the backward loop (zeros at finished steps). The gate
   // gradients of all steps are kept only where something after the loop reads them (no norm:
@@ -738,7 +821,7 @@ T16 lstm_bwd_cpu(
   at::Tensor dxw = norm == kNormNone || (norm == kNormBatch && !fl.fgr) ? dpre : cached_empty({T, B, GH}, opts);
   at::Tensor dhw = two ? cached_empty({T, B, GH}, opts) : dxw;
   const bool has_bias = b_ih.has_value() && b_ih->defined();
-  const int64_t members = team_members(B * GH * H);
+  const int64_t members = team_members(B * GH * R + B * P * H);
   ThreadAcc acc_bias(members, has_bias ? GH : 0, opts), acc_peep(members, fl.num_peep * H, opts),
       acc_gates(members, 2 * H + 2 * GH, opts);
   at::Tensor dg_ih = norm == kNormBatch ? at::zeros({GH}, opts) : at::Tensor();
@@ -759,8 +842,10 @@ T16 lstm_bwd_cpu(
     p.dh0 = dh0.data_ptr<scalar_t>(); p.dc0 = dc0.data_ptr<scalar_t>();
     p.da0 = fl.fgr ? da0.data_ptr<scalar_t>() : nullptr;
     p.dpre = dpre.data_ptr<scalar_t>(); p.dxw = dxw.data_ptr<scalar_t>(); p.dhw = dhw.data_ptr<scalar_t>();
+    p.ms = P ? const_cast<scalar_t*>(hw.data_ptr<scalar_t>()) : nullptr;
+    p.dhy = P ? dhy.data_ptr<scalar_t>() : nullptr;
     auto bwd = [&](auto kernel) {
-      kernel(p, full_dpre, w_hh, w_fgr, acc_bias, acc_peep, acc_gates, dg_ih, dg_hh, dg_cell, db_cell);
+      kernel(p, full_dpre, w_hh, w_fgr, w_hr, acc_bias, acc_peep, acc_gates, dg_ih, dg_hh, dg_cell, db_cell);
     };
     switch (norm) {
       case kNormNone: bwd(&lstm_backward<scalar_t, kNormNone>); break;
@@ -785,6 +870,7 @@ T16 lstm_bwd_cpu(
     dw_fgr = at::mm(ifo(dpre).view({T * B, 3 * H}).t(), a_prev);
   }
   at::Tensor dw_peep = fl.num_peep ? acc_peep.total().view({fl.num_peep, H}) : none_like(x);
+  at::Tensor dw_hr = P ? at::mm(dhy.view({T * B, P}).t(), hw.reshape({T * B, H})) : none_like(x);
   // every result is its own tensor (outputs of an op must not alias each other)
   at::Tensor r_dg_ih = none_like(x), r_dg_hh = none_like(x), r_dg_cell = none_like(x), r_db_cell = none_like(x),
              r_dg_gates = none_like(x), r_db_gates = none_like(x);
@@ -802,8 +888,8 @@ T16 lstm_bwd_cpu(
       r_db_gates = tot.narrow(0, 2 * H + GH, GH).clone();
     }
   }
-  return T16{dx, dh0, dc0, da0, dw_ih, dw_hh, db, has_bias ? db.clone() : none_like(x), dw_peep, dw_fgr,
-             r_dg_ih, r_dg_hh, r_dg_cell, r_db_cell, r_dg_gates, r_db_gates};
+  return T17{dx, dh0, dc0, da0, dw_ih, dw_hh, db, has_bias ? db.clone() : none_like(x), dw_peep, dw_fgr,
+             r_dg_ih, r_dg_hh, r_dg_cell, r_db_cell, r_dg_gates, r_db_gates, dw_hr};
 }
 
 // ----------------------------------------------------------------------------- BN running stats

@@ -100,6 +100,13 @@ const T* ptr(const OptT& t) {
 
 Tensor none_like(const Tensor& x) { return at::empty({0}, x.options()); }
 
+// The projected LSTM (w_hr, proj_size) runs on the CPU kernels and the reference only; the
+// modules send CUDA inputs with a projection to the reference.
+void check_no_projection(const char* op, const OptT& w_hr) {
+  TORCH_CHECK(!(w_hr.has_value() && w_hr->defined()), op, ": the CUDA kernels do not implement the projection "
+              "w_hr (proj_size > 0); use backend='reference' for a projected LSTM on CUDA");
+}
+
 // A fresh copy of a slice of the summed workspace, in the parameter dtype.
 Tensor take(const Tensor& w, int64_t lo, int64_t hi, at::ScalarType dt) {
   return w.slice(0, lo, hi).to(dt, /*non_blocking=*/false, /*copy=*/true);
@@ -163,8 +170,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
     const OptT& g_ih, const OptT& g_hh, const OptT& g_cell, const OptT& b_cell, const OptT& g_gates,
     const OptT& b_gates, const OptT& rm_ih, const OptT& rv_ih, const OptT& rm_hh, const OptT& rv_hh,
     const OptT& rm_cell, const OptT& rv_cell, int64_t variant, int64_t norm, bool training, int64_t t0,
-    double eps) {
+    double eps, const OptT& w_hr) {
   const char* op = kLstmFwd;
+  check_no_projection(op, w_hr);
   check_lstm_params(op, x, h0, c0, a0, w_ih, w_hh, b_ih, b_hh, w_peep, w_fgr, g_ih, g_hh, g_cell, b_cell, g_gates,
                     b_gates, variant, norm);
   FUSEDRNN_DEVICE_GUARD(x);
@@ -249,15 +257,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
-           Tensor, Tensor, Tensor>
+           Tensor, Tensor, Tensor, Tensor>
 lstm_bwd(const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& grad_a_n,
          const Tensor& x, const OptT& lengths, const Tensor& h0, const Tensor& c0, const OptT& a0,
          const Tensor& w_ih, const Tensor& w_hh, const OptT& b_ih, const OptT& b_hh, const OptT& w_peep,
          const OptT& w_fgr, const OptT& g_ih, const OptT& g_hh, const OptT& g_cell, const OptT& b_cell,
          const OptT& g_gates, const OptT& b_gates, const Tensor& y, const Tensor& acts, const Tensor& cs,
          const Tensor& xw, const Tensor& hw, const Tensor& stats, int64_t variant, int64_t norm, bool training,
-         double eps) {
+         double eps, const OptT& w_hr) {
   const char* op = kLstmBwd;
+  check_no_projection(op, w_hr);
   check_lstm_params(op, x, h0, c0, a0, w_ih, w_hh, b_ih, b_hh, w_peep, w_fgr, g_ih, g_hh, g_cell, b_cell, g_gates,
                     b_gates, variant, norm);
   FUSEDRNN_DEVICE_GUARD(x);
@@ -365,7 +374,7 @@ lstm_bwd(const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& grad_c_n, c
   Tensor db_cell = norm != kNormNone ? take(w, 3 * GH + 4 * H, 3 * GH + 5 * H, dt) : none_like(x);
   Tensor dc0 = dc.clone();  // a [B, H] copy rather than a view of the ping-pong buffer
   return {dx, dh, dc0, fl.fgr ? da : none_like(x), dw_ih, dw_hh, db_ih, db_hh, dw_peep, dw_fgr,
-          dg_ih, dg_hh, dg_cell, db_cell, dg_gates, db_gates};
+          dg_ih, dg_hh, dg_cell, db_cell, dg_gates, db_gates, none_like(x)};
 }
 
 void bn_update_(Tensor& rm_ih, Tensor& rv_ih, Tensor& rm_hh, Tensor& rv_hh, Tensor& rm_cell, Tensor& rv_cell,

@@ -9,6 +9,7 @@
 //   LSTM, norm layer_per_gate: acts GH + cs H + (xw + hw) GH + 2G + 2 statistics
 //   LSTM, norm batch:          acts GH + cs H + xw GH + hw GH, plus 2 * (2GH + H) per step
 //   GRU, norm none:            acts 3H + hn H;  GRU layer: + xw 3H + hw 3H + 4 statistics
+//   LSTM with projection (proj_size P, norm none): acts GH + cs H + m H (y is P wide)
 //   RNN:                       nothing but y (h_t is the output)
 // e.g. vanilla LSTM: 5H per row and step (4H gates + H cell state), y excluded.
 #pragma once
@@ -39,8 +40,13 @@ struct LstmFwdParams {
   const T *g_cell, *b_cell;  // [H]
   const T *g_gates, *b_gates;  // [GH] layer_per_gate
   const T *rm_ih, *rv_ih, *rm_hh, *rv_hh, *rm_cell, *rv_cell;  // [S, GH] / [S, H] (eval)
+  // projection (torch.nn.LSTM's proj_size; vanilla LSTM without norm): h_t = W_hr m_t, m_t =
+  // o * tanh(c_t); then h0, h_n, y, w_hh's rows and the recurrence have width R = proj, not H
+  int proj;                // P, or 0
+  const T* w_hr;           // [P, H]
+  T* ms;                   // [T, B, H] m_t (saved for dW_hr and d m_t), zero at padded steps
   // outputs
-  T* y;                    // [T, B, H], zero at padded steps
+  T* y;                    // [T, B, R], zero at padded steps
   T *h_n, *c_n, *a_n;      // final states
   T* acts;                 // [T, B, GH] gate activations
   T* cs;                   // [T, B, H] c_t (carried value at padded steps)
@@ -55,6 +61,7 @@ struct LstmBwdParams : LstmFwdParams<T> {
   T *dx, *dh0, *dc0, *da0;           // input / initial-state gradients
   T* dpre;                           // [T, B, GH] gradient of the gate pre-activations
   T *dxw, *dhw;                      // [T, B, GH] gradients of the raw projections
+  T* dhy;                            // [T, B, P] projection: gradient of h_t (kept for dW_hr)
 };
 
 }  // namespace fusedrnn
