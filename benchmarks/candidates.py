@@ -9,6 +9,8 @@ against the eager reference (max |difference|) so that a fast wrong answer shows
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import nn
 
@@ -37,7 +39,7 @@ def make_module(spec: CellSpec, I: int, H: int, backend: str, dtype, device):  #
     kw = {"dtype": dtype, "device": device, "backend": backend}
     if spec.family == "lstm":
         return fusedrnn.LSTM(I, H, variant=spec.variant, norm=spec.norm, max_bn_steps=spec.max_bn_steps,
-                             bn_momentum=spec.bn_momentum, eps=spec.eps, **kw)
+                             bn_momentum=spec.bn_momentum, eps=spec.eps, proj_size=spec.proj_size, **kw)
     if spec.family == "gru":
         return fusedrnn.GRU(I, H, norm=spec.norm, eps=spec.eps, **kw)
     return fusedrnn.RNN(I, H, nonlinearity=spec.family[4:], **kw)
@@ -221,15 +223,16 @@ class NNCandidate(Candidate):
         if cls is None:
             m = nn.RNN(I, H, nonlinearity=spec.family[4:], dtype=w.dtype, device=w.device)
         else:
-            m = cls(I, H, dtype=w.dtype, device=w.device)
-        if spec == base_spec:
+            proj = {"proj_size": spec.proj_size} if spec.proj_size else {}
+            m = cls(I, H, dtype=w.dtype, device=w.device, **proj)
+        if self.same_cell(spec):
             m.load_state_dict(w.module.state_dict())
         m.flatten_parameters()  # cuDNN wants the weights in one buffer (else it compacts them every call)
         return _module_runner(m)
 
     @staticmethod
     def same_cell(spec: CellSpec) -> bool:
-        return spec == NN_BASELINE[spec.family][0]
+        return replace(spec, proj_size=0) == NN_BASELINE[spec.family][0]  # torch.nn.LSTM projects too
 
     @staticmethod
     def baseline_name(spec: CellSpec) -> str:
@@ -241,6 +244,8 @@ class FloorCandidate(Candidate):
 
     def prepare(self, w):
         T, B, I, H = w.shape.dims  # noqa: E741
+        if w.spec.proj_size:
+            raise Unavailable("the GEMM floor does not model the projection")
         g = GemmFloor(T, B, I, H, w.spec.num_gates, w.spec.full_gate_recurrence, w.dtype, w.device)
 
         class _FloorRunner(Runner):

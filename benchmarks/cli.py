@@ -27,7 +27,7 @@ import torch
 
 from . import report, scripted
 from .candidates import CANDIDATES, MODES, NNCandidate, Unavailable, Workload, build, first_line
-from .suites import CELLS, NAMED_SHAPES, SUITES, get_suite, parse_shape
+from .suites import CELLS, NAMED_SHAPES, SUITES, cell_spec, get_suite, parse_shape
 from .timing import Timer, peak_memory_mib
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -306,7 +306,7 @@ def run(args) -> dict:
                 for c in cands:
                     c.start_cell(cell, spec, dtype)
                 for shape, sweeps, keys in todo:
-                    w = Workload(cell, spec, shape, dtype, device)
+                    w = Workload(cell, cell_spec(cell, shape.H), shape, dtype, device)
                     base = {"dtype": dname, "shape": shape.name, "T": shape.T, "B": shape.B, "I": shape.I,
                             "H": shape.H, "sweeps": ";".join(f"{a}:{b}" for a, b in sweeps), "cell": cell}
                     for c in cands:
@@ -362,7 +362,7 @@ def _measure_candidate(c, w, modes, base, timer, unavailable, cache, memory, pro
     cache_key = None
     note = None
     if c.key == "nn":
-        cache_key = ("nn", spec.family, w.shape.dims, w.dtype)
+        cache_key = ("nn", spec.family, spec.proj_size, w.shape.dims, w.dtype)
         if not NNCandidate.same_cell(spec):
             note = f"{NNCandidate.baseline_name(spec)}: plain {spec.family} cell (torch.nn has no '{w.cell}')"
     elif c.key == "floor":

@@ -8,7 +8,7 @@ suite stays within its time budget.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from fusedrnn.spec import CellSpec
 
@@ -29,7 +29,14 @@ CELLS = {
     "gru": (CellSpec("gru"), "GRU"),
     "ln_gru": (CellSpec("gru", norm="layer"), "LayerNorm GRU"),
     "rnn_tanh": (CellSpec("rnn_tanh"), "tanh RNN"),
+    "proj": (CellSpec("lstm", proj_size=1), "LSTM with projection (torch.nn.LSTM's proj_size = H / 4)"),
 }
+
+
+def cell_spec(cell: str, H: int) -> CellSpec:
+    """The spec of `cell` at hidden size H: the projected LSTM projects to H // 4 (at least 1)."""
+    spec = CELLS[cell][0]
+    return replace(spec, proj_size=max(1, H // 4)) if spec.proj_size else spec
 
 
 @dataclass(frozen=True)

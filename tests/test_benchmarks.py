@@ -16,9 +16,9 @@ if REPO not in sys.path:  # benchmarks/ is a top-level folder of the repository,
     sys.path.insert(0, REPO)
 
 from benchmarks import scripted  # noqa: E402
-from benchmarks.candidates import CompileCandidate, Workload  # noqa: E402
+from benchmarks.candidates import CompileCandidate, FusedCandidate, NNCandidate, Workload  # noqa: E402
 from benchmarks.cli import parse_args, plan  # noqa: E402
-from benchmarks.suites import CELLS, parse_shape  # noqa: E402
+from benchmarks.suites import CELLS, cell_spec, parse_shape  # noqa: E402
 from benchmarks.timing import GemmFloor, Timer, summarize  # noqa: E402
 from conftest import assert_close  # noqa: E402
 from fusedrnn import reference  # noqa: E402
@@ -139,6 +139,23 @@ def test_scripted_reports_uncovered_cells():
     for cell in ("nig", "cifg", "fgr", "ln_per_gate"):
         assert scripted.unsupported_reason(CELLS[cell][0])
     assert scripted.reference_script_error()  # the reference itself does not script, and we say why
+
+
+def test_projected_cell_runs_the_same_weights_in_every_candidate():
+    """The "proj" cell projects to H / 4; the fused kernels and torch.nn.LSTM(proj_size) get the
+    reference's weights (torch.nn is the same cell here, not a plain-LSTM stand-in)."""
+    assert cell_spec("proj", 100).proj_size == 25 and cell_spec("proj", 2).proj_size == 1
+    assert cell_spec("vanilla", 100) == CELLS["vanilla"][0]
+    dev = torch.device("cpu")
+    w = Workload("proj", cell_spec("proj", 8), parse_shape("5x3x4x8"), torch.float64, dev)
+    assert NNCandidate.same_cell(w.spec) and not NNCandidate.same_cell(CELLS["ln"][0])
+    w.module.eval()
+    with torch.no_grad():
+        y_ref = w.module(w.x)[0]
+    assert y_ref.shape == (5, 3, 2)
+    for cand in (FusedCandidate(dev), NNCandidate()):
+        fn, _ = cand.prepare(w).callables("fwd", w)
+        assert_close(fn(), y_ref, msg=cand.key)
 
 
 @pytest.mark.parametrize("fgr", [False, True])
