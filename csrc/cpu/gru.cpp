@@ -204,9 +204,7 @@ gru_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& grad_h_n, const at::Tens
   });
   at::Tensor dxw2 = dxw.view({T * B, GH}), dhw2 = dhw.view({T * B, GH});
   at::Tensor dx = cached_mm(dxw2, w_ih).view({T, B, I});
-  at::Tensor dw_ih = at::mm(dxw2.t(), x.reshape({T * B, I}));
-  at::Tensor h_prev = cached_h_prev(h0, y);
-  at::Tensor dw_hh = at::mm(dhw2.t(), h_prev);
+  auto [dw_ih, dw_hh] = weight_grads(dxw2, dhw2, x, h0, y);
   bool has_bias = b_ih.has_value() && b_ih->defined();
   at::Tensor db_ih = has_bias ? dxs.sum(at::IntArrayRef{0, 1}) : none_like(x);
   at::Tensor db_hh = has_bias ? dhs.sum(at::IntArrayRef{0, 1}) : none_like(x);

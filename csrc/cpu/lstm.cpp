@@ -857,9 +857,7 @@ T17 lstm_bwd_cpu(
   // Hoisted GEMMs and reductions over all steps.
   at::Tensor dxw2 = dxw.view({T * B, GH}), dhw2 = dhw.view({T * B, GH});
   at::Tensor dx = cached_mm(dxw2, w_ih).view({T, B, I});
-  at::Tensor dw_ih = at::mm(dxw2.t(), x.reshape({T * B, I}));
-  at::Tensor h_prev = cached_h_prev(h0, y);
-  at::Tensor dw_hh = at::mm(dhw2.t(), h_prev);
+  auto [dw_ih, dw_hh] = weight_grads(dxw2, dhw2, x, h0, y);
   at::Tensor db = has_bias ? acc_bias.total() : none_like(x);
   at::Tensor dw_fgr = none_like(x);
   if (fl.fgr) {

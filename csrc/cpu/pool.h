@@ -182,14 +182,5 @@ inline at::Tensor cached_mm(const at::Tensor& a, const at::Tensor& b) {
   return at::mm_out(out, a, b);
 }
 
-// [h0; y[:T-1]] flattened to [T * B, H]: the h_{t-1} of every step, for dW_hh after the loop.
-inline at::Tensor cached_h_prev(const at::Tensor& h0, const at::Tensor& y) {
-  const int64_t T = y.size(0), B = y.size(1), H = y.size(2);
-  at::Tensor out = cached_empty({T, B, H}, y.options());
-  out[0].copy_(h0);
-  if (T > 1) out.narrow(0, 1, T - 1).copy_(y.narrow(0, 0, T - 1));
-  return out.view({T * B, H});
-}
-
 }  // namespace cpu
 }  // namespace fusedrnn

@@ -144,9 +144,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   });
   at::Tensor dpre2 = dpre.view({T * B, H});
   at::Tensor dx = cached_mm(dpre2, w_ih).view({T, B, I});
-  at::Tensor dw_ih = at::mm(dpre2.t(), x.reshape({T * B, I}));
-  at::Tensor h_prev = cached_h_prev(h0, y);
-  at::Tensor dw_hh = at::mm(dpre2.t(), h_prev);
+  auto [dw_ih, dw_hh] = weight_grads(dpre2, dpre2, x, h0, y);
   at::Tensor db = has_bias ? dpre.sum(at::IntArrayRef{0, 1}) : none_like(x);
   return {dx, dh, dw_ih, dw_hh, db, has_bias ? db.clone() : none_like(x)};
 }
