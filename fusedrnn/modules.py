@@ -82,10 +82,7 @@ def _layer_runner(backend: str, x: torch.Tensor, spec: CellSpec):
     if backend == "reference":
         return reference.run_layer, "reference"
     from . import _ops  # noqa: F401  (kernels are optional until built)
-    run, name = _ops.select(backend, x)
-    if spec.proj_size and name == "cuda" and backend == "auto":
-        return reference.run_layer, "reference"  # the CUDA kernels do not implement proj_size
-    return run, name
+    return _ops.select(backend, x)
 
 
 def _register(module: nn.Module, spec: CellSpec, input_size: int, hidden_size: int, bias: bool,

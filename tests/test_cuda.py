@@ -191,9 +191,10 @@ def test_batch_norm_slots(variant):
     (fusedrnn.LSTM, dict(variant="fgr", norm="layer")),
     (fusedrnn.LSTM, dict(variant="peephole", norm="batch", max_bn_steps=4)),
     (fusedrnn.LSTM, dict(variant="cifg", norm="layer_per_gate")),
+    (fusedrnn.LSTM, dict(proj_size=2)),
     (fusedrnn.GRU, dict(norm="layer")),
     (fusedrnn.RNN, dict(nonlinearity="relu")),
-], ids=["lstm", "lstm-fgr-layer", "lstm-peephole-batch", "lstm-cifg-lpg", "gru-layer", "rnn-relu"])
+], ids=["lstm", "lstm-fgr-layer", "lstm-peephole-batch", "lstm-cifg-lpg", "lstm-proj", "gru-layer", "rnn-relu"])
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 def test_modules_bidirectional_multilayer(cls, kwargs, packed):
     torch.manual_seed(0)
@@ -235,13 +236,20 @@ def test_auto_backend_is_cuda():
     assert c.last_backend == "cuda"
 
 
-def test_projection_runs_the_reference_on_cuda():
-    """The CUDA kernels do not implement proj_size: auto runs the reference, backend='cuda' says so."""
+@pytest.mark.parametrize("dtype", (torch.float64, torch.float32), ids=str)
+def test_projection_matches_reference(dtype, monkeypatch):
+    """proj_size on CUDA: the per-step path with one more GEMM per step (the persistent kernels do
+    not project; FUSEDRNN_PERSISTENT=require says so)."""
+    spec = CellSpec("lstm", proj_size=3)
+    x, state, p = make_layer(spec, 5, 8, 3, 7, dtype)
+    compare(spec, x, state, p, training=True)
+    compare(spec, x, state, p, lengths=torch.tensor([5, 3, 4, 1, 4, 4, 3, 2], device=DEV), training=True)
     m = fusedrnn.LSTM(3, 4, proj_size=2, device=DEV)
     y, (h, c) = m(torch.randn(2, 1, 3, device=DEV))
-    assert m.last_backend == "reference" and y.shape == (2, 1, 2) and h.shape == (1, 1, 2)
-    with pytest.raises(RuntimeError, match=r"do not implement the projection w_hr \(proj_size > 0\)"):
-        fusedrnn.LSTM(3, 4, proj_size=2, backend="cuda", device=DEV)(torch.randn(2, 1, 3, device=DEV))
+    assert m.last_backend == "cuda" and y.shape == (2, 1, 2) and h.shape == (1, 1, 2)
+    monkeypatch.setenv("FUSEDRNN_PERSISTENT", "require")
+    with pytest.raises(RuntimeError, match="persistent kernel does not implement the projection"):
+        m(torch.randn(2, 1, 3, device=DEV))
 
 
 def test_current_stream_and_device_guard():

@@ -51,12 +51,12 @@ def emulated_layer(ops, spec, x, state, p, lens, training, t0, grads):
         args = (x, lens, state[0], state[1], state[2] if fgr else None, p["w_ih"], p["w_hh"],
                 *(p.get(r) for r in _LSTM_ROLES))
         code = (LSTM_VARIANTS.index(spec.variant), NORMS.index(spec.norm), training)
-        out = ops.lstm_fwd(*args, *(p[r] if bn else None for r in _BN), *code, t0, spec.eps, None)
+        out = ops.lstm_fwd(*args, *(p[r] if bn else None for r in _BN), *code, t0, spec.eps, p.get("w_hr"))
         if bn and training:
             ops.bn_update_(*(p[r] for r in _BN), out[8], lens, x.shape[1], t0, spec.bn_momentum)
         ga = grads[3] if fgr else x.new_zeros(0)
-        g = ops.lstm_bwd(grads[0], grads[1], grads[2], ga, *args, out[0], *out[4:9], *code, spec.eps, None)
-        names = ["x", "h", "c", "a", "w_ih", "w_hh", *_LSTM_ROLES]
+        g = ops.lstm_bwd(grads[0], grads[1], grads[2], ga, *args, out[0], *out[4:9], *code, spec.eps, p.get("w_hr"))
+        names = ["x", "h", "c", "a", "w_ih", "w_hh", *_LSTM_ROLES, "w_hr"]
         final = (out[1], out[2], out[3]) if fgr else (out[1], out[2])
     elif spec.family == "gru":
         norm = NORMS.index(spec.norm)
@@ -103,7 +103,7 @@ def check_ops(ops, spec, T, B, I, H, dtype, lengths, training, t0=0):
             assert v.numel() == 0, f"gradient of absent role {k} should be empty ({tag})"
 
 
-@pytest.mark.parametrize("spec", ALL_SPECS, ids=spec_id)
+@pytest.mark.parametrize("spec", [*ALL_SPECS, CellSpec("lstm", proj_size=2)], ids=spec_id)
 def test_emulated_ops_match_reference(ops, spec):
     check_ops(ops, spec, T=3, B=3, I=4, H=5, dtype=torch.float64, lengths=[3, 1, 2], training=True)
     check_ops(ops, spec, T=2, B=2, I=3, H=33, dtype=torch.float32, lengths=None, training=False)
@@ -141,7 +141,7 @@ def test_emulated_ops_check_arguments(ops):
         ops.lstm_fwd(*args(h0=state[0].float()), 1, 1, False, 0, 1e-5, None)
     with pytest.raises(RuntimeError, match="lengths must be int64"):
         ops.lstm_fwd(*args(lengths=torch.tensor([2, 1], dtype=torch.int32)), 1, 1, False, 0, 1e-5, None)
-    with pytest.raises(RuntimeError, match=r"CUDA kernels do not implement the projection w_hr \(proj_size > 0\)"):
+    with pytest.raises(RuntimeError, match="w_hr \\(proj_size\\) is supported for the vanilla LSTM without norm only"):
         ops.lstm_fwd(*args(), 1, 1, False, 0, 1e-5, torch.zeros(2, 4, dtype=torch.float64))
 
 

@@ -112,6 +112,23 @@ def test_persistent_require_says_why_and_force_falls_back(ops, monkeypatch):
         ops.lstm_fwd(*args)
 
 
+@pytest.mark.parametrize("mode", ["auto", "1", "require"])
+def test_projection_runs_per_step(ops, monkeypatch, mode):
+    """The persistent kernels do not project: with proj_size auto and forced (1) run the per-step
+    path and match the reference; require says why it cannot."""
+    spec = CellSpec("lstm", proj_size=3)
+    monkeypatch.setenv("FUSEDRNN_PERSISTENT", mode)
+    if mode != "require":
+        check_ops(ops, spec, T=3, B=3, I=4, H=8, dtype=torch.float64, lengths=[3, 1, 2], training=True)
+        return
+    x, state, p, _ = make_case(spec, 2, 2, 3, 8, torch.float64, None)
+    args = (x, None, state[0], state[1], None, p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"], *([None] * 14), 0, 0,
+            False, 0, 1e-5, p["w_hr"])
+    with pytest.raises(RuntimeError, match="FUSEDRNN_PERSISTENT=require, but the persistent kernel does not "
+                                           "implement the projection"):
+        ops.lstm_fwd(*args)
+
+
 def test_persistent_backward_is_persistent(ops, monkeypatch):
     """fp64, H = 8, B = 3, U = 3 (persist_smem / persist_bwd_smem): the forward needs 9768 bytes, the
     backward at least 10192; a 10000-byte cap runs the forward persistently and makes require fail

@@ -100,13 +100,6 @@ const T* ptr(const OptT& t) {
 
 Tensor none_like(const Tensor& x) { return at::empty({0}, x.options()); }
 
-// The projected LSTM (w_hr, proj_size) runs on the CPU kernels and the reference only; the
-// modules send CUDA inputs with a projection to the reference.
-void check_no_projection(const char* op, const OptT& w_hr) {
-  TORCH_CHECK(!(w_hr.has_value() && w_hr->defined()), op, ": the CUDA kernels do not implement the projection "
-              "w_hr (proj_size > 0); use backend='reference' for a projected LSTM on CUDA");
-}
-
 // A fresh copy of a slice of the summed workspace, in the parameter dtype.
 Tensor take(const Tensor& w, int64_t lo, int64_t hi, at::ScalarType dt) {
   return w.slice(0, lo, hi).to(dt, /*non_blocking=*/false, /*copy=*/true);
@@ -134,21 +127,33 @@ constexpr const char* kLstmBwd = "fusedrnn::lstm_bwd (CUDA)";
 
 int64_t stats_width(int64_t norm, int64_t G) { return norm == kNormLayer ? 6 : 2 * G + 2; }
 
-void check_lstm_params(const char* op, const Tensor& x, const Tensor& h0, const Tensor& c0, const OptT& a0,
-                       const Tensor& w_ih, const Tensor& w_hh, const OptT& b_ih, const OptT& b_hh,
-                       const OptT& w_peep, const OptT& w_fgr, const OptT& g_ih, const OptT& g_hh,
-                       const OptT& g_cell, const OptT& b_cell, const OptT& g_gates, const OptT& b_gates,
-                       int64_t variant, int64_t norm) {
+bool given(const OptT& t) { return t.has_value() && t->defined(); }
+
+// Checks every LSTM argument; returns H. With the projection w_hr [P, H] (proj_size; vanilla LSTM
+// without norm) w_hh is [GH, P] and h0 [B, P].
+int64_t check_lstm_params(const char* op, const Tensor& x, const Tensor& h0, const Tensor& c0, const OptT& a0,
+                          const Tensor& w_ih, const Tensor& w_hh, const OptT& b_ih, const OptT& b_hh,
+                          const OptT& w_peep, const OptT& w_fgr, const OptT& g_ih, const OptT& g_hh,
+                          const OptT& g_cell, const OptT& b_cell, const OptT& g_gates, const OptT& b_gates,
+                          int64_t variant, int64_t norm, const OptT& w_hr) {
   check_x(op, x);
   TORCH_CHECK(variant >= kVanilla && variant <= kFGR, op, ": variant must be in [0, 8], got ", variant);
   TORCH_CHECK(norm >= kNormNone && norm <= kNormBatch, op, ": norm must be in [0, 3], got ", norm);
+  const bool proj = given(w_hr);
+  if (proj) {
+    TORCH_CHECK(variant == kVanilla && norm == kNormNone, op, ": w_hr (proj_size) is supported for the vanilla "
+                "LSTM without norm only (as torch.nn.LSTM), got variant ", variant, " norm ", norm);
+    TORCH_CHECK(w_hr->dim() == 2 && w_hr->size(0) >= 1, op, ": w_hr must be [P, H] with P >= 1, got shape ",
+                w_hr->sizes());
+  }
   const LstmFlags fl = lstm_flags(int(variant));
   const int64_t B = x.size(1), I = x.size(2);
   TORCH_CHECK(w_hh.dim() == 2, op, ": w_hh must be [GH, H], got ", w_hh.sizes());
-  const int64_t H = w_hh.size(1), GH = fl.num_gates * H;
+  const int64_t H = proj ? w_hr->size(1) : w_hh.size(1), R = proj ? w_hr->size(0) : H, GH = fl.num_gates * H;
+  if (proj) check(op, "w_hr", *w_hr, x, {R, H});
   check(op, "w_ih", w_ih, x, {GH, I});
-  check(op, "w_hh", w_hh, x, {GH, H});
-  check(op, "h0", h0, x, {B, H});
+  check(op, "w_hh", w_hh, x, {GH, R});
+  check(op, "h0", h0, x, {B, R});
   check(op, "c0", c0, x, {B, H});
   check_opt(op, "a0", a0, x, {B, 3 * H}, fl.fgr);
   check_opt(op, "b_ih", b_ih, x, {GH}, false);
@@ -162,6 +167,22 @@ void check_lstm_params(const char* op, const Tensor& x, const Tensor& h0, const 
   check_opt(op, "b_cell", b_cell, x, {H}, norm != kNormNone);
   check_opt(op, "g_gates", g_gates, x, {GH}, norm == kNormLayerPerGate);
   check_opt(op, "b_gates", b_gates, x, {GH}, norm == kNormLayerPerGate);
+  return H;
+}
+
+// Projection, lengths given: [T, B, 1] bool, true where row b is active at step t.
+Tensor active_mask(const OptT& lengths, int64_t T) {
+  if (!given(lengths)) return Tensor();
+  Tensor t = at::arange(T, lengths->options()).unsqueeze(1);
+  return (t < lengths->unsqueeze(0)).unsqueeze(2);
+}
+
+// The persistent kernels do not implement the projection: it runs per step, and
+// FUSEDRNN_PERSISTENT=require says so.
+void check_projection_path(const char* op, bool proj) {
+  TORCH_CHECK(!proj || persist_mode() != PersistMode::kRequire, op,
+              ": FUSEDRNN_PERSISTENT=require, but the persistent kernel does not implement the projection "
+              "(proj_size); it runs on the per-step path");
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_fwd(
@@ -172,12 +193,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
     const OptT& rm_cell, const OptT& rv_cell, int64_t variant, int64_t norm, bool training, int64_t t0,
     double eps, const OptT& w_hr) {
   const char* op = kLstmFwd;
-  check_no_projection(op, w_hr);
-  check_lstm_params(op, x, h0, c0, a0, w_ih, w_hh, b_ih, b_hh, w_peep, w_fgr, g_ih, g_hh, g_cell, b_cell, g_gates,
-                    b_gates, variant, norm);
+  const int64_t H = check_lstm_params(op, x, h0, c0, a0, w_ih, w_hh, b_ih, b_hh, w_peep, w_fgr, g_ih, g_hh, g_cell,
+                                      b_cell, g_gates, b_gates, variant, norm, w_hr);
   FUSEDRNN_DEVICE_GUARD(x);
   const LstmFlags fl = lstm_flags(int(variant));
-  const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(1), G = fl.num_gates, GH = G * H;
+  const int64_t T = x.size(0), B = x.size(1), I = x.size(2), G = fl.num_gates, GH = G * H;
+  const bool proj = given(w_hr);
+  const int64_t R = w_hh.size(1);  // width of h: H, or P with the projection
+  check_projection_path(op, proj);
   int64_t S = 0;
   if (norm == kNormBatch) {
     TORCH_CHECK(rm_ih.has_value() && rm_ih->dim() == 2, op, ": batch norm needs the running statistics rm_ih [S, GH]");
@@ -196,18 +219,22 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   Tensor xw = at::matmul(x.view({T * B, I}), w_ih.t()).view({T, B, GH});
   const bool two = norm == kNormLayer || norm == kNormBatch;
   Tensor hw = two ? at::empty({T, B, GH}, opts) : at::empty({B, GH}, opts);
-  Tensor y = at::empty({T, B, H}, opts), acts = at::empty({T, B, GH}, opts), cs = at::empty({T, B, H}, opts);
-  Tensor h_n = at::empty({B, H}, opts), a_n = fl.fgr ? at::empty({B, 3 * H}, opts) : none_like(x);
+  Tensor y = at::empty({T, B, R}, opts), acts = at::empty({T, B, GH}, opts), cs = at::empty({T, B, H}, opts);
+  Tensor h_n = at::empty({B, R}, opts), a_n = fl.fgr ? at::empty({B, 3 * H}, opts) : none_like(x);
+  // Projection: the pointwise kernel writes m_t = o * tanh(c_t) (0 at padded rows) into ms, its
+  // own h_t into m_next (unused); then h_t = m_t W_hr^T, carried where the row is active.
+  Tensor ms = proj ? at::empty({T, B, H}, opts) : Tensor(), m_next = proj ? at::empty({B, H}, opts) : Tensor();
+  const Tensor active = proj ? active_mask(lengths, T) : Tensor();
   // normalization statistics in the accumulation type: float for float16/bfloat16
   const auto sopts = opts.dtype(acc_type(x.scalar_type()));
   Tensor stats = norm == kNormNone    ? none_like(x)
                  : norm == kNormBatch ? at::empty({T, 2, 2 * GH + H}, sopts)
                                       : at::empty({T, B, stats_width(norm, G)}, sopts);
-  Tensor h_buf = at::empty({2, B, H}, opts), a_buf = fl.fgr ? at::empty({2, B, 3 * H}, opts) : Tensor();
+  Tensor h_buf = at::empty({2, B, R}, opts), a_buf = fl.fgr ? at::empty({2, B, 3 * H}, opts) : Tensor();
   Tensor fgr = fl.fgr ? at::empty({B, 3 * H}, opts) : Tensor();
   cudaStream_t stream = FUSEDRNN_STREAM();
   // One persistent launch for all steps when selected and it fits (persistent_launch.h).
-  const bool persistent = persistent_lstm_fwd(
+  const bool persistent = !proj && persistent_lstm_fwd(
       x, L, h0, c0, a0, w_hh, w_fgr, b_ih, b_hh, w_peep, g_ih, g_hh, g_cell, b_cell, g_gates, b_gates, rm_ih, rv_ih,
       rm_hh, rv_hh, rm_cell, rv_cell, S, variant, norm, training, t0, eps, xw, hw, y, acts, cs, h_n, a_n, stats);
   if (!persistent) FUSEDRNN_DISPATCH(x.scalar_type(), "fusedrnn_lstm_fwd_cuda", [&] {
@@ -234,25 +261,31 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
       p.g_gates = ptr<T_>(g_gates); p.b_gates = ptr<T_>(b_gates);
       p.rm_ih = run(rm_ih, GH); p.rv_ih = run(rv_ih, GH); p.rm_hh = run(rm_hh, GH); p.rv_hh = run(rv_hh, GH);
       p.rm_cell = run(rm_cell, H); p.rv_cell = run(rv_cell, H);
-      p.h_prev = h_prev.data_ptr<T_>();
+      p.h_prev = proj ? m_next.data_ptr<T_>() : h_prev.data_ptr<T_>();
       p.c_prev = t == 0 ? c0.data_ptr<T_>() : step_ptr<T_>(cs, t - 1);
       p.a_prev = fl.fgr ? a_prev.data_ptr<T_>() : nullptr;
-      p.h_next = h_next.data_ptr<T_>();
+      p.h_next = proj ? m_next.data_ptr<T_>() : h_next.data_ptr<T_>();
       p.c_next = step_ptr<T_>(cs, t);
       p.a_next = fl.fgr ? a_next.data_ptr<T_>() : nullptr;
-      p.y = step_ptr<T_>(y, t);
+      p.y = step_ptr<T_>(proj ? ms : y, t);
       p.acts = step_ptr<T_>(acts, t);
       p.v_out = norm == kNormLayerPerGate ? step_ptr<T_>(xw, t) : nullptr;  // xw becomes v = xw + hw
       p.stats = norm == kNormNone ? nullptr : step_ptr<typename AccOf<T_>::type>(stats, t);
       lstm_step_fwd<T_>(p, int(norm), stream);
       FUSEDRNN_LAUNCH_CHECK();
+      if (proj) {  // y_t = m_t W_hr^T (0 at padded rows: m_t is); h_t = y_t where active, else h_{t-1}
+        Tensor y_t = y[t];
+        at::mm_out(y_t, ms[t], w_hr->t());
+        if (active.defined()) at::where_out(h_next, active[t], y_t, h_prev);
+        else h_next.copy_(y_t);
+      }
       h_prev = h_next;
       a_prev = a_next;
     }
   });
   Tensor c_n = cs[T - 1].clone();
   if (norm == kNormNone) xw = none_like(x);
-  if (!two) hw = none_like(x);
+  if (!two) hw = proj ? ms : none_like(x);  // with the projection hw carries m_t for lstm_bwd
   return {y, h_n, c_n, a_n, acts, cs, xw, hw, stats};
 }
 
@@ -266,22 +299,25 @@ lstm_bwd(const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& grad_c_n, c
          const Tensor& xw, const Tensor& hw, const Tensor& stats, int64_t variant, int64_t norm, bool training,
          double eps, const OptT& w_hr) {
   const char* op = kLstmBwd;
-  check_no_projection(op, w_hr);
-  check_lstm_params(op, x, h0, c0, a0, w_ih, w_hh, b_ih, b_hh, w_peep, w_fgr, g_ih, g_hh, g_cell, b_cell, g_gates,
-                    b_gates, variant, norm);
+  const int64_t H = check_lstm_params(op, x, h0, c0, a0, w_ih, w_hh, b_ih, b_hh, w_peep, w_fgr, g_ih, g_hh, g_cell,
+                                      b_cell, g_gates, b_gates, variant, norm, w_hr);
   FUSEDRNN_DEVICE_GUARD(x);
   const LstmFlags fl = lstm_flags(int(variant));
-  const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(1), G = fl.num_gates, GH = G * H;
+  const int64_t T = x.size(0), B = x.size(1), I = x.size(2), G = fl.num_gates, GH = G * H;
+  const bool proj = given(w_hr);
+  const int64_t R = w_hh.size(1);  // width of h: H, or P with the projection
+  check_projection_path(op, proj);
   const bool two = norm == kNormLayer || norm == kNormBatch;
-  check(op, "grad_y", grad_y, x, {T, B, H});
-  check(op, "grad_h_n", grad_h_n, x, {B, H});
+  check(op, "grad_y", grad_y, x, {T, B, R});
+  check(op, "grad_h_n", grad_h_n, x, {B, R});
   check(op, "grad_c_n", grad_c_n, x, {B, H});
   if (fl.fgr) check(op, "grad_a_n", grad_a_n, x, {B, 3 * H});
-  check(op, "y", y, x, {T, B, H});
+  check(op, "y", y, x, {T, B, R});
   check(op, "acts", acts, x, {T, B, GH});
   check(op, "cs", cs, x, {T, B, H});
   if (norm != kNormNone) check(op, "xw", xw, x, {T, B, GH});
   if (two) check(op, "hw", hw, x, {T, B, GH});
+  if (proj) check(op, "hw (m_t of the projected LSTM)", hw, x, {T, B, H});
   if (norm != kNormNone)
     check(op, "stats", stats, x,
           norm == kNormBatch ? std::vector<int64_t>{T, 2, 2 * GH + H} : std::vector<int64_t>{T, B, stats_width(norm, G)},
@@ -295,11 +331,16 @@ lstm_bwd(const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& grad_c_n, c
   Tensor wgrad = at::zeros({B, 3 * GH + 5 * H}, opts.dtype(acc_type(dt)));
   Tensor dh = grad_h_n.clone(), dh_direct = at::empty({B, H}, opts);
   Tensor dc_buf = at::empty({2, B, H}, opts);
+  // Projection: dhy_t = dh_t + dy_t (0 at padded rows, kept for dW_hr), d m_t = dhy_t W_hr goes to
+  // the pointwise kernel as its dh (with dy = 0); dh_{t-1} = (padded rows: dh_t) + dhw_t W_hh.
+  Tensor dhy = proj ? at::empty({T, B, R}, opts) : Tensor(), dm = proj ? at::empty({B, H}, opts) : Tensor();
+  Tensor dy_zero = proj ? at::zeros({B, H}, opts) : Tensor();
+  const Tensor active = proj ? active_mask(lengths, T) : Tensor();
   Tensor da = fl.fgr ? grad_a_n.clone() : Tensor(), da_direct = fl.fgr ? at::empty({B, 3 * H}, opts) : Tensor();
   cudaStream_t stream = FUSEDRNN_STREAM();
   Tensor dc = grad_c_n;
   // One persistent launch for all steps when selected and it fits (persistent_launch.h).
-  const bool persistent = persistent_lstm_bwd(
+  const bool persistent = !proj && persistent_lstm_bwd(
       grad_y, grad_h_n, grad_c_n, grad_a_n, L, c0, w_hh, w_fgr, w_peep, g_ih, g_hh, g_cell, b_cell, g_gates, acts,
       cs, xw, hw, stats, variant, norm, training, eps, dpre, dxw, dhw, wgrad, dh, dc, da);
   if (!persistent) FUSEDRNN_DISPATCH(dt, "fusedrnn_lstm_bwd_cuda", [&] {
@@ -318,8 +359,14 @@ lstm_bwd(const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& grad_c_n, c
       p.acts = step_ptr<T_>(acts, t);
       p.cs = step_ptr<T_>(cs, t);
       p.stats = norm != kNormNone ? step_ptr<typename AccOf<T_>::type>(stats, t) : nullptr;
-      p.dy = step_ptr<T_>(grad_y, t);
-      p.dh = dh.data_ptr<T_>();
+      if (proj) {
+        Tensor g = dhy[t];
+        at::add_out(g, dh, grad_y[t]);
+        if (active.defined()) g.masked_fill_(active[t].logical_not(), 0);
+        at::mm_out(dm, g, *w_hr);
+      }
+      p.dy = proj ? dy_zero.data_ptr<T_>() : step_ptr<T_>(grad_y, t);
+      p.dh = proj ? dm.data_ptr<T_>() : dh.data_ptr<T_>();
       p.dc = dc.data_ptr<T_>();
       p.da = fl.fgr ? da.data_ptr<T_>() : nullptr;
       p.dpre = step_ptr<T_>(dpre, t);
@@ -331,7 +378,14 @@ lstm_bwd(const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& grad_c_n, c
       p.wgrad = wgrad.data_ptr<typename AccOf<T_>::type>();
       lstm_step_bwd<T_>(p, int(norm), stream);
       FUSEDRNN_LAUNCH_CHECK();
-      at::addmm_out(dh, dh_direct, dhw[t], w_hh);  // dh_{t-1} = direct part + dhw_t W_hh
+      if (!proj) {
+        at::addmm_out(dh, dh_direct, dhw[t], w_hh);  // dh_{t-1} = direct part + dhw_t W_hh
+      } else if (active.defined()) {
+        dh.masked_fill_(active[t], 0);
+        dh.addmm_(dhw[t], w_hh);
+      } else {
+        at::mm_out(dh, dhw[t], w_hh);
+      }
       if (fl.fgr) {  // da_{t-1} = direct part + dpre_t[i, f, o] W_fgr
         const Tensor d = dpre[t];
         at::addmm_out(da, da_direct, cols(d, 0, 2 * H), w_fgr->slice(0, 0, 2 * H));
@@ -343,7 +397,7 @@ lstm_bwd(const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& grad_c_n, c
   Tensor dxw2 = dxw.view({T * B, GH});
   Tensor dx = at::mm(dxw2, w_ih).view({T, B, I});
   Tensor dw_ih = at::mm(dxw2.t(), x.view({T * B, I}));
-  Tensor h_prev_all = at::cat({h0.unsqueeze(0), y.slice(0, 0, T - 1)}, 0).view({T * B, H});
+  Tensor h_prev_all = at::cat({h0.unsqueeze(0), y.slice(0, 0, T - 1)}, 0).view({T * B, R});
   Tensor dw_hh = at::mm(dhw.view({T * B, GH}).t(), h_prev_all);
   Tensor dw_fgr = none_like(x);
   if (fl.fgr) {  // rows of dpre and columns of acts for i, f, o (all four gates are present)
@@ -374,7 +428,8 @@ lstm_bwd(const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& grad_c_n, c
   Tensor db_cell = norm != kNormNone ? take(w, 3 * GH + 4 * H, 3 * GH + 5 * H, dt) : none_like(x);
   Tensor dc0 = dc.clone();  // a [B, H] copy rather than a view of the ping-pong buffer
   return {dx, dh, dc0, fl.fgr ? da : none_like(x), dw_ih, dw_hh, db_ih, db_hh, dw_peep, dw_fgr,
-          dg_ih, dg_hh, dg_cell, db_cell, dg_gates, db_gates, none_like(x)};
+          dg_ih, dg_hh, dg_cell, db_cell, dg_gates, db_gates,
+          proj ? at::mm(dhy.view({T * B, R}).t(), hw.view({T * B, H})) : none_like(x)};
 }
 
 void bn_update_(Tensor& rm_ih, Tensor& rv_ih, Tensor& rm_hh, Tensor& rv_hh, Tensor& rm_cell, Tensor& rv_cell,

@@ -35,7 +35,7 @@ def lstm_args(**over):
     a = dict(x=x, lengths=None, h0=state[0], c0=state[1], a0=None, w_ih=p["w_ih"], w_hh=p["w_hh"], b_ih=p["b_ih"],
              b_hh=p["b_hh"])
     a.update(over)
-    return (*a.values(), *([None] * 14), 0, 0, True, 0, 1e-5)
+    return (*a.values(), *([None] * 14), 0, 0, True, 0, 1e-5, None)
 
 
 expect_error("w_ih shape", lstm_args(w_ih=p["w_ih"][:, :1].contiguous()), "w_ih must have shape [12, 2], got [12, 1]")
