@@ -177,7 +177,8 @@ def check_half_rule(name, kernel, ref, truth, dtype):
 # kernel instantiation family, to keep the emulated suite within CI's budget.
 HALF_CASES = [(s, torch.bfloat16) for s in ALL_SPECS] + [
     (s, torch.float16) for s in ALL_SPECS
-    if s.variant in ("vanilla", "fgr") or s.family != "lstm"]
+    if s.variant in ("vanilla", "fgr") or s.family != "lstm"] + [
+    (CellSpec("lstm", proj_size=5), torch.bfloat16), (CellSpec("lstm", proj_size=5), torch.float16)]
 
 
 @pytest.mark.parametrize("spec,dtype", HALF_CASES, ids=lambda v: spec_id(v) if isinstance(v, CellSpec) else str(v))
