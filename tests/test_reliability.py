@@ -495,16 +495,22 @@ def test_nan_and_inf_propagate_as_in_the_reference(spec, value, training, backen
         torch.testing.assert_close(y, nn_ref(x)[0], rtol=rtol, atol=atol, equal_nan=True)
 
 
-def test_projection_with_the_default_backend_runs():
-    """proj_size with backend='auto' works as in torch.nn, through the CPU kernels when built (the
-    reference otherwise); a projected GRU-like misuse is refused at construction."""
+@pytest.mark.parametrize("kw,hx,unbatched", [(dict(), False, False),
+                                              (dict(bias=False, batch_first=True), True, False),
+                                              (dict(bias=False), True, True)], ids=["plain", "nobias-bf-hx", "unbatched"])
+def test_projection_with_the_default_backend_runs(kw, hx, unbatched):
+    """proj_size with backend='auto' works as in torch.nn (bias, batch_first, given states,
+    unbatched input), through the CPU kernels when built (the reference otherwise); a projected
+    layer-norm LSTM is refused at construction."""
     torch.manual_seed(0)
-    ref = torch.nn.LSTM(3, 5, 2, proj_size=2, dtype=F64)
-    ours = fusedrnn.LSTM(3, 5, 2, proj_size=2, dtype=F64)
+    ref = torch.nn.LSTM(3, 5, 2, proj_size=2, dtype=F64, **kw)
+    ours = fusedrnn.LSTM(3, 5, 2, proj_size=2, dtype=F64, **kw)
     ours.load_state_dict(ref.state_dict())
-    x = x64(4, 2, 3)
-    y, (h, c) = ours(x)
-    y_ref, (h_ref, c_ref) = ref(x)
+    x = x64(4, 3) if unbatched else x64(2, 4, 3) if kw.get("batch_first") else x64(4, 2, 3)
+    batch = () if unbatched else (2,)
+    state = (x64(2, *batch, 2), x64(2, *batch, 5)) if hx else None
+    y, (h, c) = ours(x, state)
+    y_ref, (h_ref, c_ref) = ref(x, state)
     for a, b in ((y, y_ref), (h, h_ref), (c, c_ref)):
         assert_close(a, b)
     assert ours.last_backend == ("cpu" if CPU_BUILT else "reference")
