@@ -2,7 +2,8 @@
 # Everything a lent GPU session runs, in one command that fits a 10-minute limit:
 #   1. tests/gpu_check.sh: build with CUDA, pytest -m cuda, compute-sanitizer runs;
 #   2. the benchmark on the GPU: the default dispatch side by side with cuDNN, then the persistent
-#      kernel forced vs the per-step path at B = 16 and 32;
+#      kernel forced vs the per-step path at B = 16 and 32, then the bfloat16 persistent product on
+#      the FMA units vs the tensor cores (FUSEDRNN_PERSISTENT_MMA=0/1; each of these runs ~20 s);
 #   3. one archive $OUT/gpu_session.tar.gz with every log and result.
 # Usage (repository root, GPU machine): OUT=/some/dir bash benchmarks/gpu_session.sh
 # Budgets: GPU_CHECK_BUDGET_S (default 300) for step 1 (its CPU suite skipped: GPU_CHECK_SKIP_CPU=1),
@@ -32,6 +33,14 @@ for mode in 1 0; do
     --candidates fused,nn --shapes 100x16x256x256,100x32x256x256,100x32x1024x1024 --dtype float32 --repeats 10 --warmup 3 \
     --budget 0.5 --no-memory --no-plot --out "$work/bench-persistent-$mode" --quiet > "$work/bench-persistent-$mode.log" 2>&1
   echo "benchmark bench-persistent-$mode (FUSEDRNN_PERSISTENT=$mode): exit $?" | tee -a "$work/gpu_check.txt"
+done
+# bfloat16 persistent product on the FMA units vs the tensor cores (FUSEDRNN_PERSISTENT_MMA)
+for mma in 0 1; do
+  FUSEDRNN_PERSISTENT=1 FUSEDRNN_PERSISTENT_MMA=$mma timeout --kill-after=10 60 "$PY" -m benchmarks --device cuda \
+    --cells vanilla,bn --candidates fused,nn --shapes 100x8x256x256,100x32x256x256,100x32x1024x1024 --dtype bfloat16 \
+    --repeats 10 --warmup 3 --budget 0.5 --no-memory --no-plot --out "$work/bench-mma-$mma" --quiet \
+    > "$work/bench-mma-$mma.log" 2>&1
+  echo "benchmark bench-mma-$mma (FUSEDRNN_PERSISTENT=1 FUSEDRNN_PERSISTENT_MMA=$mma): exit $?" | tee -a "$work/gpu_check.txt"
 done
 
 tar czf "$OUT/gpu_session.tar.gz" -C "$work" .

@@ -86,6 +86,17 @@ def test_persistent_cuda_half_forward(monkeypatch, spec, dtype):
     check(monkeypatch, spec, T=8, B=4, I=32, H=128, dtype=dtype, lengths=None, training=True, forward_only=True)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("spec", [CellSpec("lstm"), CellSpec("lstm", "vanilla", "batch"),
+                                  CellSpec("lstm", "fgr", "none"), CellSpec("lstm", "nig", "layer")], ids=spec_id)
+def test_persistent_cuda_tensor_cores(monkeypatch, spec, dtype):
+    """FUSEDRNN_PERSISTENT_MMA=1: the persistent product on the tensor cores (persist_matmul_mma,
+    mma.sync m16n8k16), forward and backward. H = 100 (K not a multiple of 16), B = 5 (not a
+    multiple of 8), per-CTA row counts not multiples of 16; FGR adds the 3H-wide product."""
+    monkeypatch.setenv("FUSEDRNN_PERSISTENT_MMA", "1")
+    check(monkeypatch, spec, T=6, B=5, I=16, H=100, dtype=dtype, lengths=[6, 3, 5, 1, 6], training=True)
+
+
 @pytest.mark.parametrize("spec", [CellSpec("lstm"), CellSpec("lstm", "vanilla", "layer"),
                                   CellSpec("lstm", "vanilla", "batch")], ids=spec_id)
 def test_persistent_cuda_matches_per_step_large(monkeypatch, spec):

@@ -129,6 +129,22 @@ def test_projection_runs_per_step(ops, monkeypatch, mode):
         ops.lstm_fwd(*args)
 
 
+def test_tensor_core_switch_is_checked(ops, monkeypatch):
+    """FUSEDRNN_PERSISTENT_MMA selects the tensor-core product for the half types on a GPU (sm_80+);
+    the emulator has no tensor cores and runs the FMA product, so here it must parse, pass the
+    switch through both launchers, and reject anything but 0 / 1."""
+    spec = CellSpec("lstm")
+    monkeypatch.setenv("FUSEDRNN_PERSISTENT", "require")
+    monkeypatch.setenv("FUSEDRNN_PERSISTENT_MMA", "1")
+    check_ops(ops, spec, T=3, B=3, I=4, H=8, dtype=torch.float32, lengths=[3, 1, 2], training=True)
+    monkeypatch.setenv("FUSEDRNN_PERSISTENT_MMA", "yes")
+    x, state, p, _ = make_case(spec, 2, 2, 3, 8, torch.float32, None)
+    args = (x, None, state[0], state[1], None, p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"], *([None] * 14), 0, 0,
+            False, 0, 1e-5, None)
+    with pytest.raises(RuntimeError, match="FUSEDRNN_PERSISTENT_MMA must be 0 or 1, got 'yes'"):
+        ops.lstm_fwd(*args)
+
+
 def test_persistent_backward_is_persistent(ops, monkeypatch):
     """fp64, H = 8, B = 3, U = 3 (persist_smem / persist_bwd_smem): the forward needs 9768 bytes, the
     backward at least 10192; a 10000-byte cap runs the forward persistently and makes require fail

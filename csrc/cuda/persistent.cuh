@@ -32,6 +32,11 @@
 #include "fusedrnn/cell_math.h"
 #include "pointwise.cuh"
 
+#if defined(__CUDACC__)
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#endif
+
 namespace fusedrnn {
 namespace cuda {
 
@@ -47,6 +52,7 @@ struct PersistentLstmFwd {
   int t0, slots;             // batch-norm slot of step t: min(t0 + t, S - 1)
   int units;                 // U: hidden units per CTA (the last CTA may own fewer)
   int chunk;                 // batch rows of h_{t-1} staged in shared memory at once
+  int mma;                   // recurrent product on tensor cores: 0 no, 1 bfloat16, 2 float16 (persist_product)
   double eps;
   const int64_t* lengths;    // [B] or null: row b is active at step t iff t < lengths[b]
   const T *h0, *c0, *a0;     // [B, H], [B, H], [B, 3H] (FGR)
@@ -124,6 +130,90 @@ __device__ inline void persist_matmul(const A* W, int R, const A* X, int nb, int
     }
     __syncwarp();
   }
+}
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+// Two float values of the storage type (exact in it) as the .b32 operand of mma.sync: the lower
+// index in the low half. KIND 1: bfloat16, 2: float16.
+template <int KIND>
+__device__ inline uint32_t mma_pack(float lo, float hi) {
+  if constexpr (KIND == 1) {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t*>(&v);
+  } else {
+    const __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t*>(&v);
+  }
+}
+
+template <int KIND>
+__device__ inline float mma_round(float v) {  // to the storage type and back, as persist_matmul's A(T(s))
+  if constexpr (KIND == 1) return __bfloat162float(__float2bfloat16_rn(v));
+  else return __half2float(__float2half_rn(v));
+}
+
+// d[4] += A[16 x 16] B[16 x 8] on the tensor cores, fp32 accumulation.
+template <int KIND>
+__device__ inline void mma_16x8x16(float* d, const uint32_t* a, const uint32_t* b) {
+  if constexpr (KIND == 1)
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  else
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// persist_matmul on the tensor cores (mma.sync m16n8k16, sm_80+): a warp owns a tile of 16 rows of
+// W x 8 batch rows and walks K in steps of 16. The operands sit in shared memory as float but hold
+// values of the storage type, so the fragments convert exactly; only the summation order differs
+// from persist_matmul. Fragment layouts: PTX ISA, "Matrix fragments for mma.m16n8k16" (g = lane / 4,
+// q = lane % 4: A rows g, g + 8, columns 2q, 2q + 1, +8; B columns g, rows 2q, 2q + 1, +8; C rows
+// g, g + 8, columns 2q, 2q + 1). Out-of-range rows, batch rows and k read as 0.
+template <int KIND>
+__device__ inline void persist_matmul_mma(const float* W, int R, const float* X, int nb, int K, float* out,
+                                          int ldo) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  const int g = lane >> 2, q = lane & 3;
+  const int ntr = (R + 15) / 16, ntb = (nb + 7) / 8;
+  for (int tile = warp; tile < ntr * ntb; tile += warps) {  // warp-uniform: every lane reaches the mma
+    const int r0 = (tile % ntr) * 16, b0 = (tile / ntr) * 8;
+    auto w = [&](int r, int k) { return r0 + r < R && k < K ? W[long(r0 + r) * K + k] : 0.f; };
+    auto x = [&](int b, int k) { return b0 + b < nb && k < K ? X[long(b0 + b) * K + k] : 0.f; };
+    float d[4] = {0.f, 0.f, 0.f, 0.f};
+    for (int k0 = 0; k0 < K; k0 += 16) {
+      const int k = k0 + 2 * q;
+      const uint32_t a[4] = {mma_pack<KIND>(w(g, k), w(g, k + 1)), mma_pack<KIND>(w(g + 8, k), w(g + 8, k + 1)),
+                             mma_pack<KIND>(w(g, k + 8), w(g, k + 9)),
+                             mma_pack<KIND>(w(g + 8, k + 8), w(g + 8, k + 9))};
+      const uint32_t b[2] = {mma_pack<KIND>(x(g, k), x(g, k + 1)), mma_pack<KIND>(x(g, k + 8), x(g, k + 9))};
+      mma_16x8x16<KIND>(d, a, b);
+    }
+    for (int e = 0; e < 4; ++e) {
+      const int r = r0 + g + (e >> 1) * 8, b = b0 + 2 * q + (e & 1);
+      if (r < R && b < nb) out[long(b) * ldo + r] = mma_round<KIND>(d[e]);
+    }
+  }
+}
+#endif
+
+// The recurrent product of the persistent kernels: on the tensor cores when `mma` says so (set by
+// the launcher for bfloat16 / float16 with FUSEDRNN_PERSISTENT_MMA=1, on sm_80+ builds), else
+// persist_matmul (float32, float64, the emulator).
+template <typename T, typename A>
+__device__ inline void persist_product(int mma, const A* W, int R, const A* X, int nb, int K, A* out, int ldo,
+                                       A* red) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  if constexpr (sizeof(T) == 2 && std::is_same<A, float>::value) {  // the half types only
+    if (mma == 1) return persist_matmul_mma<1>(W, R, X, nb, K, out, ldo);
+    if (mma == 2) return persist_matmul_mma<2>(W, R, X, nb, K, out, ldo);
+  }
+#endif
+  (void)mma;
+  persist_matmul<T, A>(W, R, X, nb, K, out, ldo, red);
 }
 
 // Mean and M2 (sum of squared deviations) of get(k), k < n, two-pass, one thread.
@@ -256,8 +346,8 @@ __global__ void __launch_bounds__(256) persistent_lstm_fwd_kernel(PersistentLstm
       if (fl.fgr)
         for (long e = tid; e < long(nb) * 3 * H; e += nthr) xa_s[e] = A(a_prev[long(b0) * 3 * H + e]);
       __syncthreads();
-      persist_matmul<T, A>(w_s, R, x_s, nb, H, hw_s + long(b0) * G * U, G * U, red_s);
-      if (fl.fgr) persist_matmul<T, A>(wf_s, RF, xa_s, nb, 3 * H, fg_s + long(b0) * 3 * U, 3 * U, red_s);
+      persist_product<T, A>(p.mma, w_s, R, x_s, nb, H, hw_s + long(b0) * G * U, G * U, red_s);
+      if (fl.fgr) persist_product<T, A>(p.mma, wf_s, RF, xa_s, nb, 3 * H, fg_s + long(b0) * 3 * U, 3 * U, red_s);
       __syncthreads();
     }
     auto xv = [&](int b, int q, int jj) { return A(xw[long(b) * GH + long(q) * H + j0 + jj]); };

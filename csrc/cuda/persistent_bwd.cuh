@@ -24,6 +24,7 @@ namespace cuda {
 template <typename T>
 struct PersistentLstmBwd {
   int steps, batch, hidden, variant, training, units, chunk;  // T, B, H, LstmVariant, BN mode, U, rows staged
+  int mma;                         // tensor-core product (persist_product): 0 no, 1 bfloat16, 2 float16
   double eps;
   const int64_t* lengths;          // [B] or null
   const T *c0, *w_hh, *w_fgr, *w_peep;
@@ -388,8 +389,9 @@ __global__ void __launch_bounds__(256) persistent_lstm_bwd_kernel(PersistentLstm
           xa_s[e] = A(dpre_t[long(b0 + bb) * GH + long(gate) * H + u]);
         }
       __syncthreads();
-      persist_matmul<T, A>(wt_s, nu, x_s, nb, GH, out_s + long(b0) * U, U, red_s);
-      if (fl.fgr) persist_matmul<T, A>(wft_s, 3 * nu, xa_s, nb, 3 * H, outa_s + long(b0) * 3 * U, 3 * U, red_s);
+      persist_product<T, A>(p.mma, wt_s, nu, x_s, nb, GH, out_s + long(b0) * U, U, red_s);
+      if (fl.fgr)
+        persist_product<T, A>(p.mma, wft_s, 3 * nu, xa_s, nb, 3 * H, outa_s + long(b0) * 3 * U, 3 * U, red_s);
       __syncthreads();
     }
     for (int e = tid; e < B * nu; e += nthr) {

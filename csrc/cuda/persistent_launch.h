@@ -11,6 +11,9 @@
 //   FUSEDRNN_EMULATED_SMS=<n>        the emulated build only: SMs of the emulated device (default 3)
 //   FUSEDRNN_PERSISTENT_CHUNK=<rows> caps the batch rows of h_{t-1} (forward) / dhw_t (backward)
 //                                    staged in shared memory at once (tests: forces several chunks)
+//   FUSEDRNN_PERSISTENT_MMA=0 | 1    bfloat16/float16: the recurrent product on the tensor cores
+//                                    (persist_matmul_mma, sm_80+; default 0 until a GPU run has
+//                                    verified it; the emulator always runs the FMA product)
 // Heuristic (auto, the default): persistent when the dtype is float32/float16/bfloat16 (float64
 // always runs per step), the device supports cooperative launches, the W_hh slice of
 // U = ceil(H / SMs) units (G * U rows of H, fp32) plus the staged h fit in the opt-in shared
@@ -107,6 +110,14 @@ inline PersistDevice persist_device() {
     d.smem_max = std::min(d.smem_max, c);
   }
   return d;
+}
+
+// FUSEDRNN_PERSISTENT_MMA for dtype dt: 1 bfloat16, 2 float16 on the tensor cores, else 0.
+inline int persist_mma_kind(at::ScalarType dt) {
+  const char* e = std::getenv("FUSEDRNN_PERSISTENT_MMA");
+  if (e == nullptr || !*e || !std::strcmp(e, "0")) return 0;
+  TORCH_CHECK(!std::strcmp(e, "1"), "FUSEDRNN_PERSISTENT_MMA must be 0 or 1, got '", e, "'");
+  return dt == at::ScalarType::BFloat16 ? 1 : dt == at::ScalarType::Half ? 2 : 0;
 }
 
 #if defined(FUSEDRNN_EMULATED)
@@ -214,6 +225,7 @@ inline bool persistent_lstm_fwd(const at::Tensor& x, const int64_t* lengths, con
     // slot min(t0 + t, S - 1) == min(min(t0, S - 1) + t, S - 1): clamp before narrowing to int
     p.t0 = int(std::min<int64_t>(t0, p.slots - 1));
     p.units = plan.units; p.chunk = plan.chunk; p.eps = eps; p.lengths = lengths;
+    p.mma = persist_mma_kind(dt);
     p.h0 = h0.data_ptr<T_>(); p.c0 = c0.data_ptr<T_>(); p.a0 = ptr(a0);
     p.w_hh = w_hh.data_ptr<T_>(); p.w_fgr = ptr(w_fgr);
     p.b_ih = ptr(b_ih); p.b_hh = ptr(b_hh); p.w_peep = ptr(w_peep);
@@ -283,6 +295,7 @@ inline bool persistent_lstm_bwd(const at::Tensor& grad_y, const at::Tensor& grad
     PersistentLstmBwd<T_> p{};
     p.steps = int(T); p.batch = int(B); p.hidden = int(H); p.variant = int(variant);
     p.training = int(training); p.units = plan.units; p.chunk = plan.chunk; p.eps = eps; p.lengths = lengths;
+    p.mma = persist_mma_kind(dt);
     p.c0 = c0.data_ptr<T_>(); p.w_hh = w_hh.data_ptr<T_>(); p.w_fgr = ptr(w_fgr); p.w_peep = ptr(w_peep);
     p.g_ih = ptr(g_ih); p.g_hh = ptr(g_hh); p.g_cell = ptr(g_cell); p.b_cell = ptr(b_cell); p.g_gates = ptr(g_gates);
     p.xw = norm != kNormNone ? xw.data_ptr<T_>() : nullptr;
