@@ -277,7 +277,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
         Tensor y_t = y[t];
         at::mm_out(y_t, ms[t], w_hr->t());
         if (active.defined()) at::where_out(h_next, active[t], y_t, h_prev);
-        else h_next.copy_(y_t);
+        else if (t == T - 1) h_n.copy_(y_t);
+        else h_next = y_t;  // every row active: step t + 1 reads h_t from y, no copy
       }
       h_prev = h_next;
       a_prev = a_next;
@@ -336,6 +337,7 @@ lstm_bwd(const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& grad_c_n, c
   Tensor dhy = proj ? at::empty({T, B, R}, opts) : Tensor(), dm = proj ? at::empty({B, H}, opts) : Tensor();
   Tensor dy_zero = proj ? at::zeros({B, H}, opts) : Tensor();
   const Tensor active = proj ? active_mask(lengths, T) : Tensor();
+  const Tensor finished = active.defined() ? active.logical_not() : Tensor();
   Tensor da = fl.fgr ? grad_a_n.clone() : Tensor(), da_direct = fl.fgr ? at::empty({B, 3 * H}, opts) : Tensor();
   cudaStream_t stream = FUSEDRNN_STREAM();
   Tensor dc = grad_c_n;
@@ -362,7 +364,7 @@ lstm_bwd(const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& grad_c_n, c
       if (proj) {
         Tensor g = dhy[t];
         at::add_out(g, dh, grad_y[t]);
-        if (active.defined()) g.masked_fill_(active[t].logical_not(), 0);
+        if (active.defined()) g.masked_fill_(finished[t], 0);
         at::mm_out(dm, g, *w_hr);
       }
       p.dy = proj ? dy_zero.data_ptr<T_>() : step_ptr<T_>(grad_y, t);
