@@ -7,10 +7,15 @@
 // oneDNN's RNN primitive does, instead of re-packing W_hh inside each step's GEMM. The symbols
 // are weak references resolved at load time, so a torch without MKL loads this library and
 // falls back to Fortran BLAS or a plain loop (float64 uses dgemm_: MKL exports no packed dgemm).
-// FUSEDRNN_PACKED_GEMM=0 in the environment forces the fallback (for comparisons).
+// On CPUs with AVX-512 float32 uses fusedrnn's own packed kernel instead (packed_gemm.h: 1.4-1.7x
+// MKL's packed GEMM on these skinny products here). FUSEDRNN_PACKED_GEMM in the environment
+// forces the others (for comparisons and tests): mkl = MKL's packed GEMM, 0 = BLAS ?gemm_ per
+// step, loop = the plain loop.
 #pragma once
 
 #include <ATen/ATen.h>
+
+#include "packed_gemm.h"
 
 #include <cstdlib>
 #include <cstring>
@@ -36,17 +41,24 @@ namespace cpu {
 namespace mkl {
 enum : int { kRowMajor = 101, kNoTrans = 111, kTrans = 112, kPacked = 151, kBMatrix = 162 };
 
-// FUSEDRNN_PACKED_GEMM (read per layer call): unset/1 = the fastest available, 0 = no packed
-// GEMM (BLAS ?gemm_ each step), loop = the plain loop (the fallback of a torch without BLAS
-// symbols, tested through this).
+// FUSEDRNN_PACKED_GEMM (read per layer call): unset/1 = the fastest available (fusedrnn's AVX-512
+// kernel, else MKL's packed GEMM), mkl = MKL's packed GEMM, 0 = no packed GEMM (BLAS ?gemm_ each
+// step), loop = the plain loop (the fallback of a torch without BLAS symbols, tested through this).
 inline const char* gemm_mode() {
   const char* env = std::getenv("FUSEDRNN_PACKED_GEMM");
-  return env ? env : "1";
+  const char* mode = env ? env : "1";
+  TORCH_CHECK(!std::strcmp(mode, "1") || !std::strcmp(mode, "mkl") || !std::strcmp(mode, "0") ||
+                  !std::strcmp(mode, "loop"),
+              "FUSEDRNN_PACKED_GEMM must be 1, mkl, 0 or loop, got '", mode, "'");
+  return mode;
 }
 
+inline bool own_kernel_available() { return std::strcmp(gemm_mode(), "1") == 0 && cpu_has_avx512(); }
+
 inline bool packed_gemm_available() {
-  return std::strcmp(gemm_mode(), "1") == 0 && cblas_sgemm_pack_get_size != nullptr && cblas_sgemm_pack != nullptr &&
-         cblas_sgemm_compute != nullptr;
+  const char* mode = gemm_mode();
+  return (std::strcmp(mode, "1") == 0 || std::strcmp(mode, "mkl") == 0) && cblas_sgemm_pack_get_size != nullptr &&
+         cblas_sgemm_pack != nullptr && cblas_sgemm_compute != nullptr;
 }
 
 inline bool blas_available(bool single) {
@@ -60,9 +72,10 @@ inline bool blas_available(bool single) {
 // transposed=true:  out[M, lo:hi] = a[M, H] W[lo:hi, :]^T   (forward; out is [M, GH])
 // transposed=false: out[M, lo:hi] = a[M, GH] W[:, lo:hi]    (backward; out is [M, H])
 // run() calls no ATen operator: it runs on team threads, which do not carry the caller's
-// thread-local state (grad mode, dispatch guards), and must not throw. float32 with MKL: W's
-// slice is packed once into MKL's blocked layout and every step reuses it (what oneDNN's RNN
-// primitive does); otherwise Fortran BLAS ?gemm_ when exported, else a plain loop.
+// thread-local state (grad mode, dispatch guards), and must not throw. float32: W's slice is
+// packed once and every step reuses it (what oneDNN's RNN primitive does), for fusedrnn's
+// AVX-512 kernel where the CPU has it, else into MKL's blocked layout; otherwise Fortran BLAS
+// ?gemm_ when exported, else a plain loop.
 template <typename T>
 class RecurrentGemm {
  public:
@@ -72,9 +85,13 @@ class RecurrentGemm {
     N_ = (hi < 0 ? ldc_ : hi) - lo;
     K_ = transposed ? w.size(1) : w.size(0);
     w_ = w.data_ptr<T>() + (transposed ? lo * ldw_ : lo);
-    packed_ = std::is_same<T, float>::value && mkl::packed_gemm_available() && M > 0 && N_ > 0 && K_ > 0;
+    const bool work = M > 0 && N_ > 0 && K_ > 0;
+    own_ = std::is_same<T, float>::value && mkl::own_kernel_available() && work;
+    packed_ = !own_ && std::is_same<T, float>::value && mkl::packed_gemm_available() && work;
     blas_ = mkl::blas_available(std::is_same<T, float>::value);
-    if (packed_) {
+    if (own_) {
+      panels_ = PackedPanels(reinterpret_cast<const float*>(w_), ldw_, transposed, 0, N_, K_, w.options());
+    } else if (packed_) {
       size_t bytes = cblas_sgemm_pack_get_size(mkl::kBMatrix, int(M_), int(N_), int(K_));
       buf_ = at::empty({int64_t((bytes + sizeof(float) - 1) / sizeof(float))}, w.options().dtype(at::kFloat));
       cblas_sgemm_pack(mkl::kRowMajor, mkl::kBMatrix, transposed ? mkl::kTrans : mkl::kNoTrans, int(M_), int(N_),
@@ -91,6 +108,10 @@ class RecurrentGemm {
   void run(const T* a, T* out, bool accumulate = false) const {
     if (N_ <= 0 || M_ <= 0) return;
     T* c = out + lo_;
+    if (own_) {
+      panels_.run(reinterpret_cast<const float*>(a), K_, M_, reinterpret_cast<float*>(c), ldc_, accumulate);
+      return;
+    }
     if (packed_) {
       cblas_sgemm_compute(mkl::kRowMajor, mkl::kNoTrans, mkl::kPacked, int(M_), int(N_), int(K_),
                           reinterpret_cast<const float*>(a), int(K_), buf_.data_ptr<float>(), int(ldw_),
@@ -126,8 +147,9 @@ class RecurrentGemm {
  private:
   const T* w_ = nullptr;
   at::Tensor buf_;
+  PackedPanels panels_;
   int64_t M_, lo_, ldw_, N_ = 0, K_ = 0, ldc_ = 0;
-  bool transposed_, packed_ = false, blas_ = false;
+  bool transposed_, own_ = false, packed_ = false, blas_ = false;
 };
 
 }  // namespace cpu
