@@ -71,4 +71,7 @@ TORCH_LIBRARY(fusedrnn, m) {
   // use, cap]; release unmaps the free blocks.
   m.def("cpu_cache_info() -> int[]");
   m.def("cpu_cache_release() -> ()");
+  // What the CPU kernels' float32 products run here (csrc/cpu/recurrent_gemm.h): [per-step
+  // recurrent product, large GEMMs around the time loop].
+  m.def("cpu_gemm_info() -> str[]");
 }

@@ -59,6 +59,18 @@ def cpu_cache_info() -> dict:
     return {"cached": cached, "in_use": in_use, "cap": cap}
 
 
+def cpu_gemm_info() -> dict:
+    """Which kernels the CPU backend's float32 products run on this machine, under the current
+    FUSEDRNN_PACKED_GEMM (csrc/cpu/recurrent_gemm.h).
+
+    Returns {"recurrent": the per-step recurrent product ("avx512": fusedrnn's packed kernel,
+    "mkl_packed", "blas" or "loop"), "large": the GEMMs around the time loop ("avx512" or "aten")}.
+    """
+    _require_extension("cpu_gemm_info")
+    recurrent, large = torch.ops.fusedrnn.cpu_gemm_info()
+    return {"recurrent": recurrent, "large": large}
+
+
 def empty_cpu_cache() -> None:
     """Returns the free blocks of the CPU buffer cache to the system (like torch.cuda.empty_cache)."""
     _require_extension("empty_cpu_cache")

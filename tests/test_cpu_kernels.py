@@ -136,6 +136,46 @@ def test_recurrent_gemm_fallbacks(monkeypatch, spec, dtype, mode):
     compare(spec, x, state, p, lengths=torch.tensor([4, 2, 3, 1, 4]), training=True)
 
 
+def _cpu_has_avx512() -> bool:
+    with open("/proc/cpuinfo") as f:
+        return any(line.startswith("flags") and " avx512f" in line for line in f)
+
+
+@pytest.mark.parametrize("split", ["rows", "columns"])
+@pytest.mark.parametrize("members", ["1", "2", "3"])
+@pytest.mark.parametrize("mode", ["1", "mkl"])
+@pytest.mark.parametrize("spec", [CellSpec("lstm"), CellSpec("lstm", norm="layer"), CellSpec("lstm", "peephole", "batch"),
+                                  CellSpec("gru"), CellSpec("rnn_tanh"), CellSpec("lstm", proj_size=37)], ids=spec_id)
+def test_packed_kernels_at_kernel_sized_shapes(monkeypatch, spec, mode, members, split):
+    """float32 products above the size where fusedrnn's AVX-512 kernel takes the large GEMMs
+    (csrc/cpu/gemm.h, 64k multiply-adds) as well as the per-step products, against MKL's
+    (mode mkl). T * B = 549 puts the weight gradients' k past one 512 block; B = 61 ends the
+    steps' 8-row tiles with 5 (rows split: 20/21 rows a member); 4H = 488 and 3H = 366 end the
+    48-column panels with 8 and 30 columns, H = 122 with 26 (one, two and two zmm); I = 40 makes
+    dx one panel, split by rows of the output."""
+    monkeypatch.setenv("FUSEDRNN_PACKED_GEMM", mode)
+    monkeypatch.setenv("FUSEDRNN_CPU_TEAM", members)
+    monkeypatch.setenv("FUSEDRNN_CPU_SPLIT", split)
+    info = fusedrnn.cpu_gemm_info()
+    if mode == "1" and _cpu_has_avx512():
+        assert info == {"recurrent": "avx512", "large": "avx512"}
+    else:
+        assert info["recurrent"] != "avx512" and info["large"] == "aten"
+    x, state, p = make_layer(spec, 9, 61, 40, 122, torch.float32, seed=7)
+    lengths = torch.tensor([9, 3, 5, 9, 1, 7] * 10 + [8])
+    compare(spec, x, state, p, lengths=lengths, training=True)
+
+
+def test_packed_gemm_env_rejects_bad_value(monkeypatch):
+    monkeypatch.setenv("FUSEDRNN_PACKED_GEMM", "fast")
+    with pytest.raises(RuntimeError, match="FUSEDRNN_PACKED_GEMM must be 1, mkl, 0 or loop, got 'fast'"):
+        fusedrnn.cpu_gemm_info()
+    spec = CellSpec("lstm")
+    x, state, p = make_layer(spec, 2, 2, 3, 4, torch.float32)
+    with pytest.raises(RuntimeError, match="FUSEDRNN_PACKED_GEMM must be"):
+        _ops.run_layer(spec, x, state, p)
+
+
 def test_team_split_env_rejects_bad_value(monkeypatch):
     spec = CellSpec("lstm")
     x, state, p = make_layer(spec, 2, 2, 3, 4, torch.float64)

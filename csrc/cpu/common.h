@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include "gemm.h"
 #include "pool.h"
 
 #include <string>
@@ -112,9 +113,9 @@ inline std::pair<at::Tensor, at::Tensor> weight_grads(const at::Tensor& dxw, con
   hp[0].copy_(h0);
   if (T > 1) hp.narrow(0, 1, T - 1).copy_(y.narrow(0, 0, T - 1));
   if (!shared)
-    return {at::mm(dxw.t(), x.reshape({T * B, I})), at::mm(dhw.t(), xh.view({T * B, R}))};
+    return {cached_mm(dxw.t(), x.reshape({T * B, I})), cached_mm(dhw.t(), xh.view({T * B, R}))};
   xh.narrow(2, 0, I).copy_(x);
-  at::Tensor dw = at::mm(dxw.t(), xh.view({T * B, I + R}));
+  at::Tensor dw = cached_mm(dxw.t(), xh.view({T * B, I + R}));
   return {dw.narrow(1, 0, I).contiguous(), dw.narrow(1, I, R).contiguous()};
 }
 

@@ -427,7 +427,8 @@ lstm_fwd_cpu(const at::Tensor& x, const c10::optional<at::Tensor>& lengths, cons
   at::Tensor xw;
   if (norm == kNormNone && b_ih.has_value() && b_ih->defined()) {
     xw = cached_empty({T * B, GH}, opts);
-    at::addmm_out(xw, *b_ih + *b_hh, x.reshape({T * B, I}), w_ih.t());
+    const at::Tensor bias = *b_ih + *b_hh;
+    gemm_out(xw, x.reshape({T * B, I}), w_ih.t(), &bias);
     xw = xw.view({T, B, GH});
   } else {
     xw = cached_mm(x.reshape({T * B, I}), w_ih.t()).view({T, B, GH});

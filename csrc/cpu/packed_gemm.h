@@ -45,40 +45,31 @@ inline bool cpu_has_avx512() {
 #if FUSEDRNN_HAS_AVX512_KERNEL
 namespace avx512 {
 
-constexpr int kNR = 48;  // panel width: 3 zmm of float32
-constexpr int kMR = 8;   // rows per register tile
+constexpr int kNR = 48;    // panel width: 3 zmm of float32 (the last panel: 16 x NV columns)
+constexpr int kMR = 8;     // rows per register tile
+constexpr int64_t kKC = 512;  // k block: a panel's block (96 KiB) stays in L2 over all row tiles
 
-// c[MR, <= 48] (+)= a[MR, K] p[K, 48]; columns past the panel's width are masked (m0, m1, m2).
-template <int MR>
-FUSEDRNN_AVX512_TARGET inline void tile(const float* __restrict a, int64_t lda, const float* __restrict p,
-                                        int64_t K, float* __restrict c, int64_t ldc, __mmask16 m0, __mmask16 m1,
-                                        __mmask16 m2, bool accumulate) {
-  __m512 r0[MR], r1[MR], r2[MR];
-  for (int i = 0; i < MR; ++i) {
-    if (accumulate) {
-      r0[i] = _mm512_maskz_loadu_ps(m0, c + i * ldc);
-      r1[i] = _mm512_maskz_loadu_ps(m1, c + i * ldc + 16);
-      r2[i] = _mm512_maskz_loadu_ps(m2, c + i * ldc + 32);
-    } else {
-      r0[i] = r1[i] = r2[i] = _mm512_setzero_ps();
-    }
-  }
+// c[MR, <= 16 NV] (+)= a[MR, K] p[K, 16 NV]; a(i, k) = a[i * sa + k * sk]; columns past the
+// panel's width are masked (m[v]).
+template <int MR, int NV>
+FUSEDRNN_AVX512_TARGET inline void tile(const float* __restrict a, int64_t sa, int64_t sk,
+                                        const float* __restrict p, int64_t ldp, int64_t K, float* __restrict c,
+                                        int64_t ldc, const __mmask16* m, bool accumulate) {
+  __m512 r[MR][NV];
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < NV; ++v)
+      r[i][v] = accumulate ? _mm512_maskz_loadu_ps(m[v], c + i * ldc + 16 * v) : _mm512_setzero_ps();
   for (int64_t k = 0; k < K; ++k) {
-    const __m512 w0 = _mm512_loadu_ps(p + k * kNR), w1 = _mm512_loadu_ps(p + k * kNR + 16),
-                 w2 = _mm512_loadu_ps(p + k * kNR + 32);
+    __m512 w[NV];
+    for (int v = 0; v < NV; ++v) w[v] = _mm512_loadu_ps(p + k * ldp + 16 * v);
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
-      const __m512 x = _mm512_set1_ps(a[i * lda + k]);
-      r0[i] = _mm512_fmadd_ps(x, w0, r0[i]);
-      r1[i] = _mm512_fmadd_ps(x, w1, r1[i]);
-      r2[i] = _mm512_fmadd_ps(x, w2, r2[i]);
+      const __m512 x = _mm512_set1_ps(a[i * sa + k * sk]);
+      for (int v = 0; v < NV; ++v) r[i][v] = _mm512_fmadd_ps(x, w[v], r[i][v]);
     }
   }
-  for (int i = 0; i < MR; ++i) {
-    _mm512_mask_storeu_ps(c + i * ldc, m0, r0[i]);
-    _mm512_mask_storeu_ps(c + i * ldc + 16, m1, r1[i]);
-    _mm512_mask_storeu_ps(c + i * ldc + 32, m2, r2[i]);
-  }
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < NV; ++v) _mm512_mask_storeu_ps(c + i * ldc + 16 * v, m[v], r[i][v]);
 }
 
 inline __mmask16 lanes(int64_t width, int offset) {
@@ -86,36 +77,76 @@ inline __mmask16 lanes(int64_t width, int offset) {
   return q <= 0 ? __mmask16(0) : q >= 16 ? __mmask16(0xffff) : __mmask16((1u << q) - 1);
 }
 
-// out[M, N] (+)= a[M, K] P, P packed by PackedPanels::pack.
-FUSEDRNN_AVX512_TARGET inline void gemm(const float* a, int64_t lda, int64_t M, const float* packed, int64_t K,
-                                        int64_t N, float* c, int64_t ldc, bool accumulate) {
-  for (int64_t p0 = 0; p0 < N; p0 += kNR) {
-    const float* p = packed + p0 * K;  // panel p0 / 48 starts at (p0 / 48) * K * 48 floats
-    const int64_t w = std::min<int64_t>(kNR, N - p0);
-    const __mmask16 m0 = lanes(w, 0), m1 = lanes(w, 16), m2 = lanes(w, 32);
-    int64_t i = 0;
-    for (; i + kMR <= M; i += kMR) tile<kMR>(a + i * lda, lda, p, K, c + i * ldc + p0, ldc, m0, m1, m2, accumulate);
-    const float* ai = a + i * lda;
-    float* ci = c + i * ldc + p0;
-    switch (M - i) {
-      case 7: tile<7>(ai, lda, p, K, ci, ldc, m0, m1, m2, accumulate); break;
-      case 6: tile<6>(ai, lda, p, K, ci, ldc, m0, m1, m2, accumulate); break;
-      case 5: tile<5>(ai, lda, p, K, ci, ldc, m0, m1, m2, accumulate); break;
-      case 4: tile<4>(ai, lda, p, K, ci, ldc, m0, m1, m2, accumulate); break;
-      case 3: tile<3>(ai, lda, p, K, ci, ldc, m0, m1, m2, accumulate); break;
-      case 2: tile<2>(ai, lda, p, K, ci, ldc, m0, m1, m2, accumulate); break;
-      case 1: tile<1>(ai, lda, p, K, ci, ldc, m0, m1, m2, accumulate); break;
-      default: break;
+// Rows [0, M) of one panel block: 8-row tiles, then one tile of the remaining rows.
+template <int NV>
+FUSEDRNN_AVX512_TARGET inline void panel_rows(const float* a, int64_t sa, int64_t sk, int64_t M, const float* p,
+                                              int64_t K, float* c, int64_t ldc, const __mmask16* m,
+                                              bool accumulate) {
+  constexpr int64_t ldp = 16 * NV;
+  int64_t i = 0;
+  for (; i + kMR <= M; i += kMR) tile<kMR, NV>(a + i * sa, sa, sk, p, ldp, K, c + i * ldc, ldc, m, accumulate);
+  const float* ai = a + i * sa;
+  float* ci = c + i * ldc;
+  switch (M - i) {
+    case 7: tile<7, NV>(ai, sa, sk, p, ldp, K, ci, ldc, m, accumulate); break;
+    case 6: tile<6, NV>(ai, sa, sk, p, ldp, K, ci, ldc, m, accumulate); break;
+    case 5: tile<5, NV>(ai, sa, sk, p, ldp, K, ci, ldc, m, accumulate); break;
+    case 4: tile<4, NV>(ai, sa, sk, p, ldp, K, ci, ldc, m, accumulate); break;
+    case 3: tile<3, NV>(ai, sa, sk, p, ldp, K, ci, ldc, m, accumulate); break;
+    case 2: tile<2, NV>(ai, sa, sk, p, ldp, K, ci, ldc, m, accumulate); break;
+    case 1: tile<1, NV>(ai, sa, sk, p, ldp, K, ci, ldc, m, accumulate); break;
+    default: break;
+  }
+}
+
+// out[M, cols [n0, n1)] (+)= a[M, K] P[:, n0:n1], P packed by pack() over N columns, n0 a
+// multiple of 48; a(i, k) = a[i * sa + k * sk]. K is taken in blocks of kKC, each block's
+// panel reused by every row tile.
+FUSEDRNN_AVX512_TARGET inline void gemm(const float* a, int64_t sa, int64_t sk, int64_t M, const float* packed,
+                                        int64_t K, int64_t n0, int64_t n1, float* c, int64_t ldc,
+                                        bool accumulate) {
+  for (int64_t k0 = 0; k0 < K; k0 += kKC) {
+    const int64_t kb = std::min(kKC, K - k0);
+    const bool acc = accumulate || k0 > 0;
+    for (int64_t p0 = n0; p0 < n1; p0 += kNR) {
+      const int64_t w = std::min<int64_t>(kNR, n1 - p0);
+      const int nv = int((w + 15) / 16);
+      const __mmask16 m[3] = {lanes(w, 0), lanes(w, 16), lanes(w, 32)};
+      const float* p = packed + p0 * K + k0 * 16 * nv;  // panel p0 / 48 starts at p0 * K floats
+      const float* ak = a + k0 * sk;
+      float* cp = c + p0;
+      if (nv == 3) panel_rows<3>(ak, sa, sk, M, p, kb, cp, ldc, m, acc);
+      else if (nv == 2) panel_rows<2>(ak, sa, sk, M, p, kb, cp, ldc, m, acc);
+      else panel_rows<1>(ak, sa, sk, M, p, kb, cp, ldc, m, acc);
     }
   }
 }
+
+// Packs panels [q0, q1) of B [K, N], B(k, j) = b[k * sk + j * sn], into `packed`: panel q holds
+// columns [48 q, 48 q + w) as [K, 16 NV] row-major at offset 48 q K, w = min(48, N - 48 q),
+// NV = ceil(w / 16), zero-padded to 16 NV.
+inline void pack(const float* b, int64_t sk, int64_t sn, int64_t K, int64_t N, int64_t q0, int64_t q1,
+                 float* packed) {
+  for (int64_t q = q0; q < q1; ++q) {
+    const int64_t j0 = q * kNR, w = std::min<int64_t>(kNR, N - j0), ld = 16 * ((w + 15) / 16);
+    float* dst = packed + j0 * K;
+    if (sk == 1) {  // columns of B contiguous: read them whole
+      for (int64_t j = 0; j < ld; ++j)
+        for (int64_t k = 0; k < K; ++k) dst[k * ld + j] = j < w ? b[k + (j0 + j) * sn] : 0.0f;
+    } else {
+      for (int64_t k = 0; k < K; ++k)
+        for (int64_t j = 0; j < ld; ++j) dst[k * ld + j] = j < w ? b[k * sk + (j0 + j) * sn] : 0.0f;
+    }
+  }
+}
+
+inline int64_t panels(int64_t N) { return (N + kNR - 1) / kNR; }
 
 }  // namespace avx512
 #endif
 
 // A float32 weight slice packed for fusedrnn's AVX-512 kernel: B [K, N] with
 // B[k, j] = w[(lo + j) * ldw + k] (transposed: B = W[lo:lo+N, :]^T) or w[k * ldw + lo + j].
-// Panels of 48 columns, each [K, 48] row-major, the last one zero-padded.
 class PackedPanels {
  public:
   PackedPanels() = default;
@@ -123,17 +154,9 @@ class PackedPanels {
                const at::TensorOptions& opts)
       : N_(N), K_(K) {
 #if FUSEDRNN_HAS_AVX512_KERNEL
-    constexpr int64_t NR = avx512::kNR;
-    const int64_t panels = (N + NR - 1) / NR;
-    buf_ = at::empty({panels * K * NR}, opts.dtype(at::kFloat));
-    float* dst = buf_.data_ptr<float>();
-    for (int64_t q = 0; q < panels; ++q)
-      for (int64_t k = 0; k < K; ++k)
-        for (int64_t j = 0; j < NR; ++j) {
-          const int64_t col = q * NR + j;
-          dst[(q * K + k) * NR + j] =
-              col >= N ? 0.0f : transposed ? w[(lo + col) * ldw + k] : w[k * ldw + lo + col];
-        }
+    buf_ = at::empty({avx512::panels(N) * avx512::kNR * K}, opts.dtype(at::kFloat));
+    const float* b = transposed ? w + lo * ldw : w + lo;
+    avx512::pack(b, transposed ? 1 : ldw, transposed ? ldw : 1, K, N, 0, avx512::panels(N), buf_.data_ptr<float>());
 #else
     (void)w; (void)ldw; (void)transposed; (void)lo; (void)opts;
 #endif
@@ -142,7 +165,7 @@ class PackedPanels {
   // out[M, N] (+)= a[M, K] B; a row-major with leading dimension lda, out with ldc.
   void run(const float* a, int64_t lda, int64_t M, float* out, int64_t ldc, bool accumulate) const {
 #if FUSEDRNN_HAS_AVX512_KERNEL
-    avx512::gemm(a, lda, M, buf_.data_ptr<float>(), K_, N_, out, ldc, accumulate);
+    avx512::gemm(a, lda, 1, M, buf_.data_ptr<float>(), K_, 0, N_, out, ldc, accumulate);
 #else
     (void)a; (void)lda; (void)M; (void)out; (void)ldc; (void)accumulate;
 #endif

@@ -176,11 +176,5 @@ inline at::Tensor cached_empty(at::IntArrayRef sizes, const at::TensorOptions& o
                                    opts.dtype().toScalarType(), c10::nullopt);
 }
 
-// a @ b into a cached buffer.
-inline at::Tensor cached_mm(const at::Tensor& a, const at::Tensor& b) {
-  at::Tensor out = cached_empty({a.size(0), b.size(1)}, a.options());
-  return at::mm_out(out, a, b);
-}
-
 }  // namespace cpu
 }  // namespace fusedrnn

@@ -19,6 +19,8 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <string>
+#include <vector>
 
 extern "C" {
 size_t cblas_sgemm_pack_get_size(int identifier, int m, int n, int k) __attribute__((weak));
@@ -59,6 +61,17 @@ inline bool packed_gemm_available() {
   const char* mode = gemm_mode();
   return (std::strcmp(mode, "1") == 0 || std::strcmp(mode, "mkl") == 0) && cblas_sgemm_pack_get_size != nullptr &&
          cblas_sgemm_pack != nullptr && cblas_sgemm_compute != nullptr;
+}
+
+// What the float32 products run under the current FUSEDRNN_PACKED_GEMM: the per-step recurrent
+// product ("avx512" = packed_gemm.h, "mkl_packed", "blas", "loop") and the large GEMMs around the
+// loop (gemm.h: "avx512" or "aten").
+inline std::vector<std::string> kernel_names() {
+  const char* mode = gemm_mode();
+  const bool own = own_kernel_available();
+  const char* recurrent = own ? "avx512" : packed_gemm_available() ? "mkl_packed"
+                          : std::strcmp(mode, "loop") != 0 && sgemm_ != nullptr ? "blas" : "loop";
+  return {recurrent, own ? "avx512" : "aten"};
 }
 
 inline bool blas_available(bool single) {

@@ -160,6 +160,7 @@ TORCH_LIBRARY_IMPL(fusedrnn, CPU, m) {
 // is_vulkan_available.
 TORCH_LIBRARY_IMPL(fusedrnn, CompositeImplicitAutograd, m) {
   m.impl("cpu_cache_info", [] { return BlockCache::get().info(); });
+  m.impl("cpu_gemm_info", [] { return mkl::kernel_names(); });
   m.impl("cpu_cache_release", [] { BlockCache::get().release(); });
 }
 

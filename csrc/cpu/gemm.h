@@ -1,0 +1,75 @@
+// The large GEMMs around the time loop: the input projection x W_ih^T before it; dx and the
+// weight gradients after it.
+//
+// float32 on AVX-512 CPUs: fusedrnn's packed kernel (packed_gemm.h) on a thread team of
+// single-threaded members, which pack their share of B's panels, meet at one barrier, then
+// each computes its own panels (or, when B has too few panels to share, its own rows of the
+// output). Measured on this 2-core EPYC (torch.mm, M x K x N): MKL's sgemm scales from one
+// thread to two by 1.6x (82 -> 134 GFLOP/s on 700 x 650 x 2600; 77 -> 131 on 3200 x 256 x
+// 1024), the packed kernel on two members reaches about twice its one-thread rate. Elsewhere
+// (float64, no AVX-512, FUSEDRNN_PACKED_GEMM other than 1, fewer than 16 output columns, small
+// products) ATen's mm.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include "packed_gemm.h"
+#include "pool.h"
+#include "team.h"
+
+namespace fusedrnn {
+namespace cpu {
+
+// out[M, N] = a[M, K] b[K, N] (+ bias[N] on every row); a and b of any strides, out contiguous.
+inline void gemm_out(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, const at::Tensor* bias = nullptr) {
+  const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
+  const int64_t n = team_members(M * K * N);
+#if FUSEDRNN_HAS_AVX512_KERNEL
+  const bool own = out.scalar_type() == at::kFloat && mkl::own_kernel_available() && N >= 16 && K >= 1 && M >= 1 &&
+                   M * K * N >= (int64_t(1) << 16);
+#else
+  const bool own = false;
+#endif
+  if (!own) {
+    if (bias) at::addmm_out(out, *bias, a, b);
+    else at::mm_out(out, a, b);
+    return;
+  }
+#if FUSEDRNN_HAS_AVX512_KERNEL
+  if (bias) out.copy_(bias->expand({M, N}));
+  const int64_t P = avx512::panels(N);
+  at::Tensor packed = cached_empty({P * avx512::kNR * K}, out.options());
+  float* pk = packed.data_ptr<float>();
+  float* c = out.data_ptr<float>();
+  const float *ap = a.data_ptr<float>(), *bp = b.data_ptr<float>();
+  const int64_t sa = a.stride(0), sk = a.stride(1), bk = b.stride(0), bn = b.stride(1), ldc = out.stride(0);
+  const bool by_panels = P >= 2 * n;
+  run_team(n, [&](Team& team) {
+    team.each_part(P, [&](int64_t, int64_t q0, int64_t q1) { avx512::pack(bp, bk, bn, K, N, q0, q1, pk); });
+    team.barrier();
+    if (by_panels) {
+      team.each_part(P, [&](int64_t, int64_t q0, int64_t q1) {
+        if (q1 > q0)
+          avx512::gemm(ap, sa, sk, M, pk, K, q0 * avx512::kNR, std::min(N, q1 * avx512::kNR), c, ldc, bias != nullptr);
+      });
+    } else {
+      team.each([&](int64_t m) {
+        const auto rows = split(M, team.members(), m, avx512::kMR);
+        if (rows.second > rows.first)
+          avx512::gemm(ap + rows.first * sa, sa, sk, rows.second - rows.first, pk, K, 0, N, c + rows.first * ldc, ldc,
+                       bias != nullptr);
+      });
+    }
+  });
+#endif
+}
+
+// a @ b into a cached buffer (pool.h).
+inline at::Tensor cached_mm(const at::Tensor& a, const at::Tensor& b) {
+  at::Tensor out = cached_empty({a.size(0), b.size(1)}, a.options());
+  gemm_out(out, a, b);
+  return out;
+}
+
+}  // namespace cpu
+}  // namespace fusedrnn
