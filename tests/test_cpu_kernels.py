@@ -149,8 +149,9 @@ def _cpu_has_avx512() -> bool:
 def test_packed_kernels_at_kernel_sized_shapes(monkeypatch, spec, mode, members, split):
     """float32 products above the size where fusedrnn's AVX-512 kernel takes the large GEMMs
     (csrc/cpu/gemm.h, 64k multiply-adds) as well as the per-step products, against MKL's
-    (mode mkl). T * B = 549 puts the weight gradients' k past one 512 block; B = 61 ends the
-    steps' 8-row tiles with 5 (rows split: 20/21 rows a member); 4H = 488 and 3H = 366 end the
+    (mode mkl). T * B = 549 puts the weight gradients' k past one 512 block; B = 61 makes the
+    steps' row tiles 7 and 8 high (rows split: 20/21 rows a member, tiles of 6 and 7; the team
+    tests' B = 8 split 3/3/2 gives the short ones); 4H = 488 and 3H = 366 end the
     48-column panels with 8 and 30 columns, H = 122 with 26 (one, two and two zmm); I = 40 makes
     dx one panel, split by rows of the output."""
     monkeypatch.setenv("FUSEDRNN_PACKED_GEMM", mode)

@@ -77,25 +77,30 @@ inline __mmask16 lanes(int64_t width, int offset) {
   return q <= 0 ? __mmask16(0) : q >= 16 ? __mmask16(0xffff) : __mmask16((1u << q) - 1);
 }
 
-// Rows [0, M) of one panel block: 8-row tiles, then one tile of the remaining rows.
+// Rows [0, M) of one panel block in ceil(M / 8) tiles of near-equal height (50 rows: 7 x 7 + 8,
+// not 6 x 8 + 2: a short tile streams the panel block for few FMAs).
 template <int NV>
 FUSEDRNN_AVX512_TARGET inline void panel_rows(const float* a, int64_t sa, int64_t sk, int64_t M, const float* p,
                                               int64_t K, float* c, int64_t ldc, const __mmask16* m,
                                               bool accumulate) {
   constexpr int64_t ldp = 16 * NV;
-  int64_t i = 0;
-  for (; i + kMR <= M; i += kMR) tile<kMR, NV>(a + i * sa, sa, sk, p, ldp, K, c + i * ldc, ldc, m, accumulate);
-  const float* ai = a + i * sa;
-  float* ci = c + i * ldc;
-  switch (M - i) {
-    case 7: tile<7, NV>(ai, sa, sk, p, ldp, K, ci, ldc, m, accumulate); break;
-    case 6: tile<6, NV>(ai, sa, sk, p, ldp, K, ci, ldc, m, accumulate); break;
-    case 5: tile<5, NV>(ai, sa, sk, p, ldp, K, ci, ldc, m, accumulate); break;
-    case 4: tile<4, NV>(ai, sa, sk, p, ldp, K, ci, ldc, m, accumulate); break;
-    case 3: tile<3, NV>(ai, sa, sk, p, ldp, K, ci, ldc, m, accumulate); break;
-    case 2: tile<2, NV>(ai, sa, sk, p, ldp, K, ci, ldc, m, accumulate); break;
-    case 1: tile<1, NV>(ai, sa, sk, p, ldp, K, ci, ldc, m, accumulate); break;
-    default: break;
+  const int64_t tiles = (M + kMR - 1) / kMR;
+  for (int64_t q = 0, i = 0; q < tiles; ++q) {
+    const int64_t rows = M * (q + 1) / tiles - i;
+    const float* ai = a + i * sa;
+    float* ci = c + i * ldc;
+    switch (rows) {
+      case 8: tile<8, NV>(ai, sa, sk, p, ldp, K, ci, ldc, m, accumulate); break;
+      case 7: tile<7, NV>(ai, sa, sk, p, ldp, K, ci, ldc, m, accumulate); break;
+      case 6: tile<6, NV>(ai, sa, sk, p, ldp, K, ci, ldc, m, accumulate); break;
+      case 5: tile<5, NV>(ai, sa, sk, p, ldp, K, ci, ldc, m, accumulate); break;
+      case 4: tile<4, NV>(ai, sa, sk, p, ldp, K, ci, ldc, m, accumulate); break;
+      case 3: tile<3, NV>(ai, sa, sk, p, ldp, K, ci, ldc, m, accumulate); break;
+      case 2: tile<2, NV>(ai, sa, sk, p, ldp, K, ci, ldc, m, accumulate); break;
+      case 1: tile<1, NV>(ai, sa, sk, p, ldp, K, ci, ldc, m, accumulate); break;
+      default: break;
+    }
+    i += rows;
   }
 }
 
