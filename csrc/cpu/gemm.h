@@ -20,7 +20,8 @@
 namespace fusedrnn {
 namespace cpu {
 
-// out[M, N] = a[M, K] b[K, N] (+ bias[N] on every row); a and b of any strides, out contiguous.
+// out[M, N] = a[M, K] b[K, N] (+ bias[N] on every row); a and b of any strides, out contiguous,
+// bias (float32) [N].
 inline void gemm_out(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, const at::Tensor* bias = nullptr) {
   const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
   const int64_t n = team_members(M * K * N);
@@ -36,12 +37,13 @@ inline void gemm_out(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, 
     return;
   }
 #if FUSEDRNN_HAS_AVX512_KERNEL
-  if (bias) out.copy_(bias->expand({M, N}));
   const int64_t P = avx512::panels(N);
   at::Tensor packed = cached_empty({P * avx512::kNR * K}, out.options());
   float* pk = packed.data_ptr<float>();
   float* c = out.data_ptr<float>();
   const float *ap = a.data_ptr<float>(), *bp = b.data_ptr<float>();
+  const at::Tensor bias_c = bias ? bias->contiguous() : at::Tensor();
+  const float* biasp = bias ? bias_c.data_ptr<float>() : nullptr;
   const int64_t sa = a.stride(0), sk = a.stride(1), bk = b.stride(0), bn = b.stride(1), ldc = out.stride(0);
   const bool by_panels = P >= 2 * n;
   run_team(n, [&](Team& team) {
@@ -50,14 +52,15 @@ inline void gemm_out(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, 
     if (by_panels) {
       team.each_part(P, [&](int64_t, int64_t q0, int64_t q1) {
         if (q1 > q0)
-          avx512::gemm(ap, sa, sk, M, pk, K, q0 * avx512::kNR, std::min(N, q1 * avx512::kNR), c, ldc, bias != nullptr);
+          avx512::gemm(ap, sa, sk, M, pk, K, q0 * avx512::kNR, std::min(N, q1 * avx512::kNR), c, ldc, false,
+                       biasp);
       });
     } else {
       team.each([&](int64_t m) {
         const auto rows = split(M, team.members(), m, avx512::kMR);
         if (rows.second > rows.first)
           avx512::gemm(ap + rows.first * sa, sa, sk, rows.second - rows.first, pk, K, 0, N, c + rows.first * ldc, ldc,
-                       bias != nullptr);
+                       false, biasp);
       });
     }
   });

@@ -49,16 +49,18 @@ constexpr int kNR = 48;    // panel width: 3 zmm of float32 (the last panel: 16 
 constexpr int kMR = 8;     // rows per register tile
 constexpr int64_t kKC = 512;  // k block: a panel's block (96 KiB) stays in L2 over all row tiles
 
-// c[MR, <= 16 NV] (+)= a[MR, K] p[K, 16 NV]; a(i, k) = a[i * sa + k * sk]; columns past the
-// panel's width are masked (m[v]).
+// c[MR, <= 16 NV] (+)= a[MR, K] p[K, 16 NV] (+ bias on every row, when not accumulating);
+// a(i, k) = a[i * sa + k * sk]; columns past the panel's width are masked (m[v]).
 template <int MR, int NV>
 FUSEDRNN_AVX512_TARGET inline void tile(const float* __restrict a, int64_t sa, int64_t sk,
                                         const float* __restrict p, int64_t ldp, int64_t K, float* __restrict c,
-                                        int64_t ldc, const __mmask16* m, bool accumulate) {
+                                        int64_t ldc, const __mmask16* m, bool accumulate, const float* bias) {
   __m512 r[MR][NV];
   for (int i = 0; i < MR; ++i)
     for (int v = 0; v < NV; ++v)
-      r[i][v] = accumulate ? _mm512_maskz_loadu_ps(m[v], c + i * ldc + 16 * v) : _mm512_setzero_ps();
+      r[i][v] = accumulate ? _mm512_maskz_loadu_ps(m[v], c + i * ldc + 16 * v)
+                : bias     ? _mm512_maskz_loadu_ps(m[v], bias + 16 * v)
+                           : _mm512_setzero_ps();
   for (int64_t k = 0; k < K; ++k) {
     __m512 w[NV];
     for (int v = 0; v < NV; ++v) w[v] = _mm512_loadu_ps(p + k * ldp + 16 * v);
@@ -82,7 +84,7 @@ inline __mmask16 lanes(int64_t width, int offset) {
 template <int NV>
 FUSEDRNN_AVX512_TARGET inline void panel_rows(const float* a, int64_t sa, int64_t sk, int64_t M, const float* p,
                                               int64_t K, float* c, int64_t ldc, const __mmask16* m,
-                                              bool accumulate) {
+                                              bool accumulate, const float* bias) {
   constexpr int64_t ldp = 16 * NV;
   const int64_t tiles = (M + kMR - 1) / kMR;
   for (int64_t q = 0, i = 0; q < tiles; ++q) {
@@ -90,26 +92,26 @@ FUSEDRNN_AVX512_TARGET inline void panel_rows(const float* a, int64_t sa, int64_
     const float* ai = a + i * sa;
     float* ci = c + i * ldc;
     switch (rows) {
-      case 8: tile<8, NV>(ai, sa, sk, p, ldp, K, ci, ldc, m, accumulate); break;
-      case 7: tile<7, NV>(ai, sa, sk, p, ldp, K, ci, ldc, m, accumulate); break;
-      case 6: tile<6, NV>(ai, sa, sk, p, ldp, K, ci, ldc, m, accumulate); break;
-      case 5: tile<5, NV>(ai, sa, sk, p, ldp, K, ci, ldc, m, accumulate); break;
-      case 4: tile<4, NV>(ai, sa, sk, p, ldp, K, ci, ldc, m, accumulate); break;
-      case 3: tile<3, NV>(ai, sa, sk, p, ldp, K, ci, ldc, m, accumulate); break;
-      case 2: tile<2, NV>(ai, sa, sk, p, ldp, K, ci, ldc, m, accumulate); break;
-      case 1: tile<1, NV>(ai, sa, sk, p, ldp, K, ci, ldc, m, accumulate); break;
+      case 8: tile<8, NV>(ai, sa, sk, p, ldp, K, ci, ldc, m, accumulate, bias); break;
+      case 7: tile<7, NV>(ai, sa, sk, p, ldp, K, ci, ldc, m, accumulate, bias); break;
+      case 6: tile<6, NV>(ai, sa, sk, p, ldp, K, ci, ldc, m, accumulate, bias); break;
+      case 5: tile<5, NV>(ai, sa, sk, p, ldp, K, ci, ldc, m, accumulate, bias); break;
+      case 4: tile<4, NV>(ai, sa, sk, p, ldp, K, ci, ldc, m, accumulate, bias); break;
+      case 3: tile<3, NV>(ai, sa, sk, p, ldp, K, ci, ldc, m, accumulate, bias); break;
+      case 2: tile<2, NV>(ai, sa, sk, p, ldp, K, ci, ldc, m, accumulate, bias); break;
+      case 1: tile<1, NV>(ai, sa, sk, p, ldp, K, ci, ldc, m, accumulate, bias); break;
       default: break;
     }
     i += rows;
   }
 }
 
-// out[M, cols [n0, n1)] (+)= a[M, K] P[:, n0:n1], P packed by pack() over N columns, n0 a
-// multiple of 48; a(i, k) = a[i * sa + k * sk]. K is taken in blocks of kKC, each block's
-// panel reused by every row tile.
+// out[M, cols [n0, n1)] (+)= a[M, K] P[:, n0:n1] (+ bias[n0:n1] on every row, when not
+// accumulating), P packed by pack() over N columns, n0 a multiple of 48; a(i, k) = a[i * sa +
+// k * sk]. K is taken in blocks of kKC, each block's panel reused by every row tile.
 FUSEDRNN_AVX512_TARGET inline void gemm(const float* a, int64_t sa, int64_t sk, int64_t M, const float* packed,
                                         int64_t K, int64_t n0, int64_t n1, float* c, int64_t ldc,
-                                        bool accumulate) {
+                                        bool accumulate, const float* bias = nullptr) {
   for (int64_t k0 = 0; k0 < K; k0 += kKC) {
     const int64_t kb = std::min(kKC, K - k0);
     const bool acc = accumulate || k0 > 0;
@@ -120,9 +122,10 @@ FUSEDRNN_AVX512_TARGET inline void gemm(const float* a, int64_t sa, int64_t sk, 
       const float* p = packed + p0 * K + k0 * 16 * nv;  // panel p0 / 48 starts at p0 * K floats
       const float* ak = a + k0 * sk;
       float* cp = c + p0;
-      if (nv == 3) panel_rows<3>(ak, sa, sk, M, p, kb, cp, ldc, m, acc);
-      else if (nv == 2) panel_rows<2>(ak, sa, sk, M, p, kb, cp, ldc, m, acc);
-      else panel_rows<1>(ak, sa, sk, M, p, kb, cp, ldc, m, acc);
+      const float* bp = bias && !acc ? bias + p0 : nullptr;
+      if (nv == 3) panel_rows<3>(ak, sa, sk, M, p, kb, cp, ldc, m, acc, bp);
+      else if (nv == 2) panel_rows<2>(ak, sa, sk, M, p, kb, cp, ldc, m, acc, bp);
+      else panel_rows<1>(ak, sa, sk, M, p, kb, cp, ldc, m, acc, bp);
     }
   }
 }
@@ -152,18 +155,24 @@ inline int64_t panels(int64_t N) { return (N + kNR - 1) / kNR; }
 
 // A float32 weight slice packed for fusedrnn's AVX-512 kernel: B [K, N] with
 // B[k, j] = w[(lo + j) * ldw + k] (transposed: B = W[lo:lo+N, :]^T) or w[k * ldw + lo + j].
+// The constructor allocates; pack() fills (no ATen call: team threads may run it).
 class PackedPanels {
  public:
   PackedPanels() = default;
   PackedPanels(const float* w, int64_t ldw, bool transposed, int64_t lo, int64_t N, int64_t K,
                const at::TensorOptions& opts)
-      : N_(N), K_(K) {
+      : w_(transposed ? w + lo * ldw : w + lo), ldw_(ldw), N_(N), K_(K), transposed_(transposed) {
 #if FUSEDRNN_HAS_AVX512_KERNEL
     buf_ = at::empty({avx512::panels(N) * avx512::kNR * K}, opts.dtype(at::kFloat));
-    const float* b = transposed ? w + lo * ldw : w + lo;
-    avx512::pack(b, transposed ? 1 : ldw, transposed ? ldw : 1, K, N, 0, avx512::panels(N), buf_.data_ptr<float>());
 #else
-    (void)w; (void)ldw; (void)transposed; (void)lo; (void)opts;
+    (void)opts;
+#endif
+  }
+
+  void pack() {
+#if FUSEDRNN_HAS_AVX512_KERNEL
+    avx512::pack(w_, transposed_ ? 1 : ldw_, transposed_ ? ldw_ : 1, K_, N_, 0, avx512::panels(N_),
+                 buf_.data_ptr<float>());
 #endif
   }
 
@@ -178,7 +187,9 @@ class PackedPanels {
 
  private:
   at::Tensor buf_;
-  int64_t N_ = 0, K_ = 0;
+  const float* w_ = nullptr;
+  int64_t ldw_ = 0, N_ = 0, K_ = 0;
+  bool transposed_ = true;
 };
 
 }  // namespace cpu

@@ -107,7 +107,16 @@ class RecurrentGemm {
     } else if (packed_) {
       size_t bytes = cblas_sgemm_pack_get_size(mkl::kBMatrix, int(M_), int(N_), int(K_));
       buf_ = at::empty({int64_t((bytes + sizeof(float) - 1) / sizeof(float))}, w.options().dtype(at::kFloat));
-      cblas_sgemm_pack(mkl::kRowMajor, mkl::kBMatrix, transposed ? mkl::kTrans : mkl::kNoTrans, int(M_), int(N_),
+    }
+  }
+
+  // Packs W's slice for the packed GEMMs (a no-op otherwise). Calls no ATen operator, so the
+  // members of a team pack their own slices in parallel (member_gemms).
+  void pack() {
+    if (own_) {
+      panels_.pack();
+    } else if (packed_) {
+      cblas_sgemm_pack(mkl::kRowMajor, mkl::kBMatrix, transposed_ ? mkl::kTrans : mkl::kNoTrans, int(M_), int(N_),
                        int(K_), 1.0f, reinterpret_cast<const float*>(w_), int(ldw_), buf_.data_ptr<float>());
     }
   }

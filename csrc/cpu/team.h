@@ -143,6 +143,35 @@ inline int64_t team_members(int64_t work) {
   return std::max<int64_t>(1, at::get_num_threads());
 }
 
+// Runs body(team) on every participant of a team of `members` members.
+template <typename Body>
+void run_team(int64_t members, Body&& body) {
+  Team::State state(members);
+  at::parallel_for(0, members, 1, [&](int64_t lo, int64_t hi) {
+    state.participants.fetch_add(1);
+    state.covered.fetch_add(hi - lo);  // after the participant count: covered == members => count final
+    spin_while([&] { return state.covered.load() < state.members; });
+    Team team(state, lo, hi);
+    const int one = 1;
+    const int mkl_before = MKL_SET_NUM_THREADS_LOCAL ? MKL_SET_NUM_THREADS_LOCAL(&one) : 0;
+    try {
+      body(team);
+    } catch (const TeamAborted&) {
+    } catch (...) {
+      if (!state.failed.exchange(true)) state.error = std::current_exception();
+    }
+    if (MKL_SET_NUM_THREADS_LOCAL) MKL_SET_NUM_THREADS_LOCAL(&mkl_before);
+  });
+  if (state.failed.load()) std::rethrow_exception(state.error);
+}
+
+// Packs every member's weight slice, each member its own (in parallel; a copy of W per member
+// under the row split, in the member's own cache).
+template <typename T>
+void pack_members(std::vector<RecurrentGemm<T>>& g) {
+  run_team(int64_t(g.size()), [&](Team& team) { team.each([&](int64_t m) { g[m].pack(); }); });
+}
+
 // One RecurrentGemm per team member: member m owns the m-th of n 16-aligned column slices of the
 // output (forward: rows of W; backward: columns of W).
 template <typename T>
@@ -153,6 +182,7 @@ std::vector<RecurrentGemm<T>> member_gemms(const at::Tensor& w, int64_t M, bool 
     auto cols = split(transposed ? w.size(0) : w.size(1), n, m, 16);
     g.emplace_back(w, M, transposed, cols.first, cols.second);
   }
+  pack_members(g);
   return g;
 }
 
@@ -192,29 +222,8 @@ std::vector<RecurrentGemm<T>> member_gemms(const at::Tensor& w, int64_t M, bool 
     auto rows = split(M, n, m);
     g.emplace_back(w, rows.second - rows.first, transposed);
   }
+  pack_members(g);
   return g;
-}
-
-// Runs body(team) on every participant of a team of `members` members.
-template <typename Body>
-void run_team(int64_t members, Body&& body) {
-  Team::State state(members);
-  at::parallel_for(0, members, 1, [&](int64_t lo, int64_t hi) {
-    state.participants.fetch_add(1);
-    state.covered.fetch_add(hi - lo);  // after the participant count: covered == members => count final
-    spin_while([&] { return state.covered.load() < state.members; });
-    Team team(state, lo, hi);
-    const int one = 1;
-    const int mkl_before = MKL_SET_NUM_THREADS_LOCAL ? MKL_SET_NUM_THREADS_LOCAL(&one) : 0;
-    try {
-      body(team);
-    } catch (const TeamAborted&) {
-    } catch (...) {
-      if (!state.failed.exchange(true)) state.error = std::current_exception();
-    }
-    if (MKL_SET_NUM_THREADS_LOCAL) MKL_SET_NUM_THREADS_LOCAL(&mkl_before);
-  });
-  if (state.failed.load()) std::rethrow_exception(state.error);
 }
 
 }  // namespace cpu
