@@ -6,13 +6,16 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "common.h"
 
 #include "fusedrnn/cell_math.h"
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#include <immintrin.h>
 #define FUSEDRNN_X86 1
 #define FUSEDRNN_AVX2_TARGET __attribute__((target("avx2,fma")))
 #else
@@ -390,10 +393,86 @@ FUSEDRNN_ROW_DISPATCH(bn_apply_bwd, typename T, T)
 
 // The row layer norms of cell_math.h (statistics in double), also compiled for AVX2+FMA and
 // chosen at run time like the unit loops; flatten inlines everything they call into each
-// version, so their 8-lane sums use the version's vector registers.
+// version. GCC keeps LaneSum's 8 double chains in scalar registers (vcvtss2sd / vaddsd), so the
+// float32 AVX2 versions sum them with intrinsics: the same lanes, the same FMA-contracted
+// squares and the same final combination as the scalar code, so the same values.
+#if FUSEDRNN_X86
+// Adds the 8 values x converted to double into lanes (lo: 0-3, hi: 4-7).
+FUSEDRNN_AVX2_TARGET FUSEDRNN_ALWAYS_INLINE void lanes_add(__m256 x, __m256d& lo, __m256d& hi) {
+  lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(x)));
+  hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps(x, 1)));
+}
+
+FUSEDRNN_AVX2_TARGET FUSEDRNN_ALWAYS_INLINE LaneSum<double> lanes_of(__m256d lo, __m256d hi) {
+  LaneSum<double> s;
+  _mm256_storeu_pd(s.p, lo);
+  _mm256_storeu_pd(s.p + 4, hi);
+  return s;
+}
+
+FUSEDRNN_AVX2_TARGET inline void ln_row_fwd_avx2_f32(const float* v, int n, const float* gain, const float* bias,
+                                                     double eps, float* y, float* mean_out, float* rstd_out) {
+  __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();
+  int k = 0;
+  for (; k + 8 <= n; k += 8) lanes_add(_mm256_loadu_ps(v + k), lo, hi);
+  LaneSum<double> s = lanes_of(lo, hi);
+  for (; k < n; ++k) s.p[k % 8] += double(v[k]);
+  const double mean = s.total() / double(n);
+  const __m256d m4 = _mm256_set1_pd(mean);
+  __m256d qlo = _mm256_setzero_pd(), qhi = _mm256_setzero_pd();
+  for (k = 0; k + 8 <= n; k += 8) {
+    const __m256 x = _mm256_loadu_ps(v + k);
+    const __m256d dlo = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(x)), m4);
+    const __m256d dhi = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(x, 1)), m4);
+    qlo = _mm256_fmadd_pd(dlo, dlo, qlo);
+    qhi = _mm256_fmadd_pd(dhi, dhi, qhi);
+  }
+  LaneSum<double> q = lanes_of(qlo, qhi);
+  for (; k < n; ++k) {
+    const double d = double(v[k]) - mean;
+    q.p[k % 8] = std::fma(d, d, q.p[k % 8]);
+  }
+  const float m = float(mean), r = norm_rstd<float, double>(q.total() / double(n), eps);
+  layer_norm_row_apply(v, n, gain, bias, m, r, y);
+  *mean_out = m;
+  *rstd_out = r;
+}
+
+FUSEDRNN_AVX2_TARGET inline void ln_row_bwd_avx2_f32(const float* v, const float* dy, int n, const float* gain,
+                                                     float mean, float rstd, float* dv, float* dgain, float* dbias) {
+  __m256d s1lo = _mm256_setzero_pd(), s1hi = _mm256_setzero_pd();
+  __m256d s2lo = _mm256_setzero_pd(), s2hi = _mm256_setzero_pd();
+  const __m256 m8 = _mm256_set1_ps(mean), r8 = _mm256_set1_ps(rstd);
+  int k = 0;
+  for (; k + 8 <= n; k += 8) {
+    const __m256 d = _mm256_loadu_ps(dy + k);
+    const __m256 vhat = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(v + k), m8), r8);
+    const __m256 dyg = _mm256_mul_ps(d, _mm256_loadu_ps(gain + k));
+    lanes_add(dyg, s1lo, s1hi);
+    lanes_add(_mm256_mul_ps(dyg, vhat), s2lo, s2hi);
+    _mm256_storeu_ps(dgain + k, _mm256_fmadd_ps(d, vhat, _mm256_loadu_ps(dgain + k)));
+  }
+  LaneSum<double> s1 = lanes_of(s1lo, s1hi), s2 = lanes_of(s2lo, s2hi);
+  for (; k < n; ++k) {
+    const float vhat = (v[k] - mean) * rstd, dyg = dy[k] * gain[k];
+    s1.p[k % 8] += double(dyg);
+    s2.p[k % 8] += double(dyg * vhat);
+    dgain[k] = std::fma(dy[k], vhat, dgain[k]);
+  }
+  layer_norm_row_bwd_finish(v, dy, n, gain, mean, rstd, float(s1.total() / double(n)),
+                            float(s2.total() / double(n)), dv, dbias);
+}
+#endif
+
 template <typename T>
 FUSEDRNN_AVX2_TARGET __attribute__((flatten)) void ln_row_fwd_avx2(const T* v, int n, const T* gain, const T* bias,
                                                                   double eps, T* y, T* mean, T* rstd) {
+#if FUSEDRNN_X86
+  if constexpr (std::is_same<T, float>::value) {
+    ln_row_fwd_avx2_f32(v, n, gain, bias, eps, y, mean, rstd);
+    return;
+  }
+#endif
   layer_norm_row_fwd<T, double>(v, n, gain, bias, eps, y, mean, rstd);
 }
 template <typename T>
@@ -410,6 +489,12 @@ inline void ln_row_fwd(const T* v, int64_t n, const T* gain, const T* bias, doub
 template <typename T>
 FUSEDRNN_AVX2_TARGET __attribute__((flatten)) void ln_row_bwd_avx2(const T* v, const T* dy, int n, const T* gain,
                                                                   T mean, T rstd, T* dv, T* dgain, T* dbias) {
+#if FUSEDRNN_X86
+  if constexpr (std::is_same<T, float>::value) {
+    ln_row_bwd_avx2_f32(v, dy, n, gain, mean, rstd, dv, dgain, dbias);
+    return;
+  }
+#endif
   layer_norm_row_bwd<T, double>(v, dy, n, gain, mean, rstd, dv, dgain, dbias);
 }
 template <typename T>

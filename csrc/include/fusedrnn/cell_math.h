@@ -328,6 +328,15 @@ FUSEDRNN_HD inline void moments(const T* v, int n, int stride, A* mean, A* var) 
   *var = q.total() / A(n);
 }
 
+// y = norm(v) * gain (+ bias if non-null) over a row of n values whose mean m and rstd r are known.
+template <typename T>
+FUSEDRNN_HD inline void layer_norm_row_apply(const T* v, int n, const T* gain, const T* bias, T m, T r, T* y) {
+  if (bias)
+    for (int k = 0; k < n; ++k) y[k] = norm_apply(v[k], m, r, gain[k], bias[k]);
+  else
+    for (int k = 0; k < n; ++k) y[k] = norm_apply(v[k], m, r, gain[k], T(0));
+}
+
 // Row layer norm forward over n contiguous values: y = norm(v) * gain (+ bias if non-null).
 // Writes mean and rstd of the row. y may alias v.
 template <typename T, typename A>
@@ -336,12 +345,22 @@ FUSEDRNN_HD inline void layer_norm_row_fwd(const T* v, int n, const T* gain, con
   A mean, var;
   moments<T, A>(v, n, 1, &mean, &var);
   T m = T(mean), r = norm_rstd<T, A>(var, eps);
-  if (bias)
-    for (int k = 0; k < n; ++k) y[k] = norm_apply(v[k], m, r, gain[k], bias[k]);
-  else
-    for (int k = 0; k < n; ++k) y[k] = norm_apply(v[k], m, r, gain[k], T(0));
+  layer_norm_row_apply(v, n, gain, bias, m, r, y);
   *mean_out = m;
   *rstd_out = r;
+}
+
+// The rest of a row layer norm's backward once m1 = mean(dy * gain) and m2 = mean(dy * gain *
+// vhat) are known: dv (may alias dy), dbias += dy (dbias may be null).
+template <typename T>
+FUSEDRNN_HD inline void layer_norm_row_bwd_finish(const T* v, const T* dy, int n, const T* gain, T mean, T rstd,
+                                                  T m1, T m2, T* dv, T* dbias) {
+  if (dbias)
+    for (int k = 0; k < n; ++k) dbias[k] += dy[k];
+  for (int k = 0; k < n; ++k) {
+    T vhat = (v[k] - mean) * rstd;
+    dv[k] = norm_bwd(dy[k] * gain[k], vhat, rstd, m1, m2);
+  }
 }
 
 // Row layer norm backward over n contiguous values. v: the raw input, dy: gradient of the output.
@@ -361,13 +380,7 @@ FUSEDRNN_HD inline void layer_norm_row_bwd(const T* v, const T* dy, int n, const
   for (; k + 8 <= n; k += 8)
     for (int l = 0; l < 8; ++l) term(k + l, l);
   for (; k < n; ++k) term(k, k % 8);
-  if (dbias)
-    for (int k = 0; k < n; ++k) dbias[k] += dy[k];
-  T m1 = T(s1.total() / A(n)), m2 = T(s2.total() / A(n));
-  for (k = 0; k < n; ++k) {
-    T vhat = (v[k] - mean) * rstd;
-    dv[k] = norm_bwd(dy[k] * gain[k], vhat, rstd, m1, m2);
-  }
+  layer_norm_row_bwd_finish(v, dy, n, gain, mean, rstd, T(s1.total() / A(n)), T(s2.total() / A(n)), dv, dbias);
 }
 
 }  // namespace fusedrnn
