@@ -37,30 +37,35 @@ inline void gemm_out(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, 
     return;
   }
 #if FUSEDRNN_HAS_AVX512_KERNEL
-  const int64_t P = avx512::panels(N);
+  const int64_t P = avx512::panels(N), tiles = avx512::row_tiles(M);
   at::Tensor packed = cached_empty({P * avx512::kNR * K}, out.options());
   float* pk = packed.data_ptr<float>();
+  // a with contiguous rows is read in place; other strides (dG^T) are packed by row tiles
+  const bool a_rows = a.stride(1) == 1;
+  at::Tensor a_packed = a_rows ? at::Tensor() : cached_empty({M * K}, out.options());
+  float* apk = a_rows ? nullptr : a_packed.data_ptr<float>();
   float* c = out.data_ptr<float>();
   const float *ap = a.data_ptr<float>(), *bp = b.data_ptr<float>();
   const at::Tensor bias_c = bias ? bias->contiguous() : at::Tensor();
   const float* biasp = bias ? bias_c.data_ptr<float>() : nullptr;
   const int64_t sa = a.stride(0), sk = a.stride(1), bk = b.stride(0), bn = b.stride(1), ldc = out.stride(0);
-  const bool by_panels = P >= 2 * n;
+  const float* a_in = a_rows ? ap : apk;
+  const int64_t lda = a_rows ? sa : 0;
+  const bool by_panels = P >= 2 * n;  // else by row tiles
   run_team(n, [&](Team& team) {
     team.each_part(P, [&](int64_t, int64_t q0, int64_t q1) { avx512::pack(bp, bk, bn, K, N, q0, q1, pk); });
+    if (!a_rows)
+      team.each_part(tiles, [&](int64_t, int64_t q0, int64_t q1) { avx512::pack_a(ap, sa, sk, M, K, q0, q1, apk); });
     team.barrier();
     if (by_panels) {
       team.each_part(P, [&](int64_t, int64_t q0, int64_t q1) {
         if (q1 > q0)
-          avx512::gemm(ap, sa, sk, M, pk, K, q0 * avx512::kNR, std::min(N, q1 * avx512::kNR), c, ldc, false,
+          avx512::gemm(a_in, lda, M, 0, tiles, pk, K, q0 * avx512::kNR, std::min(N, q1 * avx512::kNR), c, ldc, false,
                        biasp);
       });
     } else {
-      team.each([&](int64_t m) {
-        const auto rows = split(M, team.members(), m, avx512::kMR);
-        if (rows.second > rows.first)
-          avx512::gemm(ap + rows.first * sa, sa, sk, rows.second - rows.first, pk, K, 0, N, c + rows.first * ldc, ldc,
-                       false, biasp);
+      team.each_part(tiles, [&](int64_t, int64_t q0, int64_t q1) {
+        if (q1 > q0) avx512::gemm(a_in, lda, M, q0, q1, pk, K, 0, N, c, ldc, false, biasp);
       });
     }
   });

@@ -79,55 +79,87 @@ inline __mmask16 lanes(int64_t width, int offset) {
   return q <= 0 ? __mmask16(0) : q >= 16 ? __mmask16(0xffff) : __mmask16((1u << q) - 1);
 }
 
-// Rows [0, M) of one panel block in ceil(M / 8) tiles of near-equal height (50 rows: 7 x 7 + 8,
-// not 6 x 8 + 2: a short tile streams the panel block for few FMAs).
+// One tile of `rows` (1-8) rows.
 template <int NV>
-FUSEDRNN_AVX512_TARGET inline void panel_rows(const float* a, int64_t sa, int64_t sk, int64_t M, const float* p,
-                                              int64_t K, float* c, int64_t ldc, const __mmask16* m,
-                                              bool accumulate, const float* bias) {
+FUSEDRNN_AVX512_TARGET inline void tile_rows(int64_t rows, const float* a, int64_t sa, int64_t sk, const float* p,
+                                             int64_t K, float* c, int64_t ldc, const __mmask16* m, bool accumulate,
+                                             const float* bias) {
   constexpr int64_t ldp = 16 * NV;
-  const int64_t tiles = (M + kMR - 1) / kMR;
-  for (int64_t q = 0, i = 0; q < tiles; ++q) {
-    const int64_t rows = M * (q + 1) / tiles - i;
-    const float* ai = a + i * sa;
-    float* ci = c + i * ldc;
-    switch (rows) {
-      case 8: tile<8, NV>(ai, sa, sk, p, ldp, K, ci, ldc, m, accumulate, bias); break;
-      case 7: tile<7, NV>(ai, sa, sk, p, ldp, K, ci, ldc, m, accumulate, bias); break;
-      case 6: tile<6, NV>(ai, sa, sk, p, ldp, K, ci, ldc, m, accumulate, bias); break;
-      case 5: tile<5, NV>(ai, sa, sk, p, ldp, K, ci, ldc, m, accumulate, bias); break;
-      case 4: tile<4, NV>(ai, sa, sk, p, ldp, K, ci, ldc, m, accumulate, bias); break;
-      case 3: tile<3, NV>(ai, sa, sk, p, ldp, K, ci, ldc, m, accumulate, bias); break;
-      case 2: tile<2, NV>(ai, sa, sk, p, ldp, K, ci, ldc, m, accumulate, bias); break;
-      case 1: tile<1, NV>(ai, sa, sk, p, ldp, K, ci, ldc, m, accumulate, bias); break;
-      default: break;
-    }
-    i += rows;
+  switch (rows) {
+    case 8: tile<8, NV>(a, sa, sk, p, ldp, K, c, ldc, m, accumulate, bias); break;
+    case 7: tile<7, NV>(a, sa, sk, p, ldp, K, c, ldc, m, accumulate, bias); break;
+    case 6: tile<6, NV>(a, sa, sk, p, ldp, K, c, ldc, m, accumulate, bias); break;
+    case 5: tile<5, NV>(a, sa, sk, p, ldp, K, c, ldc, m, accumulate, bias); break;
+    case 4: tile<4, NV>(a, sa, sk, p, ldp, K, c, ldc, m, accumulate, bias); break;
+    case 3: tile<3, NV>(a, sa, sk, p, ldp, K, c, ldc, m, accumulate, bias); break;
+    case 2: tile<2, NV>(a, sa, sk, p, ldp, K, c, ldc, m, accumulate, bias); break;
+    case 1: tile<1, NV>(a, sa, sk, p, ldp, K, c, ldc, m, accumulate, bias); break;
+    default: break;
   }
 }
 
-// out[M, cols [n0, n1)] (+)= a[M, K] P[:, n0:n1] (+ bias[n0:n1] on every row, when not
-// accumulating), P packed by pack() over N columns, n0 a multiple of 48; a(i, k) = a[i * sa +
-// k * sk]. K is taken in blocks of kKC, each block's panel reused by every row tile.
-FUSEDRNN_AVX512_TARGET inline void gemm(const float* a, int64_t sa, int64_t sk, int64_t M, const float* packed,
-                                        int64_t K, int64_t n0, int64_t n1, float* c, int64_t ldc,
+// Rows [i, i + rows) x the panel of columns [p0, p0 + w) (w <= 48) x the k block [k0, k0 + kb);
+// a points at row i, k0.
+FUSEDRNN_AVX512_TARGET inline void panel_tile(int64_t rows, const float* a, int64_t sa, int64_t sk,
+                                              const float* packed, int64_t K, int64_t k0, int64_t kb, int64_t p0,
+                                              int64_t w, float* c, int64_t ldc, bool accumulate, const float* bias) {
+  const int nv = int((w + 15) / 16);
+  const __mmask16 m[3] = {lanes(w, 0), lanes(w, 16), lanes(w, 32)};
+  const float* p = packed + p0 * K + k0 * 16 * nv;  // panel p0 / 48 starts at p0 * K floats
+  const float* bp = bias ? bias + p0 : nullptr;
+  if (nv == 3) tile_rows<3>(rows, a, sa, sk, p, kb, c + p0, ldc, m, accumulate, bp);
+  else if (nv == 2) tile_rows<2>(rows, a, sa, sk, p, kb, c + p0, ldc, m, accumulate, bp);
+  else tile_rows<1>(rows, a, sa, sk, p, kb, c + p0, ldc, m, accumulate, bp);
+}
+
+// Rows [0, M) go in ceil(M / 8) tiles of near-equal height (50 rows: 7 x 7 + 8, not 6 x 8 + 2:
+// a short tile streams the panel block for few FMAs); tile q starts at row tile_start(M, q).
+inline int64_t tile_start(int64_t M, int64_t q) { return M * q / ((M + kMR - 1) / kMR); }
+
+
+inline int64_t row_tiles(int64_t M) { return (M + kMR - 1) / kMR; }
+
+// out[rows of tiles [q0, q1), cols [n0, n1)] (+)= a[M, K] P[:, n0:n1] (+ bias[n0:n1] on every
+// row, when not accumulating), P packed by pack() over N columns, n0 a multiple of 48; out and a
+// point at row 0. a is row-major with leading dimension lda, or (lda = 0) packed by pack_a().
+// K is taken in blocks of kKC, each block's panel reused by every row tile.
+FUSEDRNN_AVX512_TARGET inline void gemm(const float* a, int64_t lda, int64_t M, int64_t q0, int64_t q1,
+                                        const float* packed, int64_t K, int64_t n0, int64_t n1, float* c, int64_t ldc,
                                         bool accumulate, const float* bias = nullptr) {
   for (int64_t k0 = 0; k0 < K; k0 += kKC) {
     const int64_t kb = std::min(kKC, K - k0);
     const bool acc = accumulate || k0 > 0;
-    for (int64_t p0 = n0; p0 < n1; p0 += kNR) {
-      const int64_t w = std::min<int64_t>(kNR, n1 - p0);
-      const int nv = int((w + 15) / 16);
-      const __mmask16 m[3] = {lanes(w, 0), lanes(w, 16), lanes(w, 32)};
-      const float* p = packed + p0 * K + k0 * 16 * nv;  // panel p0 / 48 starts at p0 * K floats
-      const float* ak = a + k0 * sk;
-      float* cp = c + p0;
-      const float* bp = bias && !acc ? bias + p0 : nullptr;
-      if (nv == 3) panel_rows<3>(ak, sa, sk, M, p, kb, cp, ldc, m, acc, bp);
-      else if (nv == 2) panel_rows<2>(ak, sa, sk, M, p, kb, cp, ldc, m, acc, bp);
-      else panel_rows<1>(ak, sa, sk, M, p, kb, cp, ldc, m, acc, bp);
-    }
+    for (int64_t p0 = n0; p0 < n1; p0 += kNR)
+      for (int64_t q = q0; q < q1; ++q) {
+        const int64_t i = tile_start(M, q), rows = tile_start(M, q + 1) - i;
+        if (lda > 0)
+          panel_tile(rows, a + i * lda + k0, lda, 1, packed, K, k0, kb, p0, std::min<int64_t>(kNR, n1 - p0),
+                     c + i * ldc, ldc, acc, acc ? nullptr : bias);
+        else
+          panel_tile(rows, a + i * K + k0 * rows, 1, rows, packed, K, k0, kb, p0, std::min<int64_t>(kNR, n1 - p0),
+                     c + i * ldc, ldc, acc, acc ? nullptr : bias);
+      }
   }
+}
+
+// Packs row tiles [q0, q1) of a [M, K], a(i, k) = a[i * sa + k * sk], for gemm(lda = 0): tile
+// q (rows [i, i + rows), i = tile_start(M, q)) as [K, rows] at offset i K. For an a whose rows
+// are not contiguous (the weight gradients' dG^T, sa = 1): read in place, every k of a tile is
+// another cache line and, 2 KiB apart, every other k another page (measured, one thread: 512 x
+// 2800 x 156, dG^T [x | h] of row MNIST, 69 GFLOP/s in place, 95 for a row-major a).
+FUSEDRNN_AVX512_TARGET inline void pack_a(const float* a, int64_t sa, int64_t sk, int64_t M, int64_t K, int64_t q0,
+                                          int64_t q1, float* dst) {
+  constexpr int64_t kB = 64;  // k rows of dG's source per block (128 KiB at GH = 512): L2 over the tiles
+  for (int64_t kk = 0; kk < K; kk += kB)
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t i = tile_start(M, q), rows = tile_start(M, q + 1) - i;
+      const __mmask16 mr = lanes(rows, 0);
+      for (int64_t k = kk; k < std::min(K, kk + kB); ++k) {
+        float* d = dst + i * K + k * rows;
+        if (sa == 1) _mm512_mask_storeu_ps(d, mr, _mm512_maskz_loadu_ps(mr, a + i + k * sk));
+        else for (int64_t r = 0; r < rows; ++r) d[r] = a[(i + r) * sa + k * sk];
+      }
+    }
 }
 
 // Packs panels [q0, q1) of B [K, N], B(k, j) = b[k * sk + j * sn], into `packed`: panel q holds
@@ -179,7 +211,7 @@ class PackedPanels {
   // out[M, N] (+)= a[M, K] B; a row-major with leading dimension lda, out with ldc.
   void run(const float* a, int64_t lda, int64_t M, float* out, int64_t ldc, bool accumulate) const {
 #if FUSEDRNN_HAS_AVX512_KERNEL
-    avx512::gemm(a, lda, 1, M, buf_.data_ptr<float>(), K_, 0, N_, out, ldc, accumulate);
+    avx512::gemm(a, lda, M, 0, avx512::row_tiles(M), buf_.data_ptr<float>(), K_, 0, N_, out, ldc, accumulate);
 #else
     (void)a; (void)lda; (void)M; (void)out; (void)ldc; (void)accumulate;
 #endif
