@@ -64,7 +64,9 @@ def cpu_gemm_info() -> dict:
     FUSEDRNN_PACKED_GEMM (csrc/cpu/recurrent_gemm.h).
 
     Returns {"recurrent": the per-step recurrent product ("avx512": fusedrnn's packed kernel,
-    "mkl_packed", "blas" or "loop"), "large": the GEMMs around the time loop ("avx512" or "aten")}.
+    "mkl_packed", "blas" or "loop"), "large": the GEMMs around the time loop ("avx512": the same
+    kernel where a product has at least 16 output columns and 64k multiply-adds, ATen's mm for
+    the others; "aten": ATen's mm)}.
     """
     _require_extension("cpu_gemm_info")
     recurrent, large = torch.ops.fusedrnn.cpu_gemm_info()

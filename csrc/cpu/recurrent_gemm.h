@@ -65,7 +65,8 @@ inline bool packed_gemm_available() {
 
 // What the float32 products run under the current FUSEDRNN_PACKED_GEMM: the per-step recurrent
 // product ("avx512" = packed_gemm.h, "mkl_packed", "blas", "loop") and the large GEMMs around the
-// loop (gemm.h: "avx512" or "aten").
+// loop (gemm.h: "avx512" where a product has at least 16 output columns and 64k multiply-adds,
+// else ATen's mm; or "aten").
 inline std::vector<std::string> kernel_names() {
   const char* mode = gemm_mode();
   const bool own = own_kernel_available();
@@ -120,6 +121,9 @@ class RecurrentGemm {
                        int(K_), 1.0f, reinterpret_cast<const float*>(w_), int(ldw_), buf_.data_ptr<float>());
     }
   }
+
+  // Whether pack() has anything to do (a packed GEMM: float32 with fusedrnn's kernel or MKL's).
+  bool packs() const { return own_ || packed_; }
 
   // This slice's output columns [lo, hi).
   int64_t lo() const { return lo_; }

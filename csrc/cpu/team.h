@@ -169,6 +169,7 @@ void run_team(int64_t members, Body&& body) {
 // under the row split, in the member's own cache).
 template <typename T>
 void pack_members(std::vector<RecurrentGemm<T>>& g) {
+  if (std::none_of(g.begin(), g.end(), [](const RecurrentGemm<T>& r) { return r.packs(); })) return;
   run_team(int64_t(g.size()), [&](Team& team) { team.each([&](int64_t m) { g[m].pack(); }); });
 }
 
