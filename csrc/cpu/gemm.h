@@ -4,9 +4,10 @@
 // float32 on AVX-512 CPUs: fusedrnn's packed kernel (packed_gemm.h) on a thread team of
 // single-threaded members, which pack their share of B's panels, meet at one barrier, then
 // each computes its own panels (or, when B has too few panels to share, its own rows of the
-// output). Measured on this 2-core EPYC (torch.mm, M x K x N): MKL's sgemm scales from one
-// thread to two by 1.6x (82 -> 134 GFLOP/s on 700 x 650 x 2600; 77 -> 131 on 3200 x 256 x
-// 1024), the packed kernel on two members reaches about twice its one-thread rate. Elsewhere
+// output). Measured on this 2-core EPYC, 700 x 650 x 2600 and 3200 x 256 x 1024, three runs
+// (benchmarks/results/cpu-20261203-avx512/gemm_kernels.sh): MKL's sgemm (torch.mm) 71-89 GFLOP/s
+// on one thread, 121-135 on two; oneDNN's 158-191 on two; the packed kernel 90-97 on one thread,
+// and its members do not share anything but the packed operands. Elsewhere
 // (float64, no AVX-512, FUSEDRNN_PACKED_GEMM other than 1, fewer than 16 output columns, small
 // products) ATen's mm.
 #pragma once

@@ -4,13 +4,13 @@
 // step streams each panel once per 8 rows of a.
 //
 // Why: the recurrent product of a step is a skinny GEMM (M = the batch, 16-100 rows) against a
-// fixed weight. MKL's packed sgemm (cblas_sgemm_compute) reaches 57-68 GFLOP/s per thread on such
+// fixed weight. MKL's packed sgemm (cblas_sgemm_compute) reaches 57-86 GFLOP/s per thread on such
 // shapes on this machine's AMD EPYC (Zen 4), where MKL runs its AVX2 kernels; this kernel's 8 x 48
-// register tile (24 zmm accumulators, 3 panel loads and 8 broadcasts per 24 FMAs) reaches 91-102
-// (standalone, one thread: M x K x N = 20 x 650 x 1300 (PTB-like LSTM step, one member's columns)
-// 57 -> 97, 32 x 512 x 1024 64 -> 99, 100 x 128 x 512 68 -> 96). Same products, other summation
-// order (plain k order, one FMA chain per output element), so results differ from MKL's in the
-// last bits.
+// register tile (24 zmm accumulators, 3 panel loads and 8 broadcasts per 24 FMAs) reaches 91-115
+// (one thread, M x K x N = 20 x 650 x 1300, 32 x 512 x 1024, 100 x 128 x 512, 32 x 256 x 512: the
+// steps of the PTB, char-LM, row-MNIST and generic shapes; three runs on the shared machine,
+// benchmarks/results/cpu-20261203-avx512/gemm_kernels.sh). Same products, other summation order
+// (plain k order, one FMA chain per output element), so results differ from MKL's in the last bits.
 //
 // Compiled with a function-level target attribute (no -march for the build) and used only when
 // the CPU reports AVX-512F (with the OS's zmm state, which __builtin_cpu_supports checks);

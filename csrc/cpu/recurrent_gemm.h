@@ -7,7 +7,7 @@
 // oneDNN's RNN primitive does, instead of re-packing W_hh inside each step's GEMM. The symbols
 // are weak references resolved at load time, so a torch without MKL loads this library and
 // falls back to Fortran BLAS or a plain loop (float64 uses dgemm_: MKL exports no packed dgemm).
-// On CPUs with AVX-512 float32 uses fusedrnn's own packed kernel instead (packed_gemm.h: 1.4-1.7x
+// On CPUs with AVX-512 float32 uses fusedrnn's own packed kernel instead (packed_gemm.h: 1.3-1.7x
 // MKL's packed GEMM on these skinny products here). FUSEDRNN_PACKED_GEMM in the environment
 // forces the others (for comparisons and tests): mkl = MKL's packed GEMM, 0 = BLAS ?gemm_ per
 // step, loop = the plain loop.
