@@ -1,7 +1,7 @@
-// fusedrnn's own packed float32 GEMM for the per-step recurrent products on AVX-512 CPUs:
-// out[M, N] (+)= a[M, K] B, B [K, N] given as a slice of W (forward: B = W[lo:hi, :]^T; backward:
-// B = W[:, lo:hi]), packed once per layer call into panels of 48 columns, k-major, so that a
-// step streams each panel once per 8 rows of a.
+// fusedrnn's own packed float32 GEMM on AVX-512 CPUs: out[M, N] (+)= a[M, K] B, B [K, N] packed
+// into panels of 48 columns, k-major, so that a product streams each panel once per 8 rows of a.
+// The per-step recurrent products pack their slice of W once per layer call (PackedPanels,
+// through recurrent_gemm.h); the large GEMMs around the time loop pack per call (gemm.h).
 //
 // Why: the recurrent product of a step is a skinny GEMM (M = the batch, 16-100 rows) against a
 // fixed weight. MKL's packed sgemm (cblas_sgemm_compute) reaches 57-86 GFLOP/s per thread on such
@@ -112,12 +112,11 @@ FUSEDRNN_AVX512_TARGET inline void panel_tile(int64_t rows, const float* a, int6
   else tile_rows<1>(rows, a, sa, sk, p, kb, c + p0, ldc, m, accumulate, bp);
 }
 
-// Rows [0, M) go in ceil(M / 8) tiles of near-equal height (50 rows: 7 x 7 + 8, not 6 x 8 + 2:
-// a short tile streams the panel block for few FMAs); tile q starts at row tile_start(M, q).
-inline int64_t tile_start(int64_t M, int64_t q) { return M * q / ((M + kMR - 1) / kMR); }
-
-
+// Rows [0, M) go in row_tiles(M) = ceil(M / 8) tiles of near-equal height (50 rows: 7 x 7 + 8,
+// not 6 x 8 + 2: a short tile streams the panel block for few FMAs); tile q starts at row
+// tile_start(M, q).
 inline int64_t row_tiles(int64_t M) { return (M + kMR - 1) / kMR; }
+inline int64_t tile_start(int64_t M, int64_t q) { return M * q / row_tiles(M); }
 
 // out[rows of tiles [q0, q1), cols [n0, n1)] (+)= a[M, K] P[:, n0:n1] (+ bias[n0:n1] on every
 // row, when not accumulating), P packed by pack() over N columns, n0 a multiple of 48; out and a
@@ -132,12 +131,9 @@ FUSEDRNN_AVX512_TARGET inline void gemm(const float* a, int64_t lda, int64_t M, 
     for (int64_t p0 = n0; p0 < n1; p0 += kNR)
       for (int64_t q = q0; q < q1; ++q) {
         const int64_t i = tile_start(M, q), rows = tile_start(M, q + 1) - i;
-        if (lda > 0)
-          panel_tile(rows, a + i * lda + k0, lda, 1, packed, K, k0, kb, p0, std::min<int64_t>(kNR, n1 - p0),
-                     c + i * ldc, ldc, acc, acc ? nullptr : bias);
-        else
-          panel_tile(rows, a + i * K + k0 * rows, 1, rows, packed, K, k0, kb, p0, std::min<int64_t>(kNR, n1 - p0),
-                     c + i * ldc, ldc, acc, acc ? nullptr : bias);
+        const float* ai = lda > 0 ? a + i * lda + k0 : a + i * K + k0 * rows;
+        panel_tile(rows, ai, lda > 0 ? lda : 1, lda > 0 ? 1 : rows, packed, K, k0, kb, p0,
+                   std::min<int64_t>(kNR, n1 - p0), c + i * ldc, ldc, acc, acc ? nullptr : bias);
       }
   }
 }
@@ -186,14 +182,13 @@ inline int64_t panels(int64_t N) { return (N + kNR - 1) / kNR; }
 #endif
 
 // A float32 weight slice packed for fusedrnn's AVX-512 kernel: B [K, N] with
-// B[k, j] = w[(lo + j) * ldw + k] (transposed: B = W[lo:lo+N, :]^T) or w[k * ldw + lo + j].
+// B[k, j] = w[j * ldw + k] (transposed: B = W[0:N, :]^T) or w[k * ldw + j], w at the slice.
 // The constructor allocates; pack() fills (no ATen call: team threads may run it).
 class PackedPanels {
  public:
   PackedPanels() = default;
-  PackedPanels(const float* w, int64_t ldw, bool transposed, int64_t lo, int64_t N, int64_t K,
-               const at::TensorOptions& opts)
-      : w_(transposed ? w + lo * ldw : w + lo), ldw_(ldw), N_(N), K_(K), transposed_(transposed) {
+  PackedPanels(const float* w, int64_t ldw, bool transposed, int64_t N, int64_t K, const at::TensorOptions& opts)
+      : w_(w), ldw_(ldw), N_(N), K_(K), transposed_(transposed) {
 #if FUSEDRNN_HAS_AVX512_KERNEL
     buf_ = at::empty({avx512::panels(N) * avx512::kNR * K}, opts.dtype(at::kFloat));
 #else

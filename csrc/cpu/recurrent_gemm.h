@@ -63,22 +63,24 @@ inline bool packed_gemm_available() {
          cblas_sgemm_pack != nullptr && cblas_sgemm_compute != nullptr;
 }
 
+inline bool blas_available(bool single) {
+  if (std::strcmp(gemm_mode(), "loop") == 0) return false;
+  return single ? sgemm_ != nullptr : dgemm_ != nullptr;
+}
+
 // What the float32 products run under the current FUSEDRNN_PACKED_GEMM: the per-step recurrent
 // product ("avx512" = packed_gemm.h, "mkl_packed", "blas", "loop") and the large GEMMs around the
 // loop (gemm.h: "avx512" where a product has at least 16 output columns and 64k multiply-adds,
 // else ATen's mm; or "aten").
 inline std::vector<std::string> kernel_names() {
-  const char* mode = gemm_mode();
   const bool own = own_kernel_available();
-  const char* recurrent = own ? "avx512" : packed_gemm_available() ? "mkl_packed"
-                          : std::strcmp(mode, "loop") != 0 && sgemm_ != nullptr ? "blas" : "loop";
+  const char* recurrent = own                     ? "avx512"
+                          : packed_gemm_available() ? "mkl_packed"
+                          : blas_available(true)    ? "blas"
+                                                    : "loop";
   return {recurrent, own ? "avx512" : "aten"};
 }
 
-inline bool blas_available(bool single) {
-  if (std::strcmp(gemm_mode(), "loop") == 0) return false;
-  return single ? sgemm_ != nullptr : dgemm_ != nullptr;
-}
 }  // namespace mkl
 
 // Recurrent product with a fixed weight W [GH, H] and a fixed row count M (the batch), for the
@@ -104,7 +106,7 @@ class RecurrentGemm {
     packed_ = !own_ && std::is_same<T, float>::value && mkl::packed_gemm_available() && work;
     blas_ = mkl::blas_available(std::is_same<T, float>::value);
     if (own_) {
-      panels_ = PackedPanels(reinterpret_cast<const float*>(w_), ldw_, transposed, 0, N_, K_, w.options());
+      panels_ = PackedPanels(reinterpret_cast<const float*>(w_), ldw_, transposed, N_, K_, w.options());
     } else if (packed_) {
       size_t bytes = cblas_sgemm_pack_get_size(mkl::kBMatrix, int(M_), int(N_), int(K_));
       buf_ = at::empty({int64_t((bytes + sizeof(float) - 1) / sizeof(float))}, w.options().dtype(at::kFloat));
