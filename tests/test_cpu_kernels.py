@@ -16,7 +16,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 import fusedrnn
 from fusedrnn import _ops, reference
 from fusedrnn.modules import init_parameters
-from fusedrnn.spec import CellSpec
+from fusedrnn.spec import LSTM_VARIANTS, NORMS, CellSpec
 
 from conftest import ALL_SPECS, check_close, spec_id
 
@@ -136,9 +136,24 @@ def test_recurrent_gemm_fallbacks(monkeypatch, spec, dtype, mode):
     compare(spec, x, state, p, lengths=torch.tensor([4, 2, 3, 1, 4]), training=True)
 
 
-def _cpu_has_avx512() -> bool:
+def _cpu_flags() -> set:
     with open("/proc/cpuinfo") as f:
-        return any(line.startswith("flags") and " avx512f" in line for line in f)
+        return next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
+
+
+def _cpu_simd_levels() -> list:
+    """The FUSEDRNN_CPU_SIMD levels this CPU runs (csrc/cpu/simd.h)."""
+    flags = _cpu_flags()
+    levels = ["base"]
+    if {"avx2", "fma"} <= flags:
+        levels.append("avx2")
+        if {"avx512f", "avx512vl", "avx512bw", "avx512dq"} <= flags:
+            levels.append("avx512")
+    return levels
+
+
+def _cpu_has_avx512() -> bool:
+    return "avx512" in _cpu_simd_levels()
 
 
 @pytest.mark.parametrize("split", ["rows", "columns"])
@@ -159,7 +174,7 @@ def test_packed_kernels_at_kernel_sized_shapes(monkeypatch, spec, mode, members,
     monkeypatch.setenv("FUSEDRNN_CPU_SPLIT", split)
     info = fusedrnn.cpu_gemm_info()
     if mode == "1" and _cpu_has_avx512():
-        assert info == {"recurrent": "avx512", "large": "avx512"}
+        assert info == {"recurrent": "avx512", "large": "avx512", "units": "avx512"}
     else:
         assert info["recurrent"] != "avx512" and info["large"] == "aten"
     x, state, p = make_layer(spec, 9, 61, 40, 122, torch.float32, seed=7)
@@ -175,6 +190,62 @@ def test_packed_gemm_env_rejects_bad_value(monkeypatch):
     x, state, p = make_layer(spec, 2, 2, 3, 4, torch.float32)
     with pytest.raises(RuntimeError, match="FUSEDRNN_PACKED_GEMM must be"):
         _ops.run_layer(spec, x, state, p)
+
+
+# The row loops (unit passes, layer/batch norms) at each instruction-set level; the rest of the
+# file runs the CPU's widest. The variants run the runtime-flag build, vanilla the fixed one.
+SIMD_SPECS = [*(CellSpec("lstm", v) for v in LSTM_VARIANTS), *(CellSpec("lstm", norm=n) for n in NORMS[1:]),
+              CellSpec("lstm", "fgr", "batch"), CellSpec("gru"), CellSpec("gru", norm="layer"), CellSpec("rnn_tanh"),
+              CellSpec("rnn_relu")]
+
+
+@pytest.mark.parametrize("level", ["base", "avx2"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("spec", SIMD_SPECS, ids=spec_id)
+def test_simd_levels_match_reference(monkeypatch, spec, dtype, level):
+    if level not in _cpu_simd_levels():
+        pytest.skip(f"this CPU does not run {level}")
+    monkeypatch.setenv("FUSEDRNN_CPU_SIMD", level)
+    monkeypatch.setenv("FUSEDRNN_CPU_TEAM", "2")
+    assert fusedrnn.cpu_gemm_info()["units"] == level
+    x, state, p = make_layer(spec, 5, 8, 3, 20, dtype, seed=8)
+    compare(spec, x, state, p, lengths=torch.tensor([5, 3, 4, 1, 4, 4, 3, 2]), training=True, t0=1)
+
+
+@pytest.mark.skipif(not _cpu_has_avx512(), reason="needs a CPU with AVX-512")
+@pytest.mark.parametrize("spec", CPU_SPECS, ids=spec_id)
+def test_simd_avx2_and_avx512_give_the_same_values(monkeypatch, spec):
+    """csrc/cpu/simd.h: the AVX2 and AVX-512 builds of the row loops run the same operations in
+    the same order on every lane, so (with the same products: MKL's for both) equal bits."""
+    monkeypatch.setenv("FUSEDRNN_PACKED_GEMM", "mkl")
+    x, state, p = make_layer(spec, 5, 8, 3, 37, torch.float32, seed=9)
+    lengths = torch.tensor([5, 3, 4, 1, 4, 4, 3, 2])
+    results = []
+    for level in ("avx2", "avx512"):
+        monkeypatch.setenv("FUSEDRNN_CPU_SIMD", level)
+        y, final, grads, running = run_and_grad(_ops.run_layer, spec, x, state, p, lengths, True, 0)
+        results.append([y, *final, *grads.values(), *running.values()])
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
+def test_simd_env_rejects_bad_value(monkeypatch):
+    monkeypatch.setenv("FUSEDRNN_CPU_SIMD", "sse")
+    with pytest.raises(RuntimeError, match="FUSEDRNN_CPU_SIMD must be avx512, avx2 or base, got 'sse'"):
+        fusedrnn.cpu_gemm_info()
+    spec = CellSpec("lstm")
+    x, state, p = make_layer(spec, 2, 2, 3, 4, torch.float32)
+    with pytest.raises(RuntimeError, match="FUSEDRNN_CPU_SIMD must be"):
+        _ops.run_layer(spec, x, state, p)
+
+
+def test_simd_level_is_capped_by_the_cpu(monkeypatch):
+    widest = _cpu_simd_levels()[-1]
+    assert fusedrnn.cpu_gemm_info()["units"] == widest
+    monkeypatch.setenv("FUSEDRNN_CPU_SIMD", "avx512")
+    assert fusedrnn.cpu_gemm_info()["units"] == widest
+    monkeypatch.setenv("FUSEDRNN_CPU_SIMD", "base")
+    info = fusedrnn.cpu_gemm_info()
+    assert info["units"] == "base" and info["recurrent"] != "avx512" and info["large"] == "aten"
 
 
 def test_team_split_env_rejects_bad_value(monkeypatch):
@@ -284,7 +355,7 @@ FORK_SCRIPT = """
 import os, sys, threading
 import torch
 from fusedrnn import _ops
-from fusedrnn.spec import CellSpec
+from fusedrnn.spec import LSTM_VARIANTS, NORMS, CellSpec
 from test_cpu_kernels import CACHE_SHAPE, make_layer
 from test_reliability import wait_child
 

@@ -52,7 +52,23 @@ inline void gemm_out(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, 
   const int64_t sa = a.stride(0), sk = a.stride(1), bk = b.stride(0), bn = b.stride(1), ldc = out.stride(0);
   const float* a_in = a_rows ? ap : apk;
   const int64_t lda = a_rows ? sa : 0;
-  const bool by_panels = P >= 2 * n;  // else by row tiles
+  // members take panels or row tiles, whichever split evens their work out better (a 12-column
+  // tail panel costs a 16-column one): row MNIST's weight gradients, N = 156 in panels of 3, 3, 3
+  // and 1 zmm, split 6 | 4 by panels, 32 | 32 tiles by rows
+  auto balance = [&](int64_t parts, auto weight) {
+    int64_t total = 0, most = 0;
+    for (int64_t m = 0; m < n; ++m) {
+      const auto [lo, hi] = split(parts, n, m);
+      int64_t w = 0;
+      for (int64_t q = lo; q < hi; ++q) w += weight(q);
+      total += w;
+      most = std::max(most, w);
+    }
+    return double(total) / double(n * std::max<int64_t>(most, 1));
+  };
+  const bool by_panels =
+      balance(P, [&](int64_t q) { return (std::min<int64_t>(avx512::kNR, N - q * avx512::kNR) + 15) / 16; }) >=
+      balance(tiles, [&](int64_t q) { return avx512::tile_start(M, q + 1) - avx512::tile_start(M, q); });
   run_team(n, [&](Team& team) {
     team.each_part(P, [&](int64_t, int64_t q0, int64_t q1) { avx512::pack(bp, bk, bn, K, N, q0, q1, pk); });
     if (!a_rows)

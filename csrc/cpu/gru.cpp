@@ -35,6 +35,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& x, const c10::optional<at::Tensor>& lengths, const at::Tensor& h0, const at::Tensor& w_ih,
     const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
     const c10::optional<at::Tensor>& g_ih, const c10::optional<at::Tensor>& g_hh, int64_t norm, double eps) {
+  refresh_simd_level();
   check_gru(kFwd, x, lengths, h0, w_ih, w_hh, b_ih, b_hh, g_ih, g_hh, norm);
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(1), GH = 3 * H;
   const bool ln = norm == kNormLayer;
@@ -115,6 +116,7 @@ gru_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& grad_h_n, const at::Tens
             const c10::optional<at::Tensor>& g_ih, const c10::optional<at::Tensor>& g_hh, const at::Tensor& y,
             const at::Tensor& acts, const at::Tensor& hn, const at::Tensor& xw, const at::Tensor& hw,
             const at::Tensor& stats, int64_t norm, double eps) {
+  refresh_simd_level();
   check_gru(kBwd, x, lengths, h0, w_ih, w_hh, b_ih, b_hh, g_ih, g_hh, norm);
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(1), GH = 3 * H;
   const bool ln = norm == kNormLayer;

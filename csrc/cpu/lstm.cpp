@@ -400,6 +400,7 @@ lstm_fwd_cpu(const at::Tensor& x, const c10::optional<at::Tensor>& lengths, cons
              const c10::optional<at::Tensor>& rm_cell, const c10::optional<at::Tensor>& rv_cell,
              int64_t variant, int64_t norm, bool training, int64_t t0, double eps,
              const c10::optional<at::Tensor>& w_hr) {
+  refresh_simd_level();
   LstmArgs args{x, lengths, h0, c0, a0, w_ih, w_hh, b_ih, b_hh, w_peep, w_fgr, g_ih, g_hh, g_cell, b_cell,
                 g_gates, b_gates, w_hr};
   TORCH_CHECK(variant >= 0 && variant <= kFGR, kFwd, ": variant must be in [0, 8], got ", variant);
@@ -786,6 +787,7 @@ T17 lstm_bwd_cpu(
     const at::Tensor& acts, const at::Tensor& cs, const at::Tensor& xw, const at::Tensor& hw,
     const at::Tensor& stats, int64_t variant, int64_t norm, bool training, double eps,
     const c10::optional<at::Tensor>& w_hr) {
+  refresh_simd_level();
   LstmArgs args{x, lengths, h0, c0, a0, w_ih, w_hh, b_ih, b_hh, w_peep, w_fgr, g_ih, g_hh, g_cell, b_cell,
                 g_gates, b_gates, w_hr};
   TORCH_CHECK(variant >= 0 && variant <= kFGR, kBwd, ": variant must be in [0, 8], got ", variant);

@@ -12,9 +12,9 @@
 // benchmarks/results/cpu-20261203-avx512/gemm_kernels.sh). Same products, other summation order
 // (plain k order, one FMA chain per output element), so results differ from MKL's in the last bits.
 //
-// Compiled with a function-level target attribute (no -march for the build) and used only when
-// the CPU reports AVX-512F (with the OS's zmm state, which __builtin_cpu_supports checks);
-// elsewhere RecurrentGemm keeps MKL's packed GEMM. FUSEDRNN_PACKED_GEMM=mkl forces MKL's (tests).
+// Compiled with a function-level target attribute (no -march for the build) and used only at
+// the AVX-512 level of simd.h; elsewhere RecurrentGemm keeps MKL's packed GEMM.
+// FUSEDRNN_PACKED_GEMM=mkl forces MKL's (tests).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -22,25 +22,12 @@
 #include <algorithm>
 #include <cstdint>
 
-#if defined(__GNUC__) && defined(__x86_64__)
-#include <immintrin.h>
-#define FUSEDRNN_HAS_AVX512_KERNEL 1
-#define FUSEDRNN_AVX512_TARGET __attribute__((target("avx512f")))
-#else
-#define FUSEDRNN_HAS_AVX512_KERNEL 0
-#endif
+#include "simd.h"
+
+#define FUSEDRNN_HAS_AVX512_KERNEL FUSEDRNN_X86
 
 namespace fusedrnn {
 namespace cpu {
-
-inline bool cpu_has_avx512() {
-#if FUSEDRNN_HAS_AVX512_KERNEL
-  static const bool v = __builtin_cpu_supports("avx512f");
-  return v;
-#else
-  return false;
-#endif
-}
 
 #if FUSEDRNN_HAS_AVX512_KERNEL
 namespace avx512 {

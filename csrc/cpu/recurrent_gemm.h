@@ -55,7 +55,7 @@ inline const char* gemm_mode() {
   return mode;
 }
 
-inline bool own_kernel_available() { return std::strcmp(gemm_mode(), "1") == 0 && cpu_has_avx512(); }
+inline bool own_kernel_available() { return std::strcmp(gemm_mode(), "1") == 0 && simd_level() == kSimdAvx512; }
 
 inline bool packed_gemm_available() {
   const char* mode = gemm_mode();
@@ -68,17 +68,18 @@ inline bool blas_available(bool single) {
   return single ? sgemm_ != nullptr : dgemm_ != nullptr;
 }
 
-// What the float32 products run under the current FUSEDRNN_PACKED_GEMM: the per-step recurrent
-// product ("avx512" = packed_gemm.h, "mkl_packed", "blas", "loop") and the large GEMMs around the
-// loop (gemm.h: "avx512" where a product has at least 16 output columns and 64k multiply-adds,
-// else ATen's mm; or "aten").
+// What the float32 products run under the current FUSEDRNN_PACKED_GEMM and FUSEDRNN_CPU_SIMD:
+// the per-step recurrent product ("avx512" = packed_gemm.h, "mkl_packed", "blas", "loop"), the
+// large GEMMs around the loop (gemm.h: "avx512" where a product has at least 16 output columns
+// and 64k multiply-adds, else ATen's mm; or "aten") and the level of the row loops (simd.h).
 inline std::vector<std::string> kernel_names() {
+  refresh_simd_level();
   const bool own = own_kernel_available();
   const char* recurrent = own                     ? "avx512"
                           : packed_gemm_available() ? "mkl_packed"
                           : blas_available(true)    ? "blas"
                                                     : "loop";
-  return {recurrent, own ? "avx512" : "aten"};
+  return {recurrent, own ? "avx512" : "aten", simd_name(simd_level())};
 }
 
 }  // namespace mkl

@@ -24,6 +24,7 @@ std::tuple<at::Tensor, at::Tensor> rnn_fwd_cpu(const at::Tensor& x, const c10::o
                                                const at::Tensor& h0, const at::Tensor& w_ih, const at::Tensor& w_hh,
                                                const c10::optional<at::Tensor>& b_ih,
                                                const c10::optional<at::Tensor>& b_hh, int64_t kind) {
+  refresh_simd_level();
   check_rnn(kFwd, x, lengths, h0, w_ih, w_hh, kind);
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(1);
   auto dt = x.scalar_type();
@@ -84,6 +85,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& grad_y, const at::Tensor& grad_h_n, const at::Tensor& x, const c10::optional<at::Tensor>& lengths,
     const at::Tensor& h0, const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& y, int64_t kind,
     bool has_bias) {
+  refresh_simd_level();
   check_rnn(kBwd, x, lengths, h0, w_ih, w_hh, kind);
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(1);
   auto dt = x.scalar_type();

@@ -1,8 +1,9 @@
 // Per-row unit loops of the LSTM kernels (the cell_math.h functions over the H units of one
-// batch row), compiled twice: for baseline x86-64 and, through a function-level target
-// attribute, for AVX2+FMA, chosen at run time (no -march for the whole build). With the
-// vanilla variant fixed at compile time every flag branch folds away and the loops vectorize
-// (the float activations are branch-free polynomials); other variants pass runtime flags.
+// batch row), compiled three times: for baseline x86-64 and, through function-level target
+// attributes, for AVX2+FMA and AVX-512, chosen at run time by simd.h's level (no -march for the
+// whole build). With the vanilla variant fixed at compile time every flag branch folds away and
+// the loops vectorize (the float activations are branch-free polynomials); other variants pass
+// runtime flags.
 #pragma once
 
 #include <algorithm>
@@ -11,30 +12,14 @@
 #include <type_traits>
 
 #include "common.h"
+#include "simd.h"
 
 #include "fusedrnn/cell_math.h"
 
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-#include <immintrin.h>
-#define FUSEDRNN_X86 1
-#define FUSEDRNN_AVX2_TARGET __attribute__((target("avx2,fma")))
-#else
-#define FUSEDRNN_X86 0
-#define FUSEDRNN_AVX2_TARGET
-#endif
 #define FUSEDRNN_ALWAYS_INLINE inline __attribute__((always_inline))
 
 namespace fusedrnn {
 namespace cpu {
-
-inline bool cpu_has_avx2() {
-#if FUSEDRNN_X86
-  static const bool v = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return v;
-#else
-  return false;
-#endif
-}
 
 // Pass A of one row: gates and c_t from the final pre-activations pre [GH] and c_{t-1}.
 // Writes acts [GH], c_new [H] and, for FGR, a [3H] = (i, f, o).
@@ -121,8 +106,12 @@ FUSEDRNN_ALWAYS_INLINE void units_bwd(const LstmFlags& flr, int64_t H, const T* 
   }
 }
 
-// Dispatch: vanilla variant fixed at compile time or runtime flags, x baseline or AVX2+FMA.
+// Dispatch: vanilla variant fixed at compile time or runtime flags, x the simd.h level.
 #define FUSEDRNN_UNITS_DISPATCH(NAME)                                                          \
+  template <typename T, int FIXED, typename... Args>                                           \
+  FUSEDRNN_AVX512_TARGET void NAME##_avx512(const LstmFlags& fl, Args... args) {               \
+    NAME<T, FIXED>(fl, args...);                                                               \
+  }                                                                                            \
   template <typename T, int FIXED, typename... Args>                                           \
   FUSEDRNN_AVX2_TARGET void NAME##_avx2(const LstmFlags& fl, Args... args) {                   \
     NAME<T, FIXED>(fl, args...);                                                               \
@@ -131,15 +120,18 @@ FUSEDRNN_ALWAYS_INLINE void units_bwd(const LstmFlags& flr, int64_t H, const T* 
   void NAME##_base(const LstmFlags& fl, Args... args) {                                        \
     NAME<T, FIXED>(fl, args...);                                                               \
   }                                                                                            \
+  template <typename T, int FIXED, typename... Args>                                           \
+  void NAME##_at(const LstmFlags& fl, Args... args) {                                          \
+    switch (simd_level()) {                                                                    \
+      case kSimdAvx512: return NAME##_avx512<T, FIXED>(fl, args...);                           \
+      case kSimdAvx2: return NAME##_avx2<T, FIXED>(fl, args...);                               \
+      default: return NAME##_base<T, FIXED>(fl, args...);                                      \
+    }                                                                                          \
+  }                                                                                            \
   template <typename T, typename... Args>                                                      \
   void NAME##_run(bool vanilla, const LstmFlags& fl, Args... args) {                           \
-    if (cpu_has_avx2()) {                                                                      \
-      if (vanilla) NAME##_avx2<T, kVanilla>(fl, args...);                                      \
-      else NAME##_avx2<T, -1>(fl, args...);                                                    \
-    } else {                                                                                   \
-      if (vanilla) NAME##_base<T, kVanilla>(fl, args...);                                      \
-      else NAME##_base<T, -1>(fl, args...);                                                    \
-    }                                                                                          \
+    if (vanilla) NAME##_at<T, kVanilla>(fl, args...);                                          \
+    else NAME##_at<T, -1>(fl, args...);                                                        \
   }
 
 FUSEDRNN_UNITS_DISPATCH(units_fwd)
@@ -149,7 +141,7 @@ FUSEDRNN_UNITS_DISPATCH(units_bwd)
 
 #undef FUSEDRNN_UNITS_DISPATCH
 
-// GRU and Elman RNN unit loops of one row, with the same baseline / AVX2+FMA dispatch.
+// GRU and Elman RNN unit loops of one row, with the same dispatch on the simd.h level.
 // GRU forward: xs, hs [3H] (normalized projections plus biases), h [H] updated in place;
 // writes acts [3H] = (r, z, n), hn [H] = h* of gate n, y [H].
 template <typename T>
@@ -370,13 +362,18 @@ FUSEDRNN_ALWAYS_INLINE void bn_apply_bwd(const T* v, const T* dy, T* dv, int64_t
 
 #define FUSEDRNN_ROW_DISPATCH(NAME, TPARAMS, TARGS)                                          \
   template <TPARAMS, typename... Args>                                                      \
+  FUSEDRNN_AVX512_TARGET void NAME##_avx512(Args... args) { NAME<TARGS>(args...); }         \
+  template <TPARAMS, typename... Args>                                                      \
   FUSEDRNN_AVX2_TARGET void NAME##_avx2(Args... args) { NAME<TARGS>(args...); }             \
   template <TPARAMS, typename... Args>                                                      \
   void NAME##_base(Args... args) { NAME<TARGS>(args...); }                                  \
   template <TPARAMS, typename... Args>                                                      \
   void NAME##_run(Args... args) {                                                           \
-    if (cpu_has_avx2()) NAME##_avx2<TARGS>(args...);                                        \
-    else NAME##_base<TARGS>(args...);                                                       \
+    switch (simd_level()) {                                                                 \
+      case kSimdAvx512: return NAME##_avx512<TARGS>(args...);                               \
+      case kSimdAvx2: return NAME##_avx2<TARGS>(args...);                                   \
+      default: return NAME##_base<TARGS>(args...);                                          \
+    }                                                                                       \
   }
 #define FUSEDRNN_COMMA ,
 FUSEDRNN_ROW_DISPATCH(gru_units_fwd, typename T, T)
@@ -392,8 +389,8 @@ FUSEDRNN_ROW_DISPATCH(bn_apply_bwd, typename T, T)
 #undef FUSEDRNN_ROW_DISPATCH
 
 // The row layer norms of cell_math.h (statistics in double), also compiled for AVX2+FMA and
-// chosen at run time like the unit loops; flatten inlines everything they call into each
-// version. GCC keeps LaneSum's 8 double chains in scalar registers (vcvtss2sd / vaddsd), so the
+// AVX-512 and chosen at run time like the unit loops; flatten inlines everything they call into
+// each version. GCC keeps LaneSum's 8 double chains in scalar registers (vcvtss2sd / vaddsd), so the
 // float32 AVX2 versions sum them with intrinsics: the same lanes, the same FMA-contracted
 // squares and the same final combination as the scalar code, so the same values.
 #if FUSEDRNN_X86
@@ -464,17 +461,32 @@ FUSEDRNN_AVX2_TARGET inline void ln_row_bwd_avx2_f32(const float* v, const float
 }
 #endif
 
-template <typename T>
-FUSEDRNN_AVX2_TARGET __attribute__((flatten)) void ln_row_fwd_avx2(const T* v, int n, const T* gain, const T* bias,
-                                                                  double eps, T* y, T* mean, T* rstd) {
+// Each build of the row layer norms; the float32 ones sum with the AVX2 intrinsics above, which
+// flatten inlines into the AVX-512 build too (the apply passes then run on zmm registers).
 #if FUSEDRNN_X86
-  if constexpr (std::is_same<T, float>::value) {
-    ln_row_fwd_avx2_f32(v, n, gain, bias, eps, y, mean, rstd);
-    return;
-  }
+#define FUSEDRNN_LN_F32(CALL) \
+  if constexpr (std::is_same<T, float>::value) return CALL;
+#else
+#define FUSEDRNN_LN_F32(CALL)
 #endif
-  layer_norm_row_fwd<T, double>(v, n, gain, bias, eps, y, mean, rstd);
-}
+#define FUSEDRNN_LN_ROWS(SUFFIX, TARGET)                                                                          \
+  template <typename T>                                                                                          \
+  TARGET __attribute__((flatten)) void ln_row_fwd_##SUFFIX(const T* v, int n, const T* gain, const T* bias,       \
+                                                           double eps, T* y, T* mean, T* rstd) {                 \
+    FUSEDRNN_LN_F32(ln_row_fwd_avx2_f32(v, n, gain, bias, eps, y, mean, rstd))                                    \
+    layer_norm_row_fwd<T, double>(v, n, gain, bias, eps, y, mean, rstd);                                         \
+  }                                                                                                              \
+  template <typename T>                                                                                          \
+  TARGET __attribute__((flatten)) void ln_row_bwd_##SUFFIX(const T* v, const T* dy, int n, const T* gain, T mean, \
+                                                           T rstd, T* dv, T* dgain, T* dbias) {                  \
+    FUSEDRNN_LN_F32(ln_row_bwd_avx2_f32(v, dy, n, gain, mean, rstd, dv, dgain, dbias))                            \
+    layer_norm_row_bwd<T, double>(v, dy, n, gain, mean, rstd, dv, dgain, dbias);                                 \
+  }
+FUSEDRNN_LN_ROWS(avx512, FUSEDRNN_AVX512_TARGET)
+FUSEDRNN_LN_ROWS(avx2, FUSEDRNN_AVX2_TARGET)
+#undef FUSEDRNN_LN_ROWS
+#undef FUSEDRNN_LN_F32
+
 template <typename T>
 __attribute__((flatten)) void ln_row_fwd_base(const T* v, int n, const T* gain, const T* bias, double eps, T* y,
                                               T* mean, T* rstd) {
@@ -482,21 +494,13 @@ __attribute__((flatten)) void ln_row_fwd_base(const T* v, int n, const T* gain, 
 }
 template <typename T>
 inline void ln_row_fwd(const T* v, int64_t n, const T* gain, const T* bias, double eps, T* y, T* mean, T* rstd) {
-  if (cpu_has_avx2()) ln_row_fwd_avx2<T>(v, int(n), gain, bias, eps, y, mean, rstd);
-  else ln_row_fwd_base<T>(v, int(n), gain, bias, eps, y, mean, rstd);
+  switch (simd_level()) {
+    case kSimdAvx512: return ln_row_fwd_avx512<T>(v, int(n), gain, bias, eps, y, mean, rstd);
+    case kSimdAvx2: return ln_row_fwd_avx2<T>(v, int(n), gain, bias, eps, y, mean, rstd);
+    default: return ln_row_fwd_base<T>(v, int(n), gain, bias, eps, y, mean, rstd);
+  }
 }
 
-template <typename T>
-FUSEDRNN_AVX2_TARGET __attribute__((flatten)) void ln_row_bwd_avx2(const T* v, const T* dy, int n, const T* gain,
-                                                                  T mean, T rstd, T* dv, T* dgain, T* dbias) {
-#if FUSEDRNN_X86
-  if constexpr (std::is_same<T, float>::value) {
-    ln_row_bwd_avx2_f32(v, dy, n, gain, mean, rstd, dv, dgain, dbias);
-    return;
-  }
-#endif
-  layer_norm_row_bwd<T, double>(v, dy, n, gain, mean, rstd, dv, dgain, dbias);
-}
 template <typename T>
 __attribute__((flatten)) void ln_row_bwd_base(const T* v, const T* dy, int n, const T* gain, T mean, T rstd, T* dv,
                                               T* dgain, T* dbias) {
@@ -504,8 +508,11 @@ __attribute__((flatten)) void ln_row_bwd_base(const T* v, const T* dy, int n, co
 }
 template <typename T>
 inline void ln_row_bwd(const T* v, const T* dy, int64_t n, const T* gain, T mean, T rstd, T* dv, T* dgain, T* dbias) {
-  if (cpu_has_avx2()) ln_row_bwd_avx2<T>(v, dy, int(n), gain, mean, rstd, dv, dgain, dbias);
-  else ln_row_bwd_base<T>(v, dy, int(n), gain, mean, rstd, dv, dgain, dbias);
+  switch (simd_level()) {
+    case kSimdAvx512: return ln_row_bwd_avx512<T>(v, dy, int(n), gain, mean, rstd, dv, dgain, dbias);
+    case kSimdAvx2: return ln_row_bwd_avx2<T>(v, dy, int(n), gain, mean, rstd, dv, dgain, dbias);
+    default: return ln_row_bwd_base<T>(v, dy, int(n), gain, mean, rstd, dv, dgain, dbias);
+  }
 }
 
 }  // namespace cpu

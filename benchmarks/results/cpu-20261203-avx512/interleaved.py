@@ -3,11 +3,12 @@
 The benchmark CLI measures one candidate after the other, so a burst of load from another tenant
 of this shared machine lands on one of them; here every repetition times each contender once,
 forward+backward (train mode, x requires grad, y.backward(dy)), and the medians and their ratio
-come from the same stretch of time. Optionally FUSEDRNN_PACKED_GEMM values alternate too (the
-fused cells once per value), e.g. to compare fusedrnn's AVX-512 GEMM with MKL's.
+come from the same stretch of time. Optionally the values of an environment knob alternate too
+(the fused cells once per value): FUSEDRNN_PACKED_GEMM by default, e.g. to compare fusedrnn's
+AVX-512 GEMM with MKL's, or another (--var FUSEDRNN_CPU_SIMD --gemm avx512,avx2).
 
     python benchmarks/results/cpu-20261203-avx512/interleaved.py --reps 15 [--gemm 1,mkl] \
-        [--shapes rowmnist,ptb] [--cells vanilla,ln,bn,gru] [--out file.json]
+        [--var FUSEDRNN_PACKED_GEMM] [--shapes rowmnist,ptb] [--cells vanilla,ln,bn,gru] [--out file.json]
 """
 import argparse
 import json
@@ -28,7 +29,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", default=",".join(SHAPES))
     ap.add_argument("--cells", default="vanilla,ln,bn,gru")
-    ap.add_argument("--gemm", default="1", help="FUSEDRNN_PACKED_GEMM values to alternate (comma list)")
+    ap.add_argument("--gemm", default="1", help="values of --var to alternate (comma list)")
+    ap.add_argument("--var", default="FUSEDRNN_PACKED_GEMM", help="the environment knob --gemm sets")
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--out", default=None)
@@ -55,11 +57,11 @@ def main():
 
             for r in range(args.warmup + args.reps):
                 for g in args.gemm.split(","):
-                    os.environ["FUSEDRNN_PACKED_GEMM"] = g
+                    os.environ[args.var] = g
                     dt = call(fused)
                     if r >= args.warmup:
                         times[f"fused[{g}]"].append(dt)
-                os.environ.pop("FUSEDRNN_PACKED_GEMM", None)
+                os.environ.pop(args.var, None)
                 dt = call(nn)
                 if r >= args.warmup:
                     times["torch.nn"].append(dt)
@@ -72,7 +74,8 @@ def main():
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"torch": torch.__version__, "threads": torch.get_num_threads(), "reps": args.reps,
-                       "gemm_info": fusedrnn.cpu_gemm_info(), "load_end": os.getloadavg(), "results": out}, f, indent=1)
+                       "var": args.var, "gemm_info": fusedrnn.cpu_gemm_info(), "load_end": os.getloadavg(),
+                       "results": out}, f, indent=1)
 
 
 if __name__ == "__main__":
