@@ -44,13 +44,14 @@ inline int64_t stats_width(int norm, int64_t G, int64_t H) {
 
 // ----------------------------------------------------------------------------- forward
 
-// The forward's thread team: its member count and how the members share a step (team.h).
-struct FwdTeam {
+// The thread team of an LSTM layer's forward and backward: its member count and how the
+// members share a step (team.h).
+struct LstmTeam {
   int64_t n;
   TeamSplit how;
 };
 
-inline FwdTeam fwd_team(int64_t B, const at::Tensor& w_hh, const c10::optional<at::Tensor>& w_hr) {
+inline LstmTeam lstm_team(int64_t B, const at::Tensor& w_hh, const c10::optional<at::Tensor>& w_hr) {
   const int64_t GH = w_hh.size(0), R = w_hh.size(1);
   const bool proj = w_hr.has_value() && w_hr->defined();
   const int64_t n = team_members(B * GH * R + (proj ? B * w_hr->numel() : 0));
@@ -64,8 +65,8 @@ inline FwdTeam fwd_team(int64_t B, const at::Tensor& w_hh, const c10::optional<a
 // 80 MB for pixel MNIST), and the forward needs no GEMM before its loop. Measured fwd+bwd, one
 // process alternating with a temporary switch to the separate projection, median of 21: row
 // MNIST 11.6 / 12.3 ms against 12.6 / 13.2 (two runs), pixel MNIST 136.5 against 145.3.
-inline bool joins_input(int64_t norm, bool projected, const FwdTeam& team) {
-  return norm == kNormNone && !projected && (team.n == 1 || team.how == TeamSplit::kRows);
+inline bool joins_input(int64_t norm, bool projected, const LstmTeam& plan) {
+  return norm == kNormNone && !projected && (plan.n == 1 || plan.how == TeamSplit::kRows);
 }
 
 // xw_all: x W_ih^T (+ the biases without norm) of every step [T, B, GH], or undefined when the
@@ -73,7 +74,7 @@ inline bool joins_input(int64_t norm, bool projected, const FwdTeam& team) {
 template <typename T, int NORM>
 void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at::Tensor& hw_all,
                   const at::Tensor& w_rec, const c10::optional<at::Tensor>& w_fgr,
-                  const c10::optional<at::Tensor>& w_hr, const FwdTeam& team) {
+                  const c10::optional<at::Tensor>& w_hr, const LstmTeam& plan) {
   const int64_t Tn = p.steps, B = p.batch, H = p.hidden, G = p.gates, GH = G * H;
   const int64_t P = p.proj, R = P ? P : H;  // R: width of h (the recurrent state and the output)
   const LstmFlags fl = p.flags;
@@ -93,8 +94,8 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
   // the team: member m owns gate columns [lo, hi) of the recurrent products (its W_hh / W_fgr
   // rows, packed once), a slice of batch rows of the row passes and of the BN columns
   // (and of W_hr's rows with a projection)
-  const int64_t n = team.n;
-  const TeamSplit how = team.how;
+  const int64_t n = plan.n;
+  const TeamSplit how = plan.how;
   auto gemm = member_gemms<T>(w_rec, B, /*transposed=*/true, n, how);
   auto gemm_fgr =
       fl.fgr ? member_gemms<T>(*w_fgr, B, /*transposed=*/true, n, how) : std::vector<RecurrentGemm<T>>();
@@ -461,10 +462,10 @@ lstm_fwd_cpu(const at::Tensor& x, const c10::optional<at::Tensor>& lengths, cons
   // x W_ih^T for all steps; without norm the biases are added here once (the recurrent
   // products are then added in place, see lstm_forward), else after normalization. Or none:
   // the input projection joins the recurrent product, whose weight is then W_x.
-  const FwdTeam team = fwd_team(B, w_hh, w_hr);
+  const LstmTeam plan = lstm_team(B, w_hh, w_hr);
   const bool has_bias = b_ih.has_value() && b_ih->defined();
   at::Tensor xw, w_rec = w_hh;
-  if (joins_input(norm, args.projected(), team)) {
+  if (joins_input(norm, args.projected(), plan)) {
     w_rec = has_bias ? at::cat({w_ih, (*b_ih + *b_hh).unsqueeze(1), w_hh}, 1) : at::cat({w_ih, w_hh}, 1);
   } else if (norm == kNormNone && has_bias) {
     xw = cached_empty({T * B, GH}, opts);
@@ -499,10 +500,10 @@ lstm_fwd_cpu(const at::Tensor& x, const c10::optional<at::Tensor>& lengths, cons
     p.stats = norm == kNormNone ? nullptr : stats.data_ptr<scalar_t>();
     p.ms = ms.defined() ? ms.data_ptr<scalar_t>() : nullptr;
     switch (norm) {
-      case kNormNone: lstm_forward<scalar_t, kNormNone>(p, xw, hw, w_rec, w_fgr, w_hr, team); break;
-      case kNormLayer: lstm_forward<scalar_t, kNormLayer>(p, xw, hw, w_rec, w_fgr, w_hr, team); break;
-      case kNormLayerPerGate: lstm_forward<scalar_t, kNormLayerPerGate>(p, xw, hw, w_rec, w_fgr, w_hr, team); break;
-      default: lstm_forward<scalar_t, kNormBatch>(p, xw, hw, w_rec, w_fgr, w_hr, team); break;
+      case kNormNone: lstm_forward<scalar_t, kNormNone>(p, xw, hw, w_rec, w_fgr, w_hr, plan); break;
+      case kNormLayer: lstm_forward<scalar_t, kNormLayer>(p, xw, hw, w_rec, w_fgr, w_hr, plan); break;
+      case kNormLayerPerGate: lstm_forward<scalar_t, kNormLayerPerGate>(p, xw, hw, w_rec, w_fgr, w_hr, plan); break;
+      default: lstm_forward<scalar_t, kNormBatch>(p, xw, hw, w_rec, w_fgr, w_hr, plan); break;
     }
   });
   // Save only what backward reads: no projections without norm, one sum for layer_per_gate;
@@ -514,11 +515,23 @@ lstm_fwd_cpu(const at::Tensor& x, const c10::optional<at::Tensor>& lengths, cons
 
 // ----------------------------------------------------------------------------- backward
 
+// Whether the backward computes dx = dxw W_ih in its loop, each member from its rows' dxw_t
+// right after they are written (and still in its cache), instead of one GEMM after the loop that
+// reads dxw [T, B, 4H] back: where members own rows (the rows split, or a team of one), without
+// batch norm (whose ih part runs after the loop). Measured fwd+bwd, one process alternating with
+// a temporary switch to the GEMM after the loop, median of 21: pixel MNIST LSTM / LN-LSTM 127.1 /
+// 182.4 ms against 132.4 / 191.9; row MNIST within 0.1-0.2 ms (17.3 / 21.4-21.7, a loaded hour).
+inline bool dx_in_loop(int64_t norm, const LstmTeam& plan) {
+  return norm != kNormBatch && (plan.n == 1 || plan.how == TeamSplit::kRows);
+}
+
+// dx: [T, B, I], filled in the loop (dx_in_loop), or undefined.
 template <typename T, int NORM>
 void lstm_backward(const LstmBwdParams<T>& p, bool full_dpre, const at::Tensor& w_hh,
                    const c10::optional<at::Tensor>& w_fgr, const c10::optional<at::Tensor>& w_hr,
                    ThreadAcc& acc_bias, ThreadAcc& acc_peep, ThreadAcc& acc_gates, at::Tensor& dg_ih,
-                   at::Tensor& dg_hh, at::Tensor& dg_cell, at::Tensor& db_cell) {
+                   at::Tensor& dg_hh, at::Tensor& dg_cell, at::Tensor& db_cell, const LstmTeam& plan,
+                   const at::Tensor& w_ih, at::Tensor& dx) {
   const int64_t Tn = p.steps, B = p.batch, H = p.hidden, G = p.gates, GH = G * H;
   const int64_t P = p.proj, R = P ? P : H;
   const LstmFlags fl = p.flags;
@@ -549,8 +562,13 @@ void lstm_backward(const LstmBwdParams<T>& p, bool full_dpre, const at::Tensor& 
   std::vector<T> bn_rstd(NORM == kNormBatch ? Tn * NB : 0);
   // the team (see lstm_forward), one member per accumulator row: member m owns columns of dh
   // (W_hh columns, packed once), rows of the row passes, BN columns, and row m of the accumulators
-  const int64_t n = acc_gates.rows();
-  const TeamSplit how = team_split(n, B, w_hh.nbytes() + (P ? w_hr->nbytes() : 0));
+  const int64_t n = plan.n;
+  const TeamSplit how = plan.how;
+  TORCH_CHECK(acc_gates.rows() == n, "fusedrnn: lstm_backward: one accumulator row per team member");
+  const bool dx_loop = dx.defined();
+  auto gemm_dx = dx_loop ? member_gemms<T>(w_ih, B, /*transposed=*/false, n, how) : std::vector<RecurrentGemm<T>>();
+  const int64_t I = p.input;
+  T* dxp = dx_loop ? dx.data_ptr<T>() : nullptr;
   auto gemm_bwd = member_gemms<T>(w_hh, B, /*transposed=*/false, n, how);
   auto gemm_fgr =
       fl.fgr ? member_gemms<T>(*w_fgr, B, /*transposed=*/false, n, how) : std::vector<RecurrentGemm<T>>();
@@ -744,7 +762,7 @@ void lstm_backward(const LstmBwdParams<T>& p, bool full_dpre, const at::Tensor& 
       });
       return;
     }
-    if (how == TeamSplit::kRows) {  // each member its rows through every step, no barrier
+    if (how == TeamSplit::kRows || dx_loop) {  // each member its rows through every step, no barrier
       team.each_part(B, [&](int64_t m, int64_t lo, int64_t hi) {
         for (int64_t t = Tn - 1; t >= 0; --t) {
           if (P) {
@@ -753,6 +771,7 @@ void lstm_backward(const LstmBwdParams<T>& p, bool full_dpre, const at::Tensor& 
           }
           pass1(t, m, lo, hi);
           pass2(t, m, lo, hi);
+          if (dx_loop) gemm_dx[m].run(p.dxw + (t * B + lo) * GH, dxp + (t * B + lo) * I);
           gemm_bwd[m].run(p.dhw + t * B * GH + lo * GH, dhn + lo * R);
           if (fl.fgr) gemm_fgr[m].run(difo + lo * 3 * H, dan + lo * 3 * H);
           carry(t, lo, hi);
@@ -864,7 +883,9 @@ T17 lstm_bwd_cpu(
   at::Tensor dxw = norm == kNormNone || (norm == kNormBatch && !fl.fgr) ? dpre : cached_empty({T, B, GH}, opts);
   at::Tensor dhw = two ? cached_empty({T, B, GH}, opts) : dxw;
   const bool has_bias = b_ih.has_value() && b_ih->defined();
-  const int64_t members = team_members(B * GH * R + B * P * H);
+  const LstmTeam plan = lstm_team(B, w_hh, w_hr);
+  const int64_t members = plan.n;
+  at::Tensor dx = dx_in_loop(norm, plan) ? cached_empty({T, B, I}, opts) : at::Tensor();
   ThreadAcc acc_bias(members, has_bias ? GH : 0, opts), acc_peep(members, fl.num_peep * H, opts),
       acc_gates(members, 2 * H + 2 * GH, opts);
   at::Tensor dg_ih = norm == kNormBatch ? at::zeros({GH}, opts) : at::Tensor();
@@ -888,7 +909,8 @@ T17 lstm_bwd_cpu(
     p.ms = P ? const_cast<scalar_t*>(hw.data_ptr<scalar_t>()) : nullptr;
     p.dhy = P ? dhy.data_ptr<scalar_t>() : nullptr;
     auto bwd = [&](auto kernel) {
-      kernel(p, full_dpre, w_hh, w_fgr, w_hr, acc_bias, acc_peep, acc_gates, dg_ih, dg_hh, dg_cell, db_cell);
+      kernel(p, full_dpre, w_hh, w_fgr, w_hr, acc_bias, acc_peep, acc_gates, dg_ih, dg_hh, dg_cell, db_cell, plan,
+             w_ih, dx);
     };
     switch (norm) {
       case kNormNone: bwd(&lstm_backward<scalar_t, kNormNone>); break;
@@ -899,7 +921,7 @@ T17 lstm_bwd_cpu(
   });
   // Hoisted GEMMs and reductions over all steps.
   at::Tensor dxw2 = dxw.view({T * B, GH}), dhw2 = dhw.view({T * B, GH});
-  at::Tensor dx = cached_mm(dxw2, w_ih).view({T, B, I});
+  if (!dx.defined()) dx = cached_mm(dxw2, w_ih).view({T, B, I});
   auto [dw_ih, dw_hh] = weight_grads(dxw2, dhw2, x, h0, y);
   at::Tensor db = has_bias ? acc_bias.total() : none_like(x);
   at::Tensor dw_fgr = none_like(x);
