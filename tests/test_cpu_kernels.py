@@ -182,13 +182,17 @@ def test_packed_kernels_at_kernel_sized_shapes(monkeypatch, spec, mode, members,
     compare(spec, x, state, p, lengths=lengths, training=True)
 
 
-def test_packed_gemm_env_rejects_bad_value(monkeypatch):
-    monkeypatch.setenv("FUSEDRNN_PACKED_GEMM", "fast")
-    with pytest.raises(RuntimeError, match="FUSEDRNN_PACKED_GEMM must be 1, mkl, 0 or loop, got 'fast'"):
+@pytest.mark.parametrize("var,value,message", [
+    ("FUSEDRNN_PACKED_GEMM", "fast", "FUSEDRNN_PACKED_GEMM must be 1, mkl, 0 or loop, got 'fast'"),
+    ("FUSEDRNN_CPU_SIMD", "sse", "FUSEDRNN_CPU_SIMD must be avx512, avx2 or base, got 'sse'"),
+])
+def test_kernel_env_rejects_bad_value(monkeypatch, var, value, message):
+    monkeypatch.setenv(var, value)
+    with pytest.raises(RuntimeError, match=message):
         fusedrnn.cpu_gemm_info()
     spec = CellSpec("lstm")
     x, state, p = make_layer(spec, 2, 2, 3, 4, torch.float32)
-    with pytest.raises(RuntimeError, match="FUSEDRNN_PACKED_GEMM must be"):
+    with pytest.raises(RuntimeError, match=message):
         _ops.run_layer(spec, x, state, p)
 
 
@@ -226,16 +230,6 @@ def test_simd_avx2_and_avx512_give_the_same_values(monkeypatch, spec):
         y, final, grads, running = run_and_grad(_ops.run_layer, spec, x, state, p, lengths, True, 0)
         results.append([y, *final, *grads.values(), *running.values()])
     assert all(torch.equal(a, b) for a, b in zip(*results))
-
-
-def test_simd_env_rejects_bad_value(monkeypatch):
-    monkeypatch.setenv("FUSEDRNN_CPU_SIMD", "sse")
-    with pytest.raises(RuntimeError, match="FUSEDRNN_CPU_SIMD must be avx512, avx2 or base, got 'sse'"):
-        fusedrnn.cpu_gemm_info()
-    spec = CellSpec("lstm")
-    x, state, p = make_layer(spec, 2, 2, 3, 4, torch.float32)
-    with pytest.raises(RuntimeError, match="FUSEDRNN_CPU_SIMD must be"):
-        _ops.run_layer(spec, x, state, p)
 
 
 def test_simd_level_is_capped_by_the_cpu(monkeypatch):
