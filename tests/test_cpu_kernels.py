@@ -112,10 +112,11 @@ def test_team_matches_reference(monkeypatch, spec, dtype, members, split):
     """The time loop split over a thread team (csrc/cpu/team.h): FUSEDRNN_CPU_TEAM forces the
     member count at a test-sized shape (by default a team starts above ~64k multiply-adds per
     step), FUSEDRNN_CPU_SPLIT how members share a step (column slices of the product, or batch
-    rows through the whole loop; batch norm always uses columns). 3 members on this 2-thread
-    machine also runs one thread playing two members. H = 20 gives members column slices of
-    different widths (16-aligned, one may be empty), B = 8 rows split 3/3/2 with rows finishing
-    at different steps; a projection of 17 gives W_hr's rows two column slices too."""
+    rows through the whole loop; batch norm then combines the members' partial sums after a
+    barrier). 3 members on this 2-thread machine also runs one thread playing two members. H = 20
+    gives members column slices of different widths (16-aligned, one may be empty), B = 8 rows
+    split 3/3/2 with rows finishing at different steps; a projection of 17 gives W_hr's rows two
+    column slices too."""
     monkeypatch.setenv("FUSEDRNN_CPU_TEAM", members)
     monkeypatch.setenv("FUSEDRNN_CPU_SPLIT", split)
     x, state, p = make_layer(spec, 5, 8, 3, 20, dtype, seed=5)

@@ -7,10 +7,10 @@
 // projection (column split: each member right after its own columns of the product; row split:
 // each member's partials of its rows, combined after a barrier), row pass A (gates, c_t),
 // statistics of c_t (likewise), row pass B (h_t). The input projection's statistics do not
-// depend on the recurrence: all steps' are computed before the loop, and backward runs their
-// part after the loop.
-// Backward mirrors it in reverse time; dW_ih, dW_hh, dW_fgr, dx and the biases' gradients are
-// large GEMMs / reductions after the loop.
+// depend on the recurrence: all steps' are computed before the loop; backward runs their part
+// after the loop under the column split, and beside the hh part's in the loop under the row split.
+// Backward mirrors it in reverse time; dW_ih, dW_hh, dW_fgr and the biases' gradients are large
+// GEMMs / reductions after the loop, dx too unless members own rows (then each step's, in the loop).
 // Projection (torch.nn.LSTM's proj_size, vanilla LSTM without norm): the row pass writes m_t =
 // o * tanh(c_t), and one more product per step, h_t = m_t W_hr^T (packed once like W_hh), gives
 // the output and the recurrent state, R = P wide; backward starts each step with
@@ -51,6 +51,9 @@ struct LstmTeam {
   TeamSplit how;
 };
 
+// Whether each member takes its batch rows through the whole loop: the rows split, or a team of one.
+inline bool owns_rows(const LstmTeam& plan) { return plan.n == 1 || plan.how == TeamSplit::kRows; }
+
 inline LstmTeam lstm_team(int64_t B, const at::Tensor& w_hh, const c10::optional<at::Tensor>& w_hr) {
   const int64_t GH = w_hh.size(0), R = w_hh.size(1);
   const bool proj = w_hr.has_value() && w_hr->defined();
@@ -66,7 +69,7 @@ inline LstmTeam lstm_team(int64_t B, const at::Tensor& w_hh, const c10::optional
 // process alternating with a temporary switch to the separate projection, median of 21: row
 // MNIST 11.6 / 12.3 ms against 12.6 / 13.2 (two runs), pixel MNIST 136.5 against 145.3.
 inline bool joins_input(int64_t norm, bool projected, const LstmTeam& plan) {
-  return norm == kNormNone && !projected && (plan.n == 1 || plan.how == TeamSplit::kRows);
+  return norm == kNormNone && !projected && owns_rows(plan);
 }
 
 // xw_all: x W_ih^T (+ the biases without norm) of every step [T, B, GH], or undefined when the
@@ -115,7 +118,7 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
   // batch norm under the row split: per member its rows' partial statistics of hw_t and c_t
   // [hh mean GH | hh M2 GH | cell mean H | cell M2 H] with their counts, and its own combined
   // copy of the step's statistics [hh mean GH | hh rstd GH | cell mean H | cell rstd H]
-  const bool bn_rows = NORM == kNormBatch && how == TeamSplit::kRows;
+  const bool bn_rows = NORM == kNormBatch && owns_rows(plan);
   const int64_t PW = 2 * (GH + H);
   std::vector<double> bn_part(bn_rows ? n * PW : 0);
   std::vector<int64_t> bn_count(bn_rows ? 2 * n : 0);
@@ -515,17 +518,15 @@ lstm_fwd_cpu(const at::Tensor& x, const c10::optional<at::Tensor>& lengths, cons
 
 // ----------------------------------------------------------------------------- backward
 
-// Whether the backward computes dx = dxw W_ih in its loop, each member from its rows' dxw_t
-// right after they are written (and still in its cache), instead of one GEMM after the loop that
-// reads dxw [T, B, 4H] back: where members own rows (the rows split, or a team of one), without
-// batch norm (whose ih part runs after the loop). Measured fwd+bwd, one process alternating with
-// a temporary switch to the GEMM after the loop, median of 21: pixel MNIST LSTM / LN-LSTM 127.1 /
-// 182.4 ms against 132.4 / 191.9; row MNIST within 0.1-0.2 ms (17.3 / 21.4-21.7, a loaded hour).
-inline bool dx_in_loop(int64_t norm, const LstmTeam& plan) {
-  return norm != kNormBatch && (plan.n == 1 || plan.how == TeamSplit::kRows);
-}
-
-// dx: [T, B, I], filled in the loop (dx_in_loop), or undefined.
+// Where members own rows (owns_rows), the backward computes dx = dxw W_ih in its loop, each
+// member from its rows' dxw_t right after they are written (and still in its cache), instead of
+// one GEMM after the loop that reads dxw [T, B, 4H] back; batch norm's ih part then runs in the
+// loop too. Measured fwd+bwd, one process alternating with a temporary switch to the GEMM after
+// the loop, median of 21: pixel MNIST LSTM / LN-LSTM 127.1 / 182.4 ms against 132.4 / 191.9; row
+// MNIST within 0.1-0.2 ms (17.3 / 21.4-21.7, a loaded hour). BN-LSTM (its ih part and dx in the
+// loop against both after it), median of 31: pixel MNIST 210.0 against 226.1 ms, row MNIST 17.3
+// against 17.7; one thread (a team of one) 333.6 / 29.7 against 337.3 / 29.7.
+// dx: [T, B, I], filled in the loop (owns_rows), or undefined.
 template <typename T, int NORM>
 void lstm_backward(const LstmBwdParams<T>& p, bool full_dpre, const at::Tensor& w_hh,
                    const c10::optional<at::Tensor>& w_fgr, const c10::optional<at::Tensor>& w_hr,
@@ -659,7 +660,8 @@ void lstm_backward(const LstmBwdParams<T>& p, bool full_dpre, const at::Tensor& 
   };
 
   // Batch norm backward of the columns [lo, hi) of step t: the hh part (in the loop: dh_{t-1}
-  // needs it) or, ih = true, the ih part (after the loop, from the kept dpre of every step).
+  // needs it) or, ih = true, the ih part (after the loop, from the kept dpre of every step); the
+  // column split's (the row split runs both in its loop: bn_partial / bn_apply).
   auto bn_bwd = [&](int64_t t, int64_t m, int64_t lo, int64_t hi, bool ih) {
     const T* st = p.stats + t * SW + (ih ? 0 : GH);
     const T* v = (ih ? p.xw : p.hw) + t * B * GH;
@@ -692,38 +694,50 @@ void lstm_backward(const LstmBwdParams<T>& p, bool full_dpre, const at::Tensor& 
   };
 
   // Batch norm under the row split: per member its rows' partial sums of the backward
-  // [cell s1 H | cell s2 H | hh s1 GH | hh s2 GH], its gain gradients [dg_cell H | db_cell H |
-  // dg_hh GH] (summed after the loop) and scratch for the combined means.
-  const bool bn_rows = NORM == kNormBatch && how == TeamSplit::kRows;
-  const int64_t QW = 2 * (GH + H);
+  // [cell s1 H | cell s2 H | hh s1 GH | hh s2 GH | ih s1 GH | ih s2 GH], its gain gradients
+  // [dg_cell H | db_cell H | dg_hh GH | dg_ih GH] (summed after the loop) and scratch for the
+  // combined means. All three norms of a step run in the loop: the ih part's sums come from the
+  // same rows of dpre_t as the hh part's, so they share its barrier, and dxw_t is then written
+  // while dpre_t is in the member's cache (and dx can follow, as without batch norm).
+  const bool bn_rows = NORM == kNormBatch && owns_rows(plan);
+  const int64_t QW = 2 * (2 * GH + H);
   std::vector<double> bn_q(bn_rows ? n * QW : 0);
   std::vector<double> bn_scr(bn_rows ? n * 2 * GH : 0);
-  ThreadAcc bn_dg(n, bn_rows ? 2 * H + GH : 0, opts);
-  // Row split: member m's partial sums over its rows of the cell (cell = true) or hh norm.
-  auto bn_partial = [&](int64_t t, int64_t m, int64_t lo, int64_t hi, bool cell) {
+  ThreadAcc bn_dg(n, bn_rows ? 2 * H + 2 * GH : 0, opts);
+  enum BnPart { kBnCell, kBnHh, kBnIh };
+  // Row split: member m's partial sums over its rows of one norm (in bn_q at the norm's offset).
+  auto bn_partial = [&](int64_t t, int64_t m, int64_t lo, int64_t hi, BnPart part) {
     const T* st = p.stats + t * SW;
-    const T* rstd = bn_rstd.data() + t * NB + (cell ? 2 * GH : GH);
     T* dg = bn_dg.row<T>(m);
-    if (cell)
+    double* q = bn_q.data() + m * QW;
+    if (part == kBnCell) {
       bn_partial_bwd_run<T>(p.cs + t * B * H, static_cast<const T*>(dcnp), H, lo, hi, int64_t(0), H, L, t,
-                            st + 2 * GH, rstd, p.g_cell, bn_q.data() + m * QW, dg, dg + H);
-    else
-      bn_partial_bwd_run<T>(p.hw + t * B * GH, static_cast<const T*>(p.dpre + t * B * GH), GH, lo, hi, int64_t(0),
-                            GH, L, t, st + GH, rstd, p.g_hh, bn_q.data() + m * QW + 2 * H, dg + 2 * H,
-                            static_cast<T*>(nullptr));
+                            st + 2 * GH, static_cast<const T*>(bn_rstd.data() + t * NB + 2 * GH), p.g_cell, q, dg,
+                            dg + H);
+      return;
+    }
+    const bool ih = part == kBnIh;
+    bn_partial_bwd_run<T>((ih ? p.xw : p.hw) + t * B * GH, static_cast<const T*>(p.dpre + t * B * GH), GH, lo, hi,
+                          int64_t(0), GH, L, t, st + (ih ? 0 : GH),
+                          static_cast<const T*>(bn_rstd.data() + t * NB + (ih ? 0 : GH)), ih ? p.g_ih : p.g_hh,
+                          q + 2 * H + (ih ? 2 * GH : 0), dg + 2 * H + (ih ? GH : 0), static_cast<T*>(nullptr));
   };
-  // Row split: the cell (in place on d_cn) or hh (dpre -> dhw) norm backward of member m's rows.
-  auto bn_apply = [&](int64_t t, int64_t m, int64_t lo, int64_t hi, bool cell) {
+  // Row split: one norm's backward of member m's rows: the cell's in place on d_cn, the hh
+  // part's dpre -> dhw, the ih part's dpre -> dxw (in place unless FGR keeps dpre; after hh).
+  auto bn_apply = [&](int64_t t, int64_t m, int64_t lo, int64_t hi, BnPart part) {
     const T* st = p.stats + t * SW;
-    const T* rstd = bn_rstd.data() + t * NB + (cell ? 2 * GH : GH);
     double* scr = bn_scr.data() + m * 2 * GH;
-    if (cell)
+    if (part == kBnCell) {
       bn_apply_bwd_run<T>(p.cs + t * B * H, static_cast<const T*>(dcnp), dcnp, B, lo, hi, H, L, t, p.training,
-                          st + 2 * GH, rstd, p.g_cell, static_cast<const double*>(bn_q.data()), n, QW, scr);
-    else
-      bn_apply_bwd_run<T>(p.hw + t * B * GH, static_cast<const T*>(p.dpre + t * B * GH), p.dhw + t * B * GH, B, lo,
-                          hi, GH, L, t, p.training, st + GH, rstd, p.g_hh,
-                          static_cast<const double*>(bn_q.data() + 2 * H), n, QW, scr);
+                          st + 2 * GH, static_cast<const T*>(bn_rstd.data() + t * NB + 2 * GH), p.g_cell,
+                          static_cast<const double*>(bn_q.data()), n, QW, scr);
+      return;
+    }
+    const bool ih = part == kBnIh;
+    bn_apply_bwd_run<T>((ih ? p.xw : p.hw) + t * B * GH, static_cast<const T*>(p.dpre + t * B * GH),
+                        (ih ? p.dxw : p.dhw) + t * B * GH, B, lo, hi, GH, L, t, p.training, st + (ih ? 0 : GH),
+                        static_cast<const T*>(bn_rstd.data() + t * NB + (ih ? 0 : GH)), ih ? p.g_ih : p.g_hh,
+                        static_cast<const double*>(bn_q.data() + 2 * H + (ih ? 2 * GH : 0)), n, QW, scr);
   };
 
   run_team(n, [&](Team& team) {
@@ -740,26 +754,25 @@ void lstm_backward(const LstmBwdParams<T>& p, bool full_dpre, const at::Tensor& 
       for (int64_t t = Tn - 1; t >= 0; --t) {
         team.each_part(B, [&](int64_t m, int64_t lo, int64_t hi) {
           pass1(t, m, lo, hi);
-          bn_partial(t, m, lo, hi, /*cell=*/true);
+          bn_partial(t, m, lo, hi, kBnCell);
         });
         team.barrier();
         team.each_part(B, [&](int64_t m, int64_t lo, int64_t hi) {
-          bn_apply(t, m, lo, hi, /*cell=*/true);
+          bn_apply(t, m, lo, hi, kBnCell);
           pass2(t, m, lo, hi);
-          bn_partial(t, m, lo, hi, /*cell=*/false);
+          bn_partial(t, m, lo, hi, kBnHh);
+          bn_partial(t, m, lo, hi, kBnIh);
         });
         team.barrier();
         team.each_part(B, [&](int64_t m, int64_t lo, int64_t hi) {
-          bn_apply(t, m, lo, hi, /*cell=*/false);
+          bn_apply(t, m, lo, hi, kBnHh);
+          bn_apply(t, m, lo, hi, kBnIh);
+          if (dx_loop) gemm_dx[m].run(p.dxw + (t * B + lo) * GH, dxp + (t * B + lo) * I);
           gemm_bwd[m].run(p.dhw + t * B * GH + lo * GH, dhn + lo * R);
           if (fl.fgr) gemm_fgr[m].run(difo + lo * 3 * H, dan + lo * 3 * H);
           carry(t, lo, hi);
         });
       }
-      team.barrier();  // every step's dpre is complete
-      team.each_part(GH, [&](int64_t m, int64_t lo, int64_t hi) {
-        for (int64_t t = Tn - 1; t >= 0; --t) bn_bwd(t, m, lo, hi, /*ih=*/true);
-      });
       return;
     }
     if (how == TeamSplit::kRows || dx_loop) {  // each member its rows through every step, no barrier
@@ -827,6 +840,7 @@ void lstm_backward(const LstmBwdParams<T>& p, bool full_dpre, const at::Tensor& 
     dg_cell.add_(tot.narrow(0, 0, H));
     db_cell.add_(tot.narrow(0, H, H));
     dg_hh.add_(tot.narrow(0, 2 * H, GH));
+    dg_ih.add_(tot.narrow(0, 2 * H + GH, GH));
   }
 }
 
@@ -879,13 +893,13 @@ T17 lstm_bwd_cpu(
   // they are dxw; batch norm: its ih part; FGR: dW_fgr); otherwise one step's buffer is reused.
   const bool full_dpre = norm == kNormNone || norm == kNormBatch || fl.fgr;
   at::Tensor dpre = full_dpre ? cached_empty({T, B, GH}, opts) : cached_empty({B, GH}, opts);
-  // batch norm's ih part runs after the loop, in place unless FGR still needs dpre for dW_fgr
+  // batch norm's ih part writes dxw in place of dpre unless FGR still needs dpre for dW_fgr
   at::Tensor dxw = norm == kNormNone || (norm == kNormBatch && !fl.fgr) ? dpre : cached_empty({T, B, GH}, opts);
   at::Tensor dhw = two ? cached_empty({T, B, GH}, opts) : dxw;
   const bool has_bias = b_ih.has_value() && b_ih->defined();
   const LstmTeam plan = lstm_team(B, w_hh, w_hr);
   const int64_t members = plan.n;
-  at::Tensor dx = dx_in_loop(norm, plan) ? cached_empty({T, B, I}, opts) : at::Tensor();
+  at::Tensor dx = owns_rows(plan) ? cached_empty({T, B, I}, opts) : at::Tensor();
   ThreadAcc acc_bias(members, has_bias ? GH : 0, opts), acc_peep(members, fl.num_peep * H, opts),
       acc_gates(members, 2 * H + 2 * GH, opts);
   at::Tensor dg_ih = norm == kNormBatch ? at::zeros({GH}, opts) : at::Tensor();
