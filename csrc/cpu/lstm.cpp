@@ -9,8 +9,9 @@
 // statistics of c_t (likewise), row pass B (h_t). The input projection's statistics do not
 // depend on the recurrence: all steps' are computed before the loop; backward runs their part
 // after the loop under the column split, and beside the hh part's in the loop under the row split.
-// Backward mirrors it in reverse time; dW_ih, dW_hh, dW_fgr and the biases' gradients are large
-// GEMMs / reductions after the loop, dx too unless members own rows (then each step's, in the loop).
+// Backward mirrors it in reverse time; dW_ih, dW_hh, dW_fgr, dW_hr and dx are large GEMMs after
+// the loop, except where members own rows: then dx, and for float32 on the AVX-512 kernel dW_ih
+// and dW_hh, are computed step by step in the loop (gemm.h StepWeightGrads).
 // Projection (torch.nn.LSTM's proj_size, vanilla LSTM without norm): the row pass writes m_t =
 // o * tanh(c_t), and one more product per step, h_t = m_t W_hr^T (packed once like W_hh), gives
 // the output and the recurrent state, R = P wide; backward starts each step with
@@ -526,13 +527,19 @@ lstm_fwd_cpu(const at::Tensor& x, const c10::optional<at::Tensor>& lengths, cons
 // MNIST within 0.1-0.2 ms (17.3 / 21.4-21.7, a loaded hour). BN-LSTM (its ih part and dx in the
 // loop against both after it), median of 31: pixel MNIST 210.0 against 226.1 ms, row MNIST 17.3
 // against 17.7; one thread (a team of one) 333.6 / 29.7 against 337.3 / 29.7.
-// dx: [T, B, I], filled in the loop (owns_rows), or undefined.
+// Which gate-gradient buffers hold every step ([T, B, GH]), not one ([B, GH]).
+struct DgSteps {
+  bool dpre = true, dxw = true, dhw = true;
+};
+
+// dx: [T, B, I], filled in the loop (owns_rows), or undefined; wg: the weight gradients
+// accumulated in the loop (members own rows, float32 on the AVX-512 kernel), or null.
 template <typename T, int NORM>
-void lstm_backward(const LstmBwdParams<T>& p, bool full_dpre, const at::Tensor& w_hh,
+void lstm_backward(const LstmBwdParams<T>& p, const DgSteps& all, const at::Tensor& w_hh,
                    const c10::optional<at::Tensor>& w_fgr, const c10::optional<at::Tensor>& w_hr,
                    ThreadAcc& acc_bias, ThreadAcc& acc_peep, ThreadAcc& acc_gates, at::Tensor& dg_ih,
                    at::Tensor& dg_hh, at::Tensor& dg_cell, at::Tensor& db_cell, const LstmTeam& plan,
-                   const at::Tensor& w_ih, at::Tensor& dx) {
+                   const at::Tensor& w_ih, at::Tensor& dx, StepWeightGrads* wg) {
   const int64_t Tn = p.steps, B = p.batch, H = p.hidden, G = p.gates, GH = G * H;
   const int64_t P = p.proj, R = P ? P : H;
   const LstmFlags fl = p.flags;
@@ -540,6 +547,10 @@ void lstm_backward(const LstmBwdParams<T>& p, bool full_dpre, const at::Tensor& 
   const int64_t* L = p.lengths;
   auto opts = w_hh.options();
   const int64_t SW = stats_width(NORM, G, H), NB = 2 * GH + H;
+  // step t's gate gradients: its own rows of buffers that keep every step, else the one step's
+  auto dpre_at = [&](int64_t t) { return p.dpre + (all.dpre ? t * B * GH : 0); };
+  auto dxw_at = [&](int64_t t) { return p.dxw + (all.dxw ? t * B * GH : 0); };
+  auto dhw_at = [&](int64_t t) { return p.dhw + (all.dhw ? t * B * GH : 0); };
   // carried gradients
   T* dh = p.dh0;
   T* dc = p.dc0;
@@ -616,15 +627,15 @@ void lstm_backward(const LstmBwdParams<T>& p, bool full_dpre, const at::Tensor& 
     const T* acts_t = p.acts + t * B * GH;
     const T* cs_t = p.cs + t * B * H;
     const T* st = p.stats ? p.stats + (NORM == kNormBatch ? t * SW : t * B * SW) : nullptr;
-    T* dpre_t = p.dpre + (full_dpre ? t * B * GH : 0);
+    T* dpre_t = dpre_at(t);
     T* dpeep = fl.num_peep ? acc_peep.row<T>(m) : nullptr;
     T* dbias = p.b_ih ? acc_bias.row<T>(m) : nullptr;
     T* dgr = (NORM == kNormLayer || NORM == kNormLayerPerGate) ? acc_gates.row<T>(m) + 2 * H : nullptr;
     for (int64_t b = b0; b < b1; ++b) {
       if (!active(L, b, t)) {  // finished sequence: no gradient into this step's weights or inputs
         std::fill(dpre_t + b * GH, dpre_t + (b + 1) * GH, T(0));
-        if (p.dxw != p.dpre) std::fill(p.dxw + (t * B + b) * GH, p.dxw + (t * B + b + 1) * GH, T(0));
-        if (p.dhw != p.dxw) std::fill(p.dhw + (t * B + b) * GH, p.dhw + (t * B + b + 1) * GH, T(0));
+        if (p.dxw != p.dpre) std::fill_n(dxw_at(t) + b * GH, GH, T(0));
+        if (p.dhw != p.dxw) std::fill_n(dhw_at(t) + b * GH, GH, T(0));
         if (fl.fgr) std::fill(difo + b * 3 * H, difo + (b + 1) * 3 * H, T(0));
         continue;
       }
@@ -646,16 +657,41 @@ void lstm_backward(const LstmBwdParams<T>& p, bool full_dpre, const at::Tensor& 
       if (NORM == kNormLayer) {
         const T* xr = p.xw + (t * B + b) * GH;
         const T* hr = p.hw + (t * B + b) * GH;
-        ln_row_bwd<T>(xr, dpre_b, GH, p.g_ih, sb[0], sb[1], p.dxw + (t * B + b) * GH, dgr, nullptr);
-        ln_row_bwd<T>(hr, dpre_b, GH, p.g_hh, sb[2], sb[3], p.dhw + (t * B + b) * GH, dgr + GH,
+        ln_row_bwd<T>(xr, dpre_b, GH, p.g_ih, sb[0], sb[1], dxw_at(t) + b * GH, dgr, nullptr);
+        ln_row_bwd<T>(hr, dpre_b, GH, p.g_hh, sb[2], sb[3], dhw_at(t) + b * GH, dgr + GH,
                                  nullptr);
       } else if (NORM == kNormLayerPerGate) {
         const T* vr = p.xw + (t * B + b) * GH;
-        T* dv = p.dxw + (t * B + b) * GH;
+        T* dv = dxw_at(t) + b * GH;
         for (int64_t g = 0; g < G; ++g)
           ln_row_bwd<T>(vr + g * H, dpre_b + g * H, H, p.g_gates + g * H, sb[2 * g], sb[2 * g + 1],
                                    dv + g * H, dgr + g * H, dgr + GH + g * H);
       }
+    }
+  };
+
+  // dW_ih += dxw_t^T x_t and dW_hh += dhw_t^T h_{t-1} for member m's rows [lo, hi) (wg).
+  // Where dhw is dxw, one product dxw_t^T [x_t | h_{t-1}] (xh_rows: the member's rows of it).
+  const bool shared_dg = p.dhw == p.dxw;
+  at::Tensor xh_rows = wg && shared_dg ? cached_empty({n, wg->max_rows() * (I + R)}, opts) : at::Tensor();
+  auto weight_step = [&](int64_t t, int64_t m, int64_t lo, int64_t hi) {
+    if constexpr (std::is_same<T, float>::value) {
+      const int64_t rows = hi - lo;
+      const float* x_t = p.x + (t * B + lo) * I;
+      const float* hprev = t > 0 ? p.y + ((t - 1) * B + lo) * R : p.h0 + lo * R;
+      wg->set_dg(m, dxw_at(t) + lo * GH, GH, rows);
+      if (shared_dg) {
+        float* xh = xh_rows.data_ptr<float>() + m * xh_rows.size(1);
+        for (int64_t r = 0; r < rows; ++r) {
+          std::copy_n(x_t + r * I, I, xh + r * (I + R));
+          std::copy_n(hprev + r * R, R, xh + r * (I + R) + I);
+        }
+        wg->add(m, 0, xh, I + R, rows);
+        return;
+      }
+      wg->add(m, 0, x_t, I, rows);
+      wg->set_dg(m, dhw_at(t) + lo * GH, GH, rows);
+      wg->add(m, 1, hprev, R, rows);
     }
   };
 
@@ -665,8 +701,8 @@ void lstm_backward(const LstmBwdParams<T>& p, bool full_dpre, const at::Tensor& 
   auto bn_bwd = [&](int64_t t, int64_t m, int64_t lo, int64_t hi, bool ih) {
     const T* st = p.stats + t * SW + (ih ? 0 : GH);
     const T* v = (ih ? p.xw : p.hw) + t * B * GH;
-    T* dv = (ih ? p.dxw : p.dhw) + t * B * GH;
-    bn_column_bwd_run<T>(v, static_cast<const T*>(p.dpre + t * B * GH), dv, B, GH, lo, hi, L, t, p.training, st,
+    T* dv = ih ? dxw_at(t) : dhw_at(t);
+    bn_column_bwd_run<T>(v, static_cast<const T*>(dpre_at(t)), dv, B, GH, lo, hi, L, t, p.training, st,
                          static_cast<const T*>(bn_rstd.data() + t * NB + (ih ? 0 : GH)), ih ? p.g_ih : p.g_hh,
                          (ih ? dg_ih : dg_hh).data_ptr<T>(), static_cast<T*>(nullptr),
                          bn_acc.data_ptr<A>() + m * 2 * GH);
@@ -717,7 +753,7 @@ void lstm_backward(const LstmBwdParams<T>& p, bool full_dpre, const at::Tensor& 
       return;
     }
     const bool ih = part == kBnIh;
-    bn_partial_bwd_run<T>((ih ? p.xw : p.hw) + t * B * GH, static_cast<const T*>(p.dpre + t * B * GH), GH, lo, hi,
+    bn_partial_bwd_run<T>((ih ? p.xw : p.hw) + t * B * GH, static_cast<const T*>(dpre_at(t)), GH, lo, hi,
                           int64_t(0), GH, L, t, st + (ih ? 0 : GH),
                           static_cast<const T*>(bn_rstd.data() + t * NB + (ih ? 0 : GH)), ih ? p.g_ih : p.g_hh,
                           q + 2 * H + (ih ? 2 * GH : 0), dg + 2 * H + (ih ? GH : 0), static_cast<T*>(nullptr));
@@ -734,8 +770,8 @@ void lstm_backward(const LstmBwdParams<T>& p, bool full_dpre, const at::Tensor& 
       return;
     }
     const bool ih = part == kBnIh;
-    bn_apply_bwd_run<T>((ih ? p.xw : p.hw) + t * B * GH, static_cast<const T*>(p.dpre + t * B * GH),
-                        (ih ? p.dxw : p.dhw) + t * B * GH, B, lo, hi, GH, L, t, p.training, st + (ih ? 0 : GH),
+    bn_apply_bwd_run<T>((ih ? p.xw : p.hw) + t * B * GH, static_cast<const T*>(dpre_at(t)),
+                        ih ? dxw_at(t) : dhw_at(t), B, lo, hi, GH, L, t, p.training, st + (ih ? 0 : GH),
                         static_cast<const T*>(bn_rstd.data() + t * NB + (ih ? 0 : GH)), ih ? p.g_ih : p.g_hh,
                         static_cast<const double*>(bn_q.data() + 2 * H + (ih ? 2 * GH : 0)), n, QW, scr);
   };
@@ -767,8 +803,9 @@ void lstm_backward(const LstmBwdParams<T>& p, bool full_dpre, const at::Tensor& 
         team.each_part(B, [&](int64_t m, int64_t lo, int64_t hi) {
           bn_apply(t, m, lo, hi, kBnHh);
           bn_apply(t, m, lo, hi, kBnIh);
-          if (dx_loop) gemm_dx[m].run(p.dxw + (t * B + lo) * GH, dxp + (t * B + lo) * I);
-          gemm_bwd[m].run(p.dhw + t * B * GH + lo * GH, dhn + lo * R);
+          if (wg) weight_step(t, m, lo, hi);
+          if (dx_loop) gemm_dx[m].run(dxw_at(t) + lo * GH, dxp + (t * B + lo) * I);
+          gemm_bwd[m].run(dhw_at(t) + lo * GH, dhn + lo * R);
           if (fl.fgr) gemm_fgr[m].run(difo + lo * 3 * H, dan + lo * 3 * H);
           carry(t, lo, hi);
         });
@@ -784,8 +821,9 @@ void lstm_backward(const LstmBwdParams<T>& p, bool full_dpre, const at::Tensor& 
           }
           pass1(t, m, lo, hi);
           pass2(t, m, lo, hi);
-          if (dx_loop) gemm_dx[m].run(p.dxw + (t * B + lo) * GH, dxp + (t * B + lo) * I);
-          gemm_bwd[m].run(p.dhw + t * B * GH + lo * GH, dhn + lo * R);
+          if (wg) weight_step(t, m, lo, hi);
+          if (dx_loop) gemm_dx[m].run(dxw_at(t) + lo * GH, dxp + (t * B + lo) * I);
+          gemm_bwd[m].run(dhw_at(t) + lo * GH, dhn + lo * R);
           if (fl.fgr) gemm_fgr[m].run(difo + lo * 3 * H, dan + lo * 3 * H);
           carry(t, lo, hi);
         }
@@ -823,7 +861,7 @@ void lstm_backward(const LstmBwdParams<T>& p, bool full_dpre, const at::Tensor& 
       }
       // Recurrent gradients: dh_{t-1} = dhw_t W_hh, da_{t-1} = dpre_ifo W_fgr, by columns.
       team.each([&](int64_t m) {
-        gemm_bwd[m].run(p.dhw + t * B * GH, dhn);
+        gemm_bwd[m].run(dhw_at(t), dhn);
         if (fl.fgr) gemm_fgr[m].run(difo, dan);
       });
       team.barrier();
@@ -888,18 +926,38 @@ T17 lstm_bwd_cpu(
   at::Tensor dh0 = cached_empty({B, R}, opts), dc0 = cached_empty({B, H}, opts);
   at::Tensor dhy = P ? cached_empty({T, B, P}, opts) : at::Tensor();
   at::Tensor da0 = fl.fgr ? cached_empty({B, 3 * H}, opts) : none_like(x);
-  // Every row of these is written by the backward loop (zeros at finished steps). The gate
-  // gradients of all steps are kept only where something after the loop reads them (no norm:
-  // they are dxw; batch norm: its ih part; FGR: dW_fgr); otherwise one step's buffer is reused.
-  const bool full_dpre = norm == kNormNone || norm == kNormBatch || fl.fgr;
-  at::Tensor dpre = full_dpre ? cached_empty({T, B, GH}, opts) : cached_empty({B, GH}, opts);
-  // batch norm's ih part writes dxw in place of dpre unless FGR still needs dpre for dW_fgr
-  at::Tensor dxw = norm == kNormNone || (norm == kNormBatch && !fl.fgr) ? dpre : cached_empty({T, B, GH}, opts);
-  at::Tensor dhw = two ? cached_empty({T, B, GH}, opts) : dxw;
   const bool has_bias = b_ih.has_value() && b_ih->defined();
   const LstmTeam plan = lstm_team(B, w_hh, w_hr);
   const int64_t members = plan.n;
+  // Where members own rows the loop computes dx step by step, and with float32 on the AVX-512
+  // kernel dW_ih and dW_hh too (StepWeightGrads).
   at::Tensor dx = owns_rows(plan) ? cached_empty({T, B, I}, opts) : at::Tensor();
+  std::optional<StepWeightGrads> wg;
+  const bool weights_in_loop = owns_rows(plan) && StepWeightGrads::available(dt);
+  // Every row of the gate gradients is written by the backward loop (zeros at finished steps).
+  // They keep every step only where something after the loop reads them (dW_ih and dW_hh, unless
+  // weights_in_loop; under the column split dx and batch norm's ih part; FGR's dW_fgr reads
+  // dpre); otherwise one step's buffer is reused. dxw is dpre without norm, and for batch norm,
+  // whose ih part writes it in place, unless FGR keeps dpre; dhw is dxw unless norm is LN or BN.
+  const bool xw_is_dpre = norm == kNormNone || (norm == kNormBatch && !fl.fgr);
+  DgSteps all;
+  all.dxw = !weights_in_loop || (norm == kNormNone && fl.fgr);
+  all.dpre = xw_is_dpre ? all.dxw : fl.fgr;
+  all.dhw = two ? !weights_in_loop : all.dxw;
+  auto gate_grads = [&](bool every_step) {
+    return every_step ? cached_empty({T, B, GH}, opts) : cached_empty({B, GH}, opts);
+  };
+  at::Tensor dpre = gate_grads(all.dpre);
+  at::Tensor dxw = xw_is_dpre ? dpre : gate_grads(all.dxw);
+  at::Tensor dhw = two ? gate_grads(all.dhw) : dxw;
+  if (weights_in_loop) {
+    int64_t most = 0;
+    for (int64_t m = 0; m < members; ++m) {
+      const auto [lo, hi] = split(B, members, m);
+      most = std::max(most, hi - lo);
+    }
+    wg.emplace(members, GH, two ? std::vector<int64_t>{I, R} : std::vector<int64_t>{I + R}, most, opts);
+  }
   ThreadAcc acc_bias(members, has_bias ? GH : 0, opts), acc_peep(members, fl.num_peep * H, opts),
       acc_gates(members, 2 * H + 2 * GH, opts);
   at::Tensor dg_ih = norm == kNormBatch ? at::zeros({GH}, opts) : at::Tensor();
@@ -923,8 +981,8 @@ T17 lstm_bwd_cpu(
     p.ms = P ? const_cast<scalar_t*>(hw.data_ptr<scalar_t>()) : nullptr;
     p.dhy = P ? dhy.data_ptr<scalar_t>() : nullptr;
     auto bwd = [&](auto kernel) {
-      kernel(p, full_dpre, w_hh, w_fgr, w_hr, acc_bias, acc_peep, acc_gates, dg_ih, dg_hh, dg_cell, db_cell, plan,
-             w_ih, dx);
+      kernel(p, all, w_hh, w_fgr, w_hr, acc_bias, acc_peep, acc_gates, dg_ih, dg_hh, dg_cell, db_cell, plan,
+             w_ih, dx, wg ? &*wg : nullptr);
     };
     switch (norm) {
       case kNormNone: bwd(&lstm_backward<scalar_t, kNormNone>); break;
@@ -934,9 +992,18 @@ T17 lstm_bwd_cpu(
     }
   });
   // Hoisted GEMMs and reductions over all steps.
-  at::Tensor dxw2 = dxw.view({T * B, GH}), dhw2 = dhw.view({T * B, GH});
-  if (!dx.defined()) dx = cached_mm(dxw2, w_ih).view({T, B, I});
-  auto [dw_ih, dw_hh] = weight_grads(dxw2, dhw2, x, h0, y);
+  if (!dx.defined()) dx = cached_mm(dxw.view({T * B, GH}), w_ih).view({T, B, I});
+  at::Tensor dw_ih, dw_hh;
+  if (!wg) {
+    std::tie(dw_ih, dw_hh) = weight_grads(dxw.view({T * B, GH}), dhw.view({T * B, GH}), x, h0, y);
+  } else if (!two) {
+    at::Tensor dw = wg->total(0);
+    dw_ih = dw.narrow(1, 0, I).contiguous();
+    dw_hh = dw.narrow(1, I, R).contiguous();
+  } else {
+    dw_ih = wg->total(0);
+    dw_hh = wg->total(1);
+  }
   at::Tensor db = has_bias ? acc_bias.total() : none_like(x);
   at::Tensor dw_fgr = none_like(x);
   if (fl.fgr) {
