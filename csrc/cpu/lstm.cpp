@@ -179,10 +179,8 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
                                    sb + 2 * g, sb + 2 * g + 1);
       } else {  // batch
         const BnView bv = bn_view(t, m);
-        for (int64_t k = 0; k < GH; ++k)
-          pre[k] = norm_apply(xr[k], st[k], bn_rstd_ih[t * GH + k], p.g_ih[k], T(0)) +
-                   norm_apply(hr[k], bv.mean_hh[k], bv.rstd_hh[k], p.g_hh[k], T(0)) +
-                   (p.b_ih ? p.b_ih[k] : T(0)) + (p.b_hh ? p.b_hh[k] : T(0));
+        bn_pre_row_run<T>(GH, xr, static_cast<const T*>(st), static_cast<const T*>(bn_rstd_ih.data() + t * GH), p.g_ih,
+                          hr, bv.mean_hh, bv.rstd_hh, p.g_hh, p.b_ih, p.b_hh, pre);
       }
       if (fl.fgr) {
         const T* ar = arp + b * 3 * H;
@@ -224,8 +222,7 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
       if (!active(L, b, t)) continue;
       const T* acts_b = p.acts + (t * B + b) * GH;
       const T* cs_b = p.cs + (t * B + b) * H;
-      for (int64_t j = 0; j < H; ++j)
-        cn[j] = norm_apply(cs_b[j], bv.mean_c[j], bv.rstd_c[j], p.g_cell[j], p.b_cell[j]);
+      bn_apply_row_run<T>(H, cs_b, bv.mean_c, bv.rstd_c, p.g_cell, p.b_cell, cn);
       units_out_run<T>(vanilla, fl, H, acts_b, static_cast<const T*>(cn), cs_b, p.y + (t * B + b) * H, hp + b * ldh,
                        cp + b * H);
     }
@@ -605,8 +602,8 @@ void lstm_backward(const LstmBwdParams<T>& p, const DgSteps& all, const at::Tens
       if (NORM == kNormNone) {
         for (int64_t j = 0; j < H; ++j) cn[j] = cs_b[j];
       } else if (NORM == kNormBatch) {
-        for (int64_t j = 0; j < H; ++j)
-          cn[j] = norm_apply(cs_b[j], st[2 * GH + j], bn_rstd[t * NB + 2 * GH + j], p.g_cell[j], p.b_cell[j]);
+        bn_apply_row_run<T>(H, cs_b, static_cast<const T*>(st + 2 * GH),
+                            static_cast<const T*>(bn_rstd.data() + t * NB + 2 * GH), p.g_cell, p.b_cell, cn);
       } else {
         const T* sb = st + b * SW + SW - 2;
         for (int64_t j = 0; j < H; ++j) cn[j] = norm_apply(cs_b[j], sb[0], sb[1], p.g_cell[j], p.b_cell[j]);
