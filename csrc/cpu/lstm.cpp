@@ -168,8 +168,7 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
         T* sb = st + b * SW;
         ln_row_fwd<T>(xr, GH, p.g_ih, nullptr, p.eps, pre, sb + 0, sb + 1);
         ln_row_fwd<T>(hr, GH, p.g_hh, nullptr, p.eps, tmp, sb + 2, sb + 3);
-        for (int64_t k = 0; k < GH; ++k)
-          pre[k] += tmp[k] + (p.b_ih ? p.b_ih[k] : T(0)) + (p.b_hh ? p.b_hh[k] : T(0));
+        add_row_run<T>(GH, pre, static_cast<const T*>(tmp), p.b_ih, p.b_hh);
       } else if (NORM == kNormLayerPerGate) {
         T* vr = const_cast<T*>(xr);  // saved: x W_ih^T + h W_hh^T, normalized per gate
         for (int64_t k = 0; k < GH; ++k) vr[k] += hr[k];

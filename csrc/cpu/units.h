@@ -213,6 +213,20 @@ FUSEDRNN_ALWAYS_INLINE void bn_pre_row(int64_t n, const T* __restrict xr, const 
   }
 }
 
+// acc += v (+ bi + bh where the cell has biases) over one row of n values: the LN-LSTM's
+// pre-activations, LN(xw) g_ih + LN(hw) g_hh + b_ih + b_hh. Per simd.h level like bn_pre_row:
+// LN-LSTM forward, no_grad, alternating with the baseline-built loop, median of 195 calls: row
+// MNIST 6.32 / 5.78 ms against 6.46 / 5.91 (two runs), pixel MNIST 66.4 against 67.9.
+template <typename T>
+FUSEDRNN_ALWAYS_INLINE void add_row(int64_t n, T* __restrict acc, const T* __restrict v, const T* __restrict bi,
+                                    const T* __restrict bh) {
+  if (bi) {
+    for (int64_t k = 0; k < n; ++k) acc[k] += v[k] + bi[k] + bh[k];
+  } else {
+    for (int64_t k = 0; k < n; ++k) acc[k] += v[k];
+  }
+}
+
 // y = BN(v) gain + bias over one row of n columns with per-column mean and rstd.
 template <typename T>
 FUSEDRNN_ALWAYS_INLINE void bn_apply_row(int64_t n, const T* __restrict v, const T* __restrict mean,
@@ -416,6 +430,7 @@ FUSEDRNN_ROW_DISPATCH(bn_partial_bwd, typename T, T)
 FUSEDRNN_ROW_DISPATCH(bn_apply_bwd, typename T, T)
 FUSEDRNN_ROW_DISPATCH(bn_pre_row, typename T, T)
 FUSEDRNN_ROW_DISPATCH(bn_apply_row, typename T, T)
+FUSEDRNN_ROW_DISPATCH(add_row, typename T, T)
 #undef FUSEDRNN_COMMA
 #undef FUSEDRNN_ROW_DISPATCH
 
