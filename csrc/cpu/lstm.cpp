@@ -642,8 +642,8 @@ void lstm_backward(const LstmBwdParams<T>& p, const DgSteps& all, const at::Tens
       units_bwd_run<T>(vanilla, fl, H, static_cast<const T*>(dop + b * H), static_cast<const T*>(dcnp + b * H),
                        dc + b * H, fl.fgr ? static_cast<const T*>(da + b * 3 * H) : static_cast<const T*>(nullptr),
                        acts_b, cprev, cs_b, p.w_peep, dpre_b, dpeep);
-      if (dbias)
-        for (int64_t k = 0; k < GH; ++k) dbias[k] += dpre_b[k];
+      if (dbias) add_row_run<T>(GH, dbias, static_cast<const T*>(dpre_b), static_cast<const T*>(nullptr),
+                                static_cast<const T*>(nullptr));
       if (fl.fgr) {  // the FGR gates' gradients, gathered for da_{t-1} = dpre_ifo W_fgr
         std::copy(dpre_b + fl.gi * H, dpre_b + fl.gi * H + H, difo + b * 3 * H);
         std::copy(dpre_b + fl.gf * H, dpre_b + fl.gf * H + H, difo + b * 3 * H + H);
