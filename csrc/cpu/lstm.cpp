@@ -171,7 +171,7 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
         add_row_run<T>(GH, pre, static_cast<const T*>(tmp), p.b_ih, p.b_hh);
       } else if (NORM == kNormLayerPerGate) {
         T* vr = const_cast<T*>(xr);  // saved: x W_ih^T + h W_hh^T, normalized per gate
-        for (int64_t k = 0; k < GH; ++k) vr[k] += hr[k];
+        add_row_run<T>(GH, vr, hr, static_cast<const T*>(nullptr), static_cast<const T*>(nullptr));
         T* sb = st + b * SW;
         for (int64_t g = 0; g < G; ++g)
           ln_row_fwd<T>(vr + g * H, H, p.g_gates + g * H, p.b_gates + g * H, p.eps, pre + g * H,
@@ -515,6 +515,11 @@ lstm_fwd_cpu(const at::Tensor& x, const c10::optional<at::Tensor>& lengths, cons
 
 // ----------------------------------------------------------------------------- backward
 
+// Which gate-gradient buffers hold every step ([T, B, GH]), not one ([B, GH]).
+struct DgSteps {
+  bool dpre = true, dxw = true, dhw = true;
+};
+
 // Where members own rows (owns_rows), the backward computes dx = dxw W_ih in its loop, each
 // member from its rows' dxw_t right after they are written (and still in its cache), instead of
 // one GEMM after the loop that reads dxw [T, B, 4H] back; batch norm's ih part then runs in the
@@ -523,11 +528,6 @@ lstm_fwd_cpu(const at::Tensor& x, const c10::optional<at::Tensor>& lengths, cons
 // MNIST within 0.1-0.2 ms (17.3 / 21.4-21.7, a loaded hour). BN-LSTM (its ih part and dx in the
 // loop against both after it), median of 31: pixel MNIST 210.0 against 226.1 ms, row MNIST 17.3
 // against 17.7; one thread (a team of one) 333.6 / 29.7 against 337.3 / 29.7.
-// Which gate-gradient buffers hold every step ([T, B, GH]), not one ([B, GH]).
-struct DgSteps {
-  bool dpre = true, dxw = true, dhw = true;
-};
-
 // dx: [T, B, I], filled in the loop (owns_rows), or undefined; wg: the weight gradients
 // accumulated in the loop (members own rows, float32 on the AVX-512 kernel), or null.
 template <typename T, int NORM>
@@ -808,7 +808,7 @@ void lstm_backward(const LstmBwdParams<T>& p, const DgSteps& all, const at::Tens
       }
       return;
     }
-    if (how == TeamSplit::kRows || dx_loop) {  // each member its rows through every step, no barrier
+    if (dx_loop) {  // members own rows: each its rows through every step, no barrier
       team.each_part(B, [&](int64_t m, int64_t lo, int64_t hi) {
         for (int64_t t = Tn - 1; t >= 0; --t) {
           if (P) {

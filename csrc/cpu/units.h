@@ -214,9 +214,10 @@ FUSEDRNN_ALWAYS_INLINE void bn_pre_row(int64_t n, const T* __restrict xr, const 
 }
 
 // acc += v (+ bi + bh where the cell has biases) over one row of n values: the LN-LSTM's
-// pre-activations, LN(xw) g_ih + LN(hw) g_hh + b_ih + b_hh, and the LSTM backward's bias sums. Per simd.h level like bn_pre_row:
-// LN-LSTM forward, no_grad, alternating with the baseline-built loop, median of 195 calls: row
-// MNIST 6.32 / 5.78 ms against 6.46 / 5.91 (two runs), pixel MNIST 66.4 against 67.9.
+// pre-activations LN(xw) g_ih + LN(hw) g_hh + b_ih + b_hh, the per-gate LN's xw + hw, and the
+// LSTM backward's bias sums. Per simd.h level like bn_pre_row: LN-LSTM forward, no_grad,
+// alternating with the baseline-built loop, median of 195 calls: row MNIST 6.32 / 5.78 ms
+// against 6.46 / 5.91 (two runs), pixel MNIST 66.4 against 67.9.
 template <typename T>
 FUSEDRNN_ALWAYS_INLINE void add_row(int64_t n, T* __restrict acc, const T* __restrict v, const T* __restrict bi,
                                     const T* __restrict bh) {
