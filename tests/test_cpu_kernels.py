@@ -8,6 +8,7 @@ autocast, error paths.
 import os
 import subprocess
 import sys
+from unittest import mock
 
 import pytest
 import torch
@@ -554,6 +555,30 @@ def test_opcheck_lstm(spec):
         running = tuple(t.clone() for t in args[17:23])
         torch.library.opcheck(torch.ops.fusedrnn.bn_update_.default,
                               (*running, out[8].detach(), args[1], 2, 0, 0.1))
+
+
+@pytest.mark.parametrize("spec", [CellSpec("lstm", "fgr", "batch"), CellSpec("lstm", proj_size=2),
+                                  CellSpec("gru", norm="layer"), CellSpec("rnn_relu")], ids=spec_id)
+def test_function_and_op_autograd_agree(spec):
+    """run_layer's autograd.Functions (grad mode) and the autograd registered on the ops give the
+    same outputs and gradients; without grad mode run_layer calls the op itself."""
+    x, state, p = make_layer(spec, 3, 2, 2, 3, torch.float64)
+    lengths = torch.tensor([3, 2])
+    leaves = [x, *state, *(t for r, t in p.items() if not r.startswith(("rm_", "rv_")))]
+    runs = {}
+    for entry in ("function", "op"):
+        with mock.patch.dict(_ops._APPLY, _ops._OPS if entry == "op" else {}):
+            y, final = _ops.run_layer(spec, x, state, p, lengths=lengths, training=True)
+        runs[entry] = (y, torch.autograd.grad((y * y).sum() + sum(f.sum() for f in final), leaves))
+    name = {"lstm": "lstm_fwd", "gru": "gru_fwd"}.get(spec.family, "rnn_fwd")
+    assert type(runs["function"][0].grad_fn).__name__.startswith(f"Fused_{name}")
+    assert not type(runs["op"][0].grad_fn).__name__.startswith("Fused_")
+    torch.testing.assert_close(runs["function"][0], runs["op"][0], rtol=0, atol=0)
+    for a, b in zip(runs["function"][1], runs["op"][1]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with torch.no_grad():
+        y, _ = _ops.run_layer(spec, x, state, p, lengths=lengths, training=False)
+    assert y.grad_fn is None
 
 
 @pytest.mark.parametrize("norm", ["none", "layer"])
