@@ -91,14 +91,21 @@ inline void gemm_out(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, 
 
 // Weight gradients accumulated step by step inside a time loop whose members own batch rows:
 // member m adds dG^T X for its rows of the step (dG [rows, M], X [rows, N_j], both row-major)
-// into its own accumulators C_j [M, N_j], while dG's rows are still in its cache; total(j) sums
-// the members' after the loop. set_dg packs dG^T once for the products that share it. float32
-// with fusedrnn's AVX-512 kernel only (available()); elsewhere the weight gradients stay GEMMs
-// after the loop (common.h weight_grads). The gate gradients then need no [T, B, 4H] buffer
-// written in the loop and read back (and packed, transposed) after it. Measured on the LSTM
-// backward, fwd+bwd alternating with a temporary switch to the GEMMs after the loop, median of
-// 21: row MNIST LSTM / LN / BN 11.88 / 15.97 / 18.78 ms against 12.15 / 16.56 / 19.27, pixel
-// MNIST 117.4 / 171.9 / 187.5 against 121.9 / 181.3 / 194.6.
+// into its own accumulators C_j [M, N_j], packing dG^T and X while dG's rows are still in its
+// cache; total(j) sums the members' after the loop. float32 with fusedrnn's AVX-512 kernel only
+// (available()); elsewhere the weight gradients stay GEMMs after the loop (common.h
+// weight_grads). The gate gradients then need no [T, B, 4H] buffer written in the loop and read
+// back (and packed, transposed) after it. Measured on the LSTM backward, fwd+bwd alternating
+// with a temporary switch to the GEMMs after the loop, median of 21: row MNIST LSTM / LN / BN
+// 11.88 / 15.97 / 18.78 ms against 12.15 / 16.56 / 19.27, pixel MNIST 117.4 / 171.9 / 187.5
+// against 121.9 / 181.3 / 194.6.
+// A member's rows of one step are a short k (row MNIST: 50), so each product is staged over
+// `steps` steps (k = 128 rows where a member has fewer per step) and runs once per `steps`
+// steps: each C_j tile is then read and written, and each tile call set up, half or a quarter
+// as often. Measured fwd+bwd, alternating with a temporary switch (1 step / 2-4 steps / 5-8
+// steps), median of 21 (pixel MNIST: 7): row MNIST LSTM / LN / BN 13.34 / 16.01 / 18.55 ms
+// against 12.77 / 15.50 / 18.19 (and 13.36 / 16.57 / 18.98), pixel MNIST LSTM / BN 111.7 /
+// 182.3 against 104.6 / 175.4 (and 103.6 / 179.9).
 class StepWeightGrads {
  public:
   static bool available(at::ScalarType dt) {
@@ -110,55 +117,95 @@ class StepWeightGrads {
 #endif
   }
 
+  // M: dG's width (the gate columns); N[j]: product j's X width; max_rows: the most rows a
+  // member adds per step.
   StepWeightGrads(int64_t members, int64_t M, std::vector<int64_t> N, int64_t max_rows, const at::TensorOptions& opts)
-      : M_(M), N_(std::move(N)), max_rows_(max_rows) {
+      : M_(M), N_(std::move(N)), max_rows_(max_rows), members_(members),
+        steps_(std::max<int64_t>(1, kStageRows / std::max<int64_t>(max_rows, 1))) {
 #if FUSEDRNN_HAS_AVX512_KERNEL
     const auto f32 = opts.dtype(at::kFloat);
-    a_ = at::empty({members, M * max_rows}, f32);
+    const int64_t J = int64_t(N_.size()), K = steps_ * max_rows;
+    a_ = at::empty({J, members, M * K}, f32);
     int64_t widest = 0;
     for (int64_t n : N_) {
       acc_.push_back(at::zeros({members, M, n}, f32));
       widest = std::max(widest, avx512::panels(n) * avx512::kNR);
     }
-    b_ = at::empty({members, widest * max_rows}, f32);
+    b_ = at::empty({J, members, widest * K}, f32);
+    staged_.assign(J * members, 0);
+    rows_.assign(J * members, 0);
 #else
-    (void)members; (void)opts;
+    (void)opts;
 #endif
   }
 
-  // Member m's dG rows of this step: dG(r, i) = dg[r * ldg + i], r < rows <= max_rows.
-  void set_dg(int64_t m, const float* dg, int64_t ldg, int64_t rows) {
+  // Stages member m's rows of this step for product j: C_j[m] += dG^T X, dG(r, i) = dg[r * ldg
+  // + i], X(r, k) = x[r * ldx + k], r < rows <= max_rows (the same rows at every step). The
+  // products run once `steps` steps are staged (and the rest in total()): k = steps x rows per
+  // product, so each C_j tile is read and written once per `steps` steps.
+  void add(int64_t m, size_t j, const float* dg, int64_t ldg, const float* x, int64_t ldx, int64_t rows) {
     TORCH_CHECK(rows <= max_rows_, "fusedrnn: StepWeightGrads: ", rows, " rows, sized for ", max_rows_);
 #if FUSEDRNN_HAS_AVX512_KERNEL
-    if (rows > 0) avx512::pack_a(dg, 1, ldg, M_, rows, 0, avx512::row_tiles(M_), a_.data_ptr<float>() + m * a_.size(1));
-#else
-    (void)m; (void)dg; (void)ldg;
-#endif
-  }
-
-  // C_j[m] += dG^T X, X(r, k) = x[r * ldx + k], for the rows of member m's last set_dg.
-  void add(int64_t m, size_t j, const float* x, int64_t ldx, int64_t rows) {
-#if FUSEDRNN_HAS_AVX512_KERNEL
     if (rows == 0) return;
-    const int64_t N = N_[j];
-    float* pk = b_.data_ptr<float>() + m * b_.size(1);
-    avx512::pack(x, ldx, 1, rows, N, 0, avx512::panels(N), pk);
-    avx512::gemm(a_.data_ptr<float>() + m * a_.size(1), 0, M_, 0, avx512::row_tiles(M_), pk, rows, 0, N,
-                 acc_[j].data_ptr<float>() + m * M_ * N, N, /*accumulate=*/true);
+    const int64_t slot = int64_t(j) * members_ + m, s = staged_[slot], K = steps_ * rows;
+    TORCH_CHECK(s == 0 || rows_[slot] == rows, "fusedrnn: StepWeightGrads: rows changed between steps");
+    avx512::pack_a(dg, 1, ldg, M_, rows, 0, avx512::row_tiles(M_), a_part(m, j), s * rows, K);
+    avx512::pack(x, ldx, 1, rows, N_[j], 0, avx512::panels(N_[j]), b_part(m, j), s * rows, K);
+    rows_[slot] = rows;
+    if (++staged_[slot] == steps_) flush(m, j);
 #else
-    (void)m; (void)j; (void)x; (void)ldx; (void)rows;
+    (void)m; (void)j; (void)dg; (void)ldg; (void)x; (void)ldx; (void)rows;
 #endif
   }
 
-  at::Tensor total(size_t j) const { return acc_[j].sum(0); }
+  // Product j summed over the members, after the loop.
+  at::Tensor total(size_t j) {
+    for (int64_t m = 0; m < members_; ++m) flush(m, j);
+    return acc_[j].sum(0);
+  }
   int64_t max_rows() const { return max_rows_; }
 
  private:
+  // Steps' rows per product: k = 128 rows where a member has fewer per step (row MNIST: 2 steps
+  // of 50, pixel MNIST: 4 of 32).
+  static constexpr int64_t kStageRows = 128;
+
+  void flush(int64_t m, size_t j) {
+#if FUSEDRNN_HAS_AVX512_KERNEL
+    const int64_t slot = int64_t(j) * members_ + m, s = staged_[slot];
+    if (s == 0) return;
+    const int64_t N = N_[j], rows = rows_[slot], K = steps_ * rows;
+    float* a = a_part(m, j);
+    float* b = b_part(m, j);
+    if (s < steps_) {  // the last, partial stage (in total()): zeros in the k not staged
+      const int64_t k0 = s * rows;
+      for (int64_t q = 0; q < avx512::row_tiles(M_); ++q) {
+        const int64_t i = avx512::tile_start(M_, q), h = avx512::tile_start(M_, q + 1) - i;
+        std::fill_n(a + i * K + k0 * h, (K - k0) * h, 0.0f);
+      }
+      for (int64_t q = 0; q < avx512::panels(N); ++q) {
+        const int64_t j0 = q * avx512::kNR, ld = 16 * ((std::min<int64_t>(avx512::kNR, N - j0) + 15) / 16);
+        std::fill_n(b + j0 * K + k0 * ld, (K - k0) * ld, 0.0f);
+      }
+    }
+    avx512::gemm(a, 0, M_, 0, avx512::row_tiles(M_), b, K, 0, N, acc_[j].data_ptr<float>() + m * M_ * N, N,
+                 /*accumulate=*/true);
+    staged_[slot] = 0;
+#else
+    (void)m; (void)j;
+#endif
+  }
+
+  // Member m's staged dG^T and X of product j (no ATen call: members run on team threads).
+  float* a_part(int64_t m, size_t j) { return a_.data_ptr<float>() + (int64_t(j) * members_ + m) * a_.size(2); }
+  float* b_part(int64_t m, size_t j) { return b_.data_ptr<float>() + (int64_t(j) * members_ + m) * b_.size(2); }
+
   int64_t M_;
   std::vector<int64_t> N_;
-  int64_t max_rows_;
+  int64_t max_rows_, members_, steps_;
   at::Tensor a_, b_;
   std::vector<at::Tensor> acc_;
+  std::vector<int64_t> staged_, rows_;
 };
 
 // a @ b into a cached buffer (pool.h).

@@ -675,19 +675,17 @@ void lstm_backward(const LstmBwdParams<T>& p, const DgSteps& all, const at::Tens
       const int64_t rows = hi - lo;
       const float* x_t = p.x + (t * B + lo) * I;
       const float* hprev = t > 0 ? p.y + ((t - 1) * B + lo) * R : p.h0 + lo * R;
-      wg->set_dg(m, dxw_at(t) + lo * GH, GH, rows);
       if (shared_dg) {
         float* xh = xh_rows.data_ptr<float>() + m * xh_rows.size(1);
         for (int64_t r = 0; r < rows; ++r) {
           std::copy_n(x_t + r * I, I, xh + r * (I + R));
           std::copy_n(hprev + r * R, R, xh + r * (I + R) + I);
         }
-        wg->add(m, 0, xh, I + R, rows);
+        wg->add(m, 0, dxw_at(t) + lo * GH, GH, xh, I + R, rows);
         return;
       }
-      wg->add(m, 0, x_t, I, rows);
-      wg->set_dg(m, dhw_at(t) + lo * GH, GH, rows);
-      wg->add(m, 1, hprev, R, rows);
+      wg->add(m, 0, dxw_at(t) + lo * GH, GH, x_t, I, rows);
+      wg->add(m, 1, dhw_at(t) + lo * GH, GH, hprev, R, rows);
     }
   };
 

@@ -130,15 +130,18 @@ FUSEDRNN_AVX512_TARGET inline void gemm(const float* a, int64_t lda, int64_t M, 
 // are not contiguous (the weight gradients' dG^T, sa = 1): read in place, every k of a tile is
 // another cache line and, 2 KiB apart, every other k another page (measured, one thread: 512 x
 // 2800 x 156, dG^T [x | h] of row MNIST, 69 GFLOP/s in place, 95 for a row-major a).
+// With k_at and k_total (>= k_at + K) it fills k [k_at, k_at + K) of a packed a of k_total
+// columns (one part of a product whose k range is packed in parts).
 FUSEDRNN_AVX512_TARGET inline void pack_a(const float* a, int64_t sa, int64_t sk, int64_t M, int64_t K, int64_t q0,
-                                          int64_t q1, float* dst) {
+                                          int64_t q1, float* dst, int64_t k_at = 0, int64_t k_total = -1) {
   constexpr int64_t kB = 64;  // k rows of dG's source per block (128 KiB at GH = 512): L2 over the tiles
+  const int64_t KT = k_total < 0 ? K : k_total;
   for (int64_t kk = 0; kk < K; kk += kB)
     for (int64_t q = q0; q < q1; ++q) {
       const int64_t i = tile_start(M, q), rows = tile_start(M, q + 1) - i;
       const __mmask16 mr = lanes(rows, 0);
       for (int64_t k = kk; k < std::min(K, kk + kB); ++k) {
-        float* d = dst + i * K + k * rows;
+        float* d = dst + i * KT + (k_at + k) * rows;
         if (sa == 1) _mm512_mask_storeu_ps(d, mr, _mm512_maskz_loadu_ps(mr, a + i + k * sk));
         else for (int64_t r = 0; r < rows; ++r) d[r] = a[(i + r) * sa + k * sk];
       }
@@ -147,12 +150,13 @@ FUSEDRNN_AVX512_TARGET inline void pack_a(const float* a, int64_t sa, int64_t sk
 
 // Packs panels [q0, q1) of B [K, N], B(k, j) = b[k * sk + j * sn], into `packed`: panel q holds
 // columns [48 q, 48 q + w) as [K, 16 NV] row-major at offset 48 q K, w = min(48, N - 48 q),
-// NV = ceil(w / 16), zero-padded to 16 NV.
+// NV = ceil(w / 16), zero-padded to 16 NV. With k_at and k_total (>= k_at + K): rows [k_at,
+// k_at + K) of a packed B of k_total rows, as pack_a.
 inline void pack(const float* b, int64_t sk, int64_t sn, int64_t K, int64_t N, int64_t q0, int64_t q1,
-                 float* packed) {
+                 float* packed, int64_t k_at = 0, int64_t k_total = -1) {
   for (int64_t q = q0; q < q1; ++q) {
     const int64_t j0 = q * kNR, w = std::min<int64_t>(kNR, N - j0), ld = 16 * ((w + 15) / 16);
-    float* dst = packed + j0 * K;
+    float* dst = packed + j0 * (k_total < 0 ? K : k_total) + k_at * ld;
     if (sk == 1) {  // columns of B contiguous: read them whole
       for (int64_t j = 0; j < ld; ++j)
         for (int64_t k = 0; k < K; ++k) dst[k * ld + j] = j < w ? b[k + (j0 + j) * sn] : 0.0f;
