@@ -116,7 +116,7 @@ inline std::pair<at::Tensor, at::Tensor> weight_grads(const at::Tensor& dxw, con
     return {cached_mm(dxw.t(), x.reshape({T * B, I})), cached_mm(dhw.t(), xh.view({T * B, R}))};
   xh.narrow(2, 0, I).copy_(x);
   at::Tensor dw = cached_mm(dxw.t(), xh.view({T * B, I + R}));
-  return {dw.narrow(1, 0, I).contiguous(), dw.narrow(1, I, R).contiguous()};
+  return {cached_contiguous(dw.narrow(1, 0, I)), cached_contiguous(dw.narrow(1, I, R))};
 }
 
 // Empty stand-in for an absent result of an op.

@@ -161,7 +161,8 @@ class StepWeightGrads {
   // Product j summed over the members, after the loop.
   at::Tensor total(size_t j) {
     for (int64_t m = 0; m < members_; ++m) flush(m, j);
-    return acc_[j].sum(0);
+    at::Tensor out = cached_empty({M_, N_[j]}, acc_[j].options());
+    return at::sum_out(out, acc_[j], 0);
   }
   int64_t max_rows() const { return max_rows_; }
 

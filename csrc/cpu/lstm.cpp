@@ -992,8 +992,8 @@ T17 lstm_bwd_cpu(
     std::tie(dw_ih, dw_hh) = weight_grads(dxw.view({T * B, GH}), dhw.view({T * B, GH}), x, h0, y);
   } else if (!two) {
     at::Tensor dw = wg->total(0);
-    dw_ih = dw.narrow(1, 0, I).contiguous();
-    dw_hh = dw.narrow(1, I, R).contiguous();
+    dw_ih = cached_contiguous(dw.narrow(1, 0, I));
+    dw_hh = cached_contiguous(dw.narrow(1, I, R));
   } else {
     dw_ih = wg->total(0);
     dw_hh = wg->total(1);

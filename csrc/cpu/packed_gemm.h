@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "pool.h"
 #include "simd.h"
 
 #define FUSEDRNN_HAS_AVX512_KERNEL FUSEDRNN_X86
@@ -174,14 +175,15 @@ inline int64_t panels(int64_t N) { return (N + kNR - 1) / kNR; }
 
 // A float32 weight slice packed for fusedrnn's AVX-512 kernel: B [K, N] with
 // B[k, j] = w[j * ldw + k] (transposed: B = W[0:N, :]^T) or w[k * ldw + j], w at the slice.
-// The constructor allocates; pack() fills (no ATen call: team threads may run it).
+// The constructor allocates (from pool.h's cache: a layer's packed W is megabytes, allocated and
+// freed every call); pack() fills (no ATen call: team threads may run it).
 class PackedPanels {
  public:
   PackedPanels() = default;
   PackedPanels(const float* w, int64_t ldw, bool transposed, int64_t N, int64_t K, const at::TensorOptions& opts)
       : w_(w), ldw_(ldw), N_(N), K_(K), transposed_(transposed) {
 #if FUSEDRNN_HAS_AVX512_KERNEL
-    buf_ = at::empty({avx512::panels(N) * avx512::kNR * K}, opts.dtype(at::kFloat));
+    buf_ = cached_empty({avx512::panels(N) * avx512::kNR * K}, opts.dtype(at::kFloat));
 #else
     (void)opts;
 #endif

@@ -176,5 +176,16 @@ inline at::Tensor cached_empty(at::IntArrayRef sizes, const at::TensorOptions& o
                                    opts.dtype().toScalarType(), c10::nullopt);
 }
 
+// t itself if contiguous, else a contiguous copy in a cached buffer. The weight gradients cut
+// out of one [GH, I + R] product are returned to autograd and freed after accumulation; from
+// c10's allocator their 7 MB buffers (PTB shape) were page-faulted back in on most calls:
+// torch.profiler, PTB backward, mean of 6: the two copies 1.2-1.3 ms against 3.7-4.1.
+inline at::Tensor cached_contiguous(const at::Tensor& t) {
+  if (t.is_contiguous()) return t;
+  at::Tensor out = cached_empty(t.sizes(), t.options());
+  out.copy_(t);
+  return out;
+}
+
 }  // namespace cpu
 }  // namespace fusedrnn
