@@ -99,19 +99,31 @@ struct ThreadAcc {
 // The weight gradients after the time loop: dW_ih = dxw^T x and dW_hh = dhw^T h_prev, h_prev =
 // [h0; y[:T-1]] the h_{t-1} of every step; dxw, dhw [T * B, GH], x [T, B, I], y [T, B, R].
 // Where the two share their left operand (dhw is dxw: no separate normalization of the recurrent
-// projection) they are one GEMM dxw^T [x | h_prev]: a narrow x made dW_ih alone a poor GEMM
-// (measured with torch.mm here, 2 threads: row MNIST 0.99 ms for [512, 2800] x [2800, 28] next
-// to 2.13 ms for the [2800, 128] dW_hh, merged 2.79 ms; pixel MNIST's I = 1: 8.0 + 25.9 ms,
-// merged 29.5; I = H = 256: 9.2 + 9.2 ms, merged 17.5).
+// projection) they are one product: on fusedrnn's kernel dxw^T packed once and multiplied into
+// both outputs (gemm_outs), elsewhere one GEMM dxw^T [x | h_prev] cut in two: a narrow x made
+// dW_ih alone a poor GEMM (measured with torch.mm here, 2 threads: row MNIST 0.99 ms for [512,
+// 2800] x [2800, 28] next to 2.13 ms for the [2800, 128] dW_hh, merged 2.79 ms; pixel MNIST's
+// I = 1: 8.0 + 25.9 ms, merged 29.5; I = H = 256: 9.2 + 9.2 ms, merged 17.5).
 inline std::pair<at::Tensor, at::Tensor> weight_grads(const at::Tensor& dxw, const at::Tensor& dhw,
                                                       const at::Tensor& x, const at::Tensor& h0,
                                                       const at::Tensor& y) {
-  const int64_t T = y.size(0), B = y.size(1), R = y.size(2), I = x.size(2);
+  const int64_t T = y.size(0), B = y.size(1), R = y.size(2), I = x.size(2), GH = dxw.size(1);
   const bool shared = dxw.data_ptr() == dhw.data_ptr();
-  at::Tensor xh = cached_empty({T, B, (shared ? I : 0) + R}, y.options());  // [x |] h_prev
-  at::Tensor hp = xh.narrow(2, shared ? I : 0, R);
+  // on fusedrnn's kernel dW_ih and dW_hh are one product with two outputs (gemm_outs): no [x |
+  // h_prev] copy, no copies out of one [GH, I + R] result. Measured fwd+bwd, alternating with a
+  // temporary switch to the merged GEMM, median of 15: PTB LSTM 82.4 ms against 83.8, the
+  // generic shape 58.4 against 60.5.
+  const bool own = shared && own_gemm(y.scalar_type(), GH, T * B, {I, R});
+  at::Tensor xh = cached_empty({T, B, (shared && !own ? I : 0) + R}, y.options());  // [x |] h_prev
+  at::Tensor hp = xh.narrow(2, shared && !own ? I : 0, R);
   hp[0].copy_(h0);
   if (T > 1) hp.narrow(0, 1, T - 1).copy_(y.narrow(0, 0, T - 1));
+  if (own) {
+    at::Tensor dw_ih = cached_empty({GH, I}, y.options()), dw_hh = cached_empty({GH, R}, y.options());
+    const at::Tensor a = dxw.t(), bx = x.reshape({T * B, I}), bh = xh.view({T * B, R});
+    gemm_outs(a, {{&dw_ih, &bx, nullptr}, {&dw_hh, &bh, nullptr}});
+    return {dw_ih, dw_hh};
+  }
   if (!shared)
     return {cached_mm(dxw.t(), x.reshape({T * B, I})), cached_mm(dhw.t(), xh.view({T * B, R}))};
   xh.narrow(2, 0, I).copy_(x);

@@ -18,47 +18,100 @@
 #include "pool.h"
 #include "team.h"
 
+#include <algorithm>
+#include <initializer_list>
+#include <vector>
+
 namespace fusedrnn {
 namespace cpu {
 
-// out[M, N] = a[M, K] b[K, N] (+ bias[N] on every row); a and b of any strides, out contiguous,
-// bias (float32) [N].
-inline void gemm_out(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, const at::Tensor* bias = nullptr) {
-  const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
-  const int64_t n = team_members(M * K * N);
+// One product of gemm_outs: out[M, N] = a[M, K] b[K, N] (+ bias[N] on every row); b of any
+// strides, out contiguous, bias (float32) [N] or null.
+struct GemmPart {
+  at::Tensor* out;
+  const at::Tensor* b;
+  const at::Tensor* bias;
+};
+
+// Products that share their left operand a (of any strides), on one thread team: a is packed
+// once for all of them (the weight gradients dW_ih = dG^T x and dW_hh = dG^T h_prev of one dG
+// go straight into their own contiguous outputs).
+// Whether gemm_outs runs a float32 product of a [M, K] by parts of widths N on fusedrnn's AVX-512
+// kernel (else ATen's mm): each part at least 16 columns, 64k multiply-adds in all.
+inline bool own_gemm(at::ScalarType dt, int64_t M, int64_t K, std::initializer_list<int64_t> N) {
 #if FUSEDRNN_HAS_AVX512_KERNEL
-  const bool own = out.scalar_type() == at::kFloat && mkl::own_kernel_available() && N >= 16 && K >= 1 && M >= 1 &&
-                   M * K * N >= (int64_t(1) << 16);
+  int64_t all = 0;
+  bool wide = true;
+  for (int64_t n : N) {
+    all += n;
+    wide = wide && n >= 16;
+  }
+  return dt == at::kFloat && mkl::own_kernel_available() && wide && K >= 1 && M >= 1 && M * K * all >= (int64_t(1) << 16);
 #else
-  const bool own = false;
+  (void)dt; (void)M; (void)K; (void)N;
+  return false;
 #endif
+}
+
+inline void gemm_outs(const at::Tensor& a, const std::vector<GemmPart>& parts) {
+  const int64_t M = a.size(0), K = a.size(1);
+  int64_t N_all = 0;
+  bool own = true;
+  for (const GemmPart& g : parts) {
+    N_all += g.b->size(1);
+    own = own && g.out->scalar_type() == at::kFloat && own_gemm(at::kFloat, M, K, {g.b->size(1)});
+  }
+  own = own && M * K * N_all >= (int64_t(1) << 16);
+  const int64_t n = team_members(M * K * N_all);
   if (!own) {
-    if (bias) at::addmm_out(out, *bias, a, b);
-    else at::mm_out(out, a, b);
+    for (const GemmPart& g : parts) {
+      if (g.bias) at::addmm_out(*g.out, *g.bias, a, *g.b);
+      else at::mm_out(*g.out, a, *g.b);
+    }
     return;
   }
 #if FUSEDRNN_HAS_AVX512_KERNEL
-  const int64_t P = avx512::panels(N), tiles = avx512::row_tiles(M);
-  at::Tensor packed = cached_empty({P * avx512::kNR * K}, out.options());
+  // part j's panels are panels [first[j], first[j + 1]) of all parts', packed one after another
+  const int64_t J = int64_t(parts.size()), tiles = avx512::row_tiles(M);
+  std::vector<int64_t> first(J + 1, 0);
+  for (int64_t j = 0; j < J; ++j) first[j + 1] = first[j] + avx512::panels(parts[j].b->size(1));
+  const int64_t P = first[J];
+  at::Tensor packed = cached_empty({P * avx512::kNR * K}, a.options());
   float* pk = packed.data_ptr<float>();
   // a with contiguous rows is read in place; other strides (dG^T) are packed by row tiles
   const bool a_rows = a.stride(1) == 1;
-  at::Tensor a_packed = a_rows ? at::Tensor() : cached_empty({M * K}, out.options());
+  at::Tensor a_packed = a_rows ? at::Tensor() : cached_empty({M * K}, a.options());
   float* apk = a_rows ? nullptr : a_packed.data_ptr<float>();
-  float* c = out.data_ptr<float>();
-  const float *ap = a.data_ptr<float>(), *bp = b.data_ptr<float>();
-  const at::Tensor bias_c = bias ? bias->contiguous() : at::Tensor();
-  const float* biasp = bias ? bias_c.data_ptr<float>() : nullptr;
-  const int64_t sa = a.stride(0), sk = a.stride(1), bk = b.stride(0), bn = b.stride(1), ldc = out.stride(0);
+  const float* ap = a.data_ptr<float>();
+  const int64_t sa = a.stride(0), sk = a.stride(1);
   const float* a_in = a_rows ? ap : apk;
   const int64_t lda = a_rows ? sa : 0;
+  std::vector<at::Tensor> biases(J);
+  for (int64_t j = 0; j < J; ++j)
+    if (parts[j].bias) biases[j] = parts[j].bias->contiguous();
+  auto part_of = [&](int64_t q) { return int64_t(std::upper_bound(first.begin(), first.end(), q) - first.begin()) - 1; };
+  auto width = [&](int64_t q) {  // columns of panel q
+    const int64_t j = part_of(q);
+    return std::min<int64_t>(avx512::kNR, parts[j].b->size(1) - (q - first[j]) * avx512::kNR);
+  };
+  // Panel range [q0, q1) of all parts: each part's share of it (all rows).
+  auto run_panels = [&](int64_t q0, int64_t q1) {
+    for (int64_t j = 0; j < J; ++j) {
+      const int64_t lo = std::max(q0, first[j]) - first[j], hi = std::min(q1, first[j + 1]) - first[j];
+      if (hi <= lo) continue;
+      const int64_t N = parts[j].b->size(1);
+      avx512::gemm(a_in, lda, M, 0, tiles, pk + first[j] * avx512::kNR * K, K, lo * avx512::kNR,
+                   std::min(N, hi * avx512::kNR), parts[j].out->data_ptr<float>(), parts[j].out->stride(0), false,
+                   biases[j].defined() ? biases[j].data_ptr<float>() : nullptr);
+    }
+  };
   // members take panels or row tiles, whichever split evens their work out better (a 12-column
   // tail panel costs a 16-column one): row MNIST's weight gradients, N = 156 in panels of 3, 3, 3
   // and 1 zmm, split 6 | 4 by panels, 32 | 32 tiles by rows
-  auto balance = [&](int64_t parts, auto weight) {
+  auto balance = [&](int64_t count, auto weight) {
     int64_t total = 0, most = 0;
     for (int64_t m = 0; m < n; ++m) {
-      const auto [lo, hi] = split(parts, n, m);
+      const auto [lo, hi] = split(count, n, m);
       int64_t w = 0;
       for (int64_t q = lo; q < hi; ++q) w += weight(q);
       total += w;
@@ -66,27 +119,41 @@ inline void gemm_out(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, 
     }
     return double(total) / double(n * std::max<int64_t>(most, 1));
   };
-  const bool by_panels =
-      balance(P, [&](int64_t q) { return (std::min<int64_t>(avx512::kNR, N - q * avx512::kNR) + 15) / 16; }) >=
-      balance(tiles, [&](int64_t q) { return avx512::tile_start(M, q + 1) - avx512::tile_start(M, q); });
+  const bool by_panels = balance(P, [&](int64_t q) { return (width(q) + 15) / 16; }) >=
+                         balance(tiles, [&](int64_t q) { return avx512::tile_start(M, q + 1) - avx512::tile_start(M, q); });
   run_team(n, [&](Team& team) {
-    team.each_part(P, [&](int64_t, int64_t q0, int64_t q1) { avx512::pack(bp, bk, bn, K, N, q0, q1, pk); });
+    team.each_part(P, [&](int64_t, int64_t q0, int64_t q1) {
+      for (int64_t j = 0; j < J; ++j) {
+        const int64_t lo = std::max(q0, first[j]) - first[j], hi = std::min(q1, first[j + 1]) - first[j];
+        const at::Tensor& b = *parts[j].b;
+        if (hi > lo)
+          avx512::pack(b.data_ptr<float>(), b.stride(0), b.stride(1), K, b.size(1), lo, hi,
+                       pk + first[j] * avx512::kNR * K);
+      }
+    });
     if (!a_rows)
       team.each_part(tiles, [&](int64_t, int64_t q0, int64_t q1) { avx512::pack_a(ap, sa, sk, M, K, q0, q1, apk); });
     team.barrier();
     if (by_panels) {
-      team.each_part(P, [&](int64_t, int64_t q0, int64_t q1) {
-        if (q1 > q0)
-          avx512::gemm(a_in, lda, M, 0, tiles, pk, K, q0 * avx512::kNR, std::min(N, q1 * avx512::kNR), c, ldc, false,
-                       biasp);
-      });
+      team.each_part(P, [&](int64_t, int64_t q0, int64_t q1) { run_panels(q0, q1); });
     } else {
       team.each_part(tiles, [&](int64_t, int64_t q0, int64_t q1) {
-        if (q1 > q0) avx512::gemm(a_in, lda, M, q0, q1, pk, K, 0, N, c, ldc, false, biasp);
+        if (q1 <= q0) return;
+        for (int64_t j = 0; j < J; ++j) {
+          const int64_t N = parts[j].b->size(1);
+          avx512::gemm(a_in, lda, M, q0, q1, pk + first[j] * avx512::kNR * K, K, 0, N, parts[j].out->data_ptr<float>(),
+                       parts[j].out->stride(0), false, biases[j].defined() ? biases[j].data_ptr<float>() : nullptr);
+        }
       });
     }
   });
 #endif
+}
+
+// out[M, N] = a[M, K] b[K, N] (+ bias[N] on every row); a and b of any strides, out contiguous,
+// bias (float32) [N].
+inline void gemm_out(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, const at::Tensor* bias = nullptr) {
+  gemm_outs(a, {{&out, &b, bias}});
 }
 
 // Weight gradients accumulated step by step inside a time loop whose members own batch rows:
