@@ -33,9 +33,6 @@ struct GemmPart {
   const at::Tensor* bias;
 };
 
-// Products that share their left operand a (of any strides), on one thread team: a is packed
-// once for all of them (the weight gradients dW_ih = dG^T x and dW_hh = dG^T h_prev of one dG
-// go straight into their own contiguous outputs).
 // Whether gemm_outs runs a float32 product of a [M, K] by parts of widths N on fusedrnn's AVX-512
 // kernel (else ATen's mm): each part at least 16 columns, 64k multiply-adds in all.
 inline bool own_gemm(at::ScalarType dt, int64_t M, int64_t K, std::initializer_list<int64_t> N) {
@@ -53,6 +50,9 @@ inline bool own_gemm(at::ScalarType dt, int64_t M, int64_t K, std::initializer_l
 #endif
 }
 
+// Products that share their left operand a (of any strides), on one thread team: a is packed
+// once for all of them (the weight gradients dW_ih = dG^T x and dW_hh = dG^T h_prev of one dG
+// go straight into their own contiguous outputs).
 inline void gemm_outs(const at::Tensor& a, const std::vector<GemmPart>& parts) {
   const int64_t M = a.size(0), K = a.size(1);
   int64_t N_all = 0;
@@ -71,11 +71,28 @@ inline void gemm_outs(const at::Tensor& a, const std::vector<GemmPart>& parts) {
     return;
   }
 #if FUSEDRNN_HAS_AVX512_KERNEL
-  // part j's panels are panels [first[j], first[j + 1]) of all parts', packed one after another
-  const int64_t J = int64_t(parts.size()), tiles = avx512::row_tiles(M);
-  std::vector<int64_t> first(J + 1, 0);
-  for (int64_t j = 0; j < J; ++j) first[j + 1] = first[j] + avx512::panels(parts[j].b->size(1));
-  const int64_t P = first[J];
+  // What the team's members read (raw pointers: no ATen call on team threads): part j's b,
+  // output and bias, and its panels [first, first + panels) of all parts' (packed one after
+  // another, part j's at pk + first * 48 K).
+  struct Part {
+    const float* b;
+    int64_t bk, bn, N;
+    float* c;
+    int64_t ldc;
+    at::Tensor bias;  // contiguous, or undefined
+    const float* biasp;
+    int64_t first, panels;
+  };
+  std::vector<Part> ps;
+  int64_t P = 0;
+  for (const GemmPart& g : parts) {
+    const int64_t N = g.b->size(1), np = avx512::panels(N);
+    const at::Tensor bias = g.bias ? g.bias->contiguous() : at::Tensor();
+    ps.push_back({g.b->data_ptr<float>(), g.b->stride(0), g.b->stride(1), N, g.out->data_ptr<float>(),
+                  g.out->stride(0), bias, bias.defined() ? bias.data_ptr<float>() : nullptr, P, np});
+    P += np;
+  }
+  const int64_t tiles = avx512::row_tiles(M);
   at::Tensor packed = cached_empty({P * avx512::kNR * K}, a.options());
   float* pk = packed.data_ptr<float>();
   // a with contiguous rows is read in place; other strides (dG^T) are packed by row tiles
@@ -86,24 +103,24 @@ inline void gemm_outs(const at::Tensor& a, const std::vector<GemmPart>& parts) {
   const int64_t sa = a.stride(0), sk = a.stride(1);
   const float* a_in = a_rows ? ap : apk;
   const int64_t lda = a_rows ? sa : 0;
-  std::vector<at::Tensor> biases(J);
-  for (int64_t j = 0; j < J; ++j)
-    if (parts[j].bias) biases[j] = parts[j].bias->contiguous();
-  auto part_of = [&](int64_t q) { return int64_t(std::upper_bound(first.begin(), first.end(), q) - first.begin()) - 1; };
-  auto width = [&](int64_t q) {  // columns of panel q
-    const int64_t j = part_of(q);
-    return std::min<int64_t>(avx512::kNR, parts[j].b->size(1) - (q - first[j]) * avx512::kNR);
-  };
-  // Panel range [q0, q1) of all parts: each part's share of it (all rows).
-  auto run_panels = [&](int64_t q0, int64_t q1) {
-    for (int64_t j = 0; j < J; ++j) {
-      const int64_t lo = std::max(q0, first[j]) - first[j], hi = std::min(q1, first[j + 1]) - first[j];
-      if (hi <= lo) continue;
-      const int64_t N = parts[j].b->size(1);
-      avx512::gemm(a_in, lda, M, 0, tiles, pk + first[j] * avx512::kNR * K, K, lo * avx512::kNR,
-                   std::min(N, hi * avx512::kNR), parts[j].out->data_ptr<float>(), parts[j].out->stride(0), false,
-                   biases[j].defined() ? biases[j].data_ptr<float>() : nullptr);
+  // f(part, its panels [lo, hi), its packed panels) for each part's share of panels [q0, q1)
+  auto each_share = [&](int64_t q0, int64_t q1, auto f) {
+    for (const Part& p : ps) {
+      const int64_t lo = std::max(q0, p.first) - p.first, hi = std::min(q1, p.first + p.panels) - p.first;
+      if (hi > lo) f(p, lo, hi, pk + p.first * avx512::kNR * K);
     }
+  };
+  // row tiles [q0, q1) of part p's panels [lo, hi)
+  auto product = [&](const Part& p, int64_t q0, int64_t q1, int64_t lo, int64_t hi, const float* pkp) {
+    avx512::gemm(a_in, lda, M, q0, q1, pkp, K, lo * avx512::kNR, std::min(p.N, hi * avx512::kNR), p.c, p.ldc, false,
+                 p.biasp);
+  };
+  auto width = [&](int64_t q) {  // columns of panel q of all parts'
+    int64_t w = 0;
+    each_share(q, q + 1, [&](const Part& p, int64_t lo, int64_t, float*) {
+      w = std::min<int64_t>(avx512::kNR, p.N - lo * avx512::kNR);
+    });
+    return w;
   };
   // members take panels or row tiles, whichever split evens their work out better (a 12-column
   // tail panel costs a 16-column one): row MNIST's weight gradients, N = 156 in panels of 3, 3, 3
@@ -123,27 +140,25 @@ inline void gemm_outs(const at::Tensor& a, const std::vector<GemmPart>& parts) {
                          balance(tiles, [&](int64_t q) { return avx512::tile_start(M, q + 1) - avx512::tile_start(M, q); });
   run_team(n, [&](Team& team) {
     team.each_part(P, [&](int64_t, int64_t q0, int64_t q1) {
-      for (int64_t j = 0; j < J; ++j) {
-        const int64_t lo = std::max(q0, first[j]) - first[j], hi = std::min(q1, first[j + 1]) - first[j];
-        const at::Tensor& b = *parts[j].b;
-        if (hi > lo)
-          avx512::pack(b.data_ptr<float>(), b.stride(0), b.stride(1), K, b.size(1), lo, hi,
-                       pk + first[j] * avx512::kNR * K);
-      }
+      each_share(q0, q1, [&](const Part& p, int64_t lo, int64_t hi, float* pkp) {
+        avx512::pack(p.b, p.bk, p.bn, K, p.N, lo, hi, pkp);
+      });
     });
     if (!a_rows)
       team.each_part(tiles, [&](int64_t, int64_t q0, int64_t q1) { avx512::pack_a(ap, sa, sk, M, K, q0, q1, apk); });
     team.barrier();
     if (by_panels) {
-      team.each_part(P, [&](int64_t, int64_t q0, int64_t q1) { run_panels(q0, q1); });
+      team.each_part(P, [&](int64_t, int64_t q0, int64_t q1) {
+        each_share(q0, q1, [&](const Part& p, int64_t lo, int64_t hi, float* pkp) {
+          product(p, 0, tiles, lo, hi, pkp);
+        });
+      });
     } else {
       team.each_part(tiles, [&](int64_t, int64_t q0, int64_t q1) {
-        if (q1 <= q0) return;
-        for (int64_t j = 0; j < J; ++j) {
-          const int64_t N = parts[j].b->size(1);
-          avx512::gemm(a_in, lda, M, q0, q1, pk + first[j] * avx512::kNR * K, K, 0, N, parts[j].out->data_ptr<float>(),
-                       parts[j].out->stride(0), false, biases[j].defined() ? biases[j].data_ptr<float>() : nullptr);
-        }
+        if (q1 > q0)
+          each_share(0, P, [&](const Part& p, int64_t lo, int64_t hi, float* pkp) {
+            product(p, q0, q1, lo, hi, pkp);
+          });
       });
     }
   });
