@@ -4,8 +4,9 @@ The ops (schemas in csrc/ops.cpp) run one layer in one direction. This module gi
 autograd (torch.library.register_autograd, and autograd.Functions with the same formulas,
 which run_layer calls; the backward is its own op), fake-tensor implementations (so
 torch.compile(fullgraph=True) traces them), autocast rules, and a `run_layer` with exactly
-reference.run_layer's contract, which the modules and reference.rnn use unchanged. The run_layer is device-agnostic: the dispatcher picks the CPU
-or the CUDA kernels registered for the same schemas.
+reference.run_layer's contract, which the modules and reference.rnn use unchanged. The
+run_layer is device-agnostic: the dispatcher picks the CPU or the CUDA kernels registered for
+the same schemas.
 
 If the extension is not built (a source checkout), `AVAILABLE` is False, `LOAD_ERROR` says
 why, and backend="auto" uses the reference (and says so).
@@ -103,10 +104,10 @@ def run_layer(spec: CellSpec, x, state, p: dict, *, lengths=None, training: bool
         fgr = spec.full_gate_recurrence
         bn = spec.norm == "batch"
         out = fwd["lstm_fwd"](x, lengths, _c(state[0]), _c(state[1]), _c(state[2]) if fgr else None,
-                           _c(p["w_ih"]), _c(p["w_hh"]), *(_c(p.get(r)) for r in _LSTM_ROLES),
-                           *(_c(p[r]) if bn else None for r in _BN_ROLES),
-                           _VARIANT[spec.variant], _NORM[spec.norm], bool(training), int(t0), float(spec.eps),
-                           _c(p["w_hr"]) if spec.proj_size else None)
+                              _c(p["w_ih"]), _c(p["w_hh"]), *(_c(p.get(r)) for r in _LSTM_ROLES),
+                              *(_c(p[r]) if bn else None for r in _BN_ROLES),
+                              _VARIANT[spec.variant], _NORM[spec.norm], bool(training), int(t0),
+                              float(spec.eps), _c(p["w_hr"]) if spec.proj_size else None)
         if bn and training:
             with torch.no_grad():
                 ops.bn_update_(*(p[r] for r in _BN_ROLES), out[8], lengths, x.shape[1], int(t0),
@@ -114,11 +115,11 @@ def run_layer(spec: CellSpec, x, state, p: dict, *, lengths=None, training: bool
         return out[0], ((out[1], out[2], out[3]) if fgr else (out[1], out[2]))
     if spec.family == "gru":
         out = fwd["gru_fwd"](x, lengths, _c(state[0]), _c(p["w_ih"]), _c(p["w_hh"]), _c(p.get("b_ih")),
-                          _c(p.get("b_hh")), _c(p.get("g_ih")), _c(p.get("g_hh")), _NORM[spec.norm],
-                          float(spec.eps))
+                             _c(p.get("b_hh")), _c(p.get("g_ih")), _c(p.get("g_hh")), _NORM[spec.norm],
+                             float(spec.eps))
         return out[0], (out[1],)
     out = fwd["rnn_fwd"](x, lengths, _c(state[0]), _c(p["w_ih"]), _c(p["w_hh"]), _c(p.get("b_ih")),
-                      _c(p.get("b_hh")), _RNN_KIND[spec.family])
+                         _c(p.get("b_hh")), _RNN_KIND[spec.family])
     return out[0], (out[1],)
 
 
@@ -318,9 +319,7 @@ _AUTOGRAD = {"lstm_fwd": (_lstm_setup, _lstm_backward), "gru_fwd": (_gru_setup, 
              "rnn_fwd": (_rnn_setup, _rnn_backward)}
 
 
-def _function(name: str, setup, backward) -> type:
-    op = getattr(torch.ops.fusedrnn, name)
-
+def _function(name: str, op, setup, backward) -> type:
     # forward(ctx, ...) calling the setup itself: Function.apply binds the arguments to a
     # separate setup_context's forward signature with inspect on every call (~35 us)
     def forward(ctx, *args):
@@ -340,8 +339,8 @@ def _register():
         torch.library.register_fake(lib + name, fake)
     for name, (setup, backward) in _AUTOGRAD.items():
         torch.library.register_autograd(lib + name, backward, setup_context=setup)
-        _APPLY[name] = _function(name, setup, backward).apply
         _OPS[name] = getattr(torch.ops.fusedrnn, name)
+        _APPLY[name] = _function(name, _OPS[name], setup, backward).apply
     for name in ("lstm_bwd", "gru_bwd", "rnn_bwd"):
         torch.library.register_autograd(lib + name, _no_double_backward, setup_context=_no_double_backward_setup)
     # Under autocast the kernels run in float32 (CPU kernels support float32/float64 only).

@@ -19,7 +19,6 @@
 #include "team.h"
 
 #include <algorithm>
-#include <initializer_list>
 #include <vector>
 
 namespace fusedrnn {
@@ -35,7 +34,7 @@ struct GemmPart {
 
 // Whether gemm_outs runs a float32 product of a [M, K] by parts of widths N on fusedrnn's AVX-512
 // kernel (else ATen's mm): each part at least 16 columns, 64k multiply-adds in all.
-inline bool own_gemm(at::ScalarType dt, int64_t M, int64_t K, std::initializer_list<int64_t> N) {
+inline bool own_gemm(at::ScalarType dt, int64_t M, int64_t K, const std::vector<int64_t>& N) {
 #if FUSEDRNN_HAS_AVX512_KERNEL
   int64_t all = 0;
   bool wide = true;
@@ -55,13 +54,15 @@ inline bool own_gemm(at::ScalarType dt, int64_t M, int64_t K, std::initializer_l
 // go straight into their own contiguous outputs).
 inline void gemm_outs(const at::Tensor& a, const std::vector<GemmPart>& parts) {
   const int64_t M = a.size(0), K = a.size(1);
-  int64_t N_all = 0;
-  bool own = true;
+  std::vector<int64_t> widths;
+  bool f32 = true;
   for (const GemmPart& g : parts) {
-    N_all += g.b->size(1);
-    own = own && g.out->scalar_type() == at::kFloat && own_gemm(at::kFloat, M, K, {g.b->size(1)});
+    widths.push_back(g.b->size(1));
+    f32 = f32 && g.out->scalar_type() == at::kFloat;
   }
-  own = own && M * K * N_all >= (int64_t(1) << 16);
+  const bool own = f32 && own_gemm(a.scalar_type(), M, K, widths);
+  int64_t N_all = 0;
+  for (int64_t w : widths) N_all += w;
   const int64_t n = team_members(M * K * N_all);
   if (!own) {
     for (const GemmPart& g : parts) {
@@ -240,11 +241,13 @@ class StepWeightGrads {
 #endif
   }
 
-  // Product j summed over the members, after the loop.
-  at::Tensor total(size_t j) {
+  // Columns [lo, lo + n) of product j (all of them by default) summed over the members, after
+  // the loop, into a contiguous tensor (dW_ih and dW_hh straight out of one [x | h] product).
+  at::Tensor total(size_t j, int64_t lo = 0, int64_t n = -1) {
     for (int64_t m = 0; m < members_; ++m) flush(m, j);
-    at::Tensor out = cached_empty({M_, N_[j]}, acc_[j].options());
-    return at::sum_out(out, acc_[j], 0);
+    if (n < 0) n = N_[j] - lo;
+    at::Tensor out = cached_empty({M_, n}, acc_[j].options());
+    return at::sum_out(out, acc_[j].narrow(2, lo, n), 0);
   }
   int64_t max_rows() const { return max_rows_; }
 

@@ -991,9 +991,8 @@ T17 lstm_bwd_cpu(
   if (!wg) {
     std::tie(dw_ih, dw_hh) = weight_grads(dxw.view({T * B, GH}), dhw.view({T * B, GH}), x, h0, y);
   } else if (!two) {
-    at::Tensor dw = wg->total(0);
-    dw_ih = cached_contiguous(dw.narrow(1, 0, I));
-    dw_hh = cached_contiguous(dw.narrow(1, I, R));
+    dw_ih = wg->total(0, 0, I);
+    dw_hh = wg->total(0, I, R);
   } else {
     dw_ih = wg->total(0);
     dw_hh = wg->total(1);
