@@ -82,7 +82,6 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
   const int64_t Tn = p.steps, B = p.batch, H = p.hidden, G = p.gates, GH = G * H;
   const int64_t P = p.proj, R = P ? P : H;  // R: width of h (the recurrent state and the output)
   const LstmFlags fl = p.flags;
-  const bool vanilla = fl.num_peep == 0 && fl.num_gates == 4 && fl.input_act && fl.output_act && !fl.fgr;
   const int64_t* L = p.lengths;
   auto opts = hw_all.options();
   // carried state; with the input joined, h is the last R columns of the product's left operand
@@ -190,7 +189,7 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
         }
       }
       T* c_b = cp + b * H;
-      units_fwd_run<T>(vanilla, fl, H, static_cast<const T*>(pre), static_cast<const T*>(c_b), p.w_peep, acts_b,
+      units_fwd_run<T>(fl, H, static_cast<const T*>(pre), static_cast<const T*>(c_b), p.w_peep, acts_b,
                        cs_b, fl.fgr ? ap + b * 3 * H : static_cast<T*>(nullptr));
       if (NORM == kNormBatch) continue;  // pass B after the column statistics of c_t
       const T* cnp = cs_b;
@@ -199,7 +198,7 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
         ln_row_fwd<T>(cs_b, H, p.g_cell, p.b_cell, p.eps, cn, sb, sb + 1);
         cnp = cn;
       }
-      units_out_run<T>(vanilla, fl, H, static_cast<const T*>(acts_b), cnp, static_cast<const T*>(cs_b), y_b,
+      units_out_run<T>(fl, H, static_cast<const T*>(acts_b), cnp, static_cast<const T*>(cs_b), y_b,
                        P ? tmp : hp + b * ldh, c_b);  // with a projection h_t comes from project()
     }
   };
@@ -222,7 +221,7 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
       const T* acts_b = p.acts + (t * B + b) * GH;
       const T* cs_b = p.cs + (t * B + b) * H;
       bn_apply_row_run<T>(H, cs_b, bv.mean_c, bv.rstd_c, p.g_cell, p.b_cell, cn);
-      units_out_run<T>(vanilla, fl, H, acts_b, static_cast<const T*>(cn), cs_b, p.y + (t * B + b) * H, hp + b * ldh,
+      units_out_run<T>(fl, H, acts_b, static_cast<const T*>(cn), cs_b, p.y + (t * B + b) * H, hp + b * ldh,
                        cp + b * H);
     }
   };
@@ -539,7 +538,6 @@ void lstm_backward(const LstmBwdParams<T>& p, const DgSteps& all, const at::Tens
   const int64_t Tn = p.steps, B = p.batch, H = p.hidden, G = p.gates, GH = G * H;
   const int64_t P = p.proj, R = P ? P : H;
   const LstmFlags fl = p.flags;
-  const bool vanilla = fl.num_peep == 0 && fl.num_gates == 4 && fl.input_act && fl.output_act && !fl.fgr;
   const int64_t* L = p.lengths;
   auto opts = w_hh.options();
   const int64_t SW = stats_width(NORM, G, H), NB = 2 * GH + H;
@@ -607,7 +605,7 @@ void lstm_backward(const LstmBwdParams<T>& p, const DgSteps& all, const at::Tens
         const T* sb = st + b * SW + SW - 2;
         for (int64_t j = 0; j < H; ++j) cn[j] = norm_apply(cs_b[j], sb[0], sb[1], p.g_cell[j], p.b_cell[j]);
       }
-      units_out_bwd_run<T>(vanilla, fl, H, static_cast<const T*>(P ? dmp + b * H : dh + b * H),
+      units_out_bwd_run<T>(fl, H, static_cast<const T*>(P ? dmp + b * H : dh + b * H),
                            P ? zeros.data() : dy_t + b * H, acts_b, static_cast<const T*>(cn), dop + b * H,
                            dcnp + b * H);
       if (NORM == kNormLayer || NORM == kNormLayerPerGate) {
@@ -639,7 +637,7 @@ void lstm_backward(const LstmBwdParams<T>& p, const DgSteps& all, const at::Tens
       const T* cs_b = cs_t + b * H;
       const T* cprev = t > 0 ? p.cs + (t - 1) * B * H + b * H : p.c0 + b * H;
       T* dpre_b = dpre_t + b * GH;
-      units_bwd_run<T>(vanilla, fl, H, static_cast<const T*>(dop + b * H), static_cast<const T*>(dcnp + b * H),
+      units_bwd_run<T>(fl, H, static_cast<const T*>(dop + b * H), static_cast<const T*>(dcnp + b * H),
                        dc + b * H, fl.fgr ? static_cast<const T*>(da + b * 3 * H) : static_cast<const T*>(nullptr),
                        acts_b, cprev, cs_b, p.w_peep, dpre_b, dpeep);
       if (dbias) add_row_run<T>(GH, dbias, static_cast<const T*>(dpre_b), static_cast<const T*>(nullptr),

@@ -39,8 +39,9 @@ enum RnnKind : int { kRnnTanh = 0, kRnnRelu = 1 };
 
 // ----------------------------------------------------------------------------- LSTM flags
 
-// What an LSTM variant computes; a small runtime struct (branches on it are uniform across a
-// whole step, so they cost nothing measurable next to the recurrent product).
+// What an LSTM variant computes; a small runtime struct. Branches on it are uniform across a
+// step, but they keep a compiler from vectorizing the unit loops: the CPU kernels fix the
+// variant at compile time for float (cpu/units.h with_variant).
 // Gate offsets are row blocks of the gate vector (units of H): -1 when the gate is absent.
 // Peephole rows index w_peep [P, H]: -1 when that peephole is absent.
 struct LstmFlags {
@@ -52,6 +53,7 @@ struct LstmFlags {
   bool output_act;      // false for NOAF: h = o * c (or o * norm(c))
   bool cifg;            // f = 1 - i
   bool fgr;             // i, f, o pre-activations add w_fgr @ (previous i, f, o)
+  int variant;          // the LstmVariant these flags describe
 };
 
 // Flags of a variant (numbering of LstmVariant). Mirrors CellSpec.gates / CellSpec.peepholes.
@@ -78,6 +80,7 @@ FUSEDRNN_HD inline LstmFlags lstm_flags(int variant) {
   f.output_act = variant != kNOAF;
   f.cifg = variant == kCIFG;
   f.fgr = variant == kFGR;
+  f.variant = variant;
   return f;
 }
 
