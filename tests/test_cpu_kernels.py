@@ -199,7 +199,8 @@ def test_kernel_env_rejects_bad_value(monkeypatch, var, value, message):
 
 
 # The row loops (unit passes, layer/batch norms) at each instruction-set level; the rest of the
-# file runs the CPU's widest. The variants run the runtime-flag build, vanilla the fixed one.
+# file runs the CPU's widest. float32 runs each variant's compile-time build (units.h with_variant),
+# float64 the runtime-flag one (vanilla its fixed one).
 SIMD_SPECS = [*(CellSpec("lstm", v) for v in LSTM_VARIANTS), *(CellSpec("lstm", norm=n) for n in NORMS[1:]),
               CellSpec("lstm", "fgr", "batch"), CellSpec("gru"), CellSpec("gru", norm="layer"), CellSpec("rnn_tanh"),
               CellSpec("rnn_relu")]

@@ -110,7 +110,7 @@ FUSEDRNN_ALWAYS_INLINE void units_bwd(const LstmFlags& flr, int64_t H, const T* 
 // runtime flags they did not: benchmark CLI, fwd+bwd, before / after, generic shape peephole
 // 85.4 / 69.3 ms, NIG 110.7 / 47.9, NFG 112.6 / 48.6, vanilla 68.1; row MNIST peephole 19.2 /
 // 11.6, NFG 25.7 / 8.9, FGR 36.3 / 29.4); for double (tests, gradcheck) vanilla or V = -1,
-// runtime flags, which keeps the build's instantiations down.
+// runtime flags, which keeps the build's instantiations down. The ops check the variant first.
 template <typename T, typename F>
 FUSEDRNN_ALWAYS_INLINE void with_variant(const LstmFlags& fl, F&& f) {
   if constexpr (std::is_same<T, float>::value) {
@@ -124,11 +124,12 @@ FUSEDRNN_ALWAYS_INLINE void with_variant(const LstmFlags& fl, F&& f) {
       case kNOAF: return f(std::integral_constant<int, kNOAF>());
       case kCIFG: return f(std::integral_constant<int, kCIFG>());
       case kFGR: return f(std::integral_constant<int, kFGR>());
-      default: break;
+      default: TORCH_INTERNAL_ASSERT(false, "fusedrnn: unknown LSTM variant ", fl.variant);
     }
+  } else {
+    if (fl.variant == kVanilla) return f(std::integral_constant<int, kVanilla>());
+    f(std::integral_constant<int, -1>());
   }
-  if (fl.variant == kVanilla) return f(std::integral_constant<int, kVanilla>());
-  f(std::integral_constant<int, -1>());
 }
 
 // Dispatch: the variant (with_variant) x the simd.h level.
