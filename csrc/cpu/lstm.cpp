@@ -253,7 +253,8 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
     T* rstd = mean + N;  // holds the variance until converted below
     const int64_t slot = std::min<int64_t>(p.t0 + t, p.bn_slots - 1);
     if (p.training) {
-      bn_combine_stats<T>(bn_part.data() + off, bn_count.data() + (cell ? n : 0), n, PW, N, mean, rstd);
+      bn_combine_stats_run<T>(static_cast<const double*>(bn_part.data() + off),
+                              static_cast<const int64_t*>(bn_count.data() + (cell ? n : 0)), n, PW, N, mean, rstd);
     } else {
       std::copy_n((cell ? p.rm_cell : p.rm_hh) + slot * N, N, mean);
       std::copy_n((cell ? p.rv_cell : p.rv_hh) + slot * N, N, rstd);
@@ -730,7 +731,7 @@ void lstm_backward(const LstmBwdParams<T>& p, const DgSteps& all, const at::Tens
   const bool bn_rows = NORM == kNormBatch && owns_rows(plan);
   const int64_t QW = 2 * (2 * GH + H);
   std::vector<double> bn_q(bn_rows ? n * QW : 0);
-  std::vector<double> bn_scr(bn_rows ? n * 2 * GH : 0);
+  std::vector<T> bn_scr(bn_rows ? n * 2 * GH : 0);
   ThreadAcc bn_dg(n, bn_rows ? 2 * H + 2 * GH : 0, opts);
   enum BnPart { kBnCell, kBnHh, kBnIh };
   // Row split: member m's partial sums over its rows of one norm (in bn_q at the norm's offset).
@@ -754,7 +755,7 @@ void lstm_backward(const LstmBwdParams<T>& p, const DgSteps& all, const at::Tens
   // part's dpre -> dhw, the ih part's dpre -> dxw (in place unless FGR keeps dpre; after hh).
   auto bn_apply = [&](int64_t t, int64_t m, int64_t lo, int64_t hi, BnPart part) {
     const T* st = p.stats + t * SW;
-    double* scr = bn_scr.data() + m * 2 * GH;
+    T* scr = bn_scr.data() + m * 2 * GH;
     if (part == kBnCell) {
       bn_apply_bwd_run<T>(p.cs + t * B * H, static_cast<const T*>(dcnp), dcnp, B, lo, hi, H, L, t, p.training,
                           st + 2 * GH, static_cast<const T*>(bn_rstd.data() + t * NB + 2 * GH), p.g_cell,
