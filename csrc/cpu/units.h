@@ -272,9 +272,9 @@ FUSEDRNN_ALWAYS_INLINE void bn_apply_row(int64_t n, const T* __restrict v, const
 // passes below. Those run over blocks of kBnBlock columns, rows inner, so that a block's sums
 // and per-column constants stay in registers (the same sums in the same order as a rows-outer
 // loop, whose sums made a load and a store per element and row); the row split's backward
-// converts the combined means to T once per column, not per element. BN-LSTM row MNIST fwd+bwd,
-// two builds in alternating processes, median of 8 rounds of 60 calls: 9.00 / 9.17 ms against
-// 9.62 / 9.76 (two runs); the column split's generic shape unchanged (54.4 against 54.2).
+// converts the combined means to T once per column, not per element. BN-LSTM fwd+bwd, two builds
+// in alternating processes (benchmarks/results/cpu-20261207-bn): row MNIST 9.43 against 10.43 ms,
+// pixel MNIST 153.0 against 155.0; the column split's generic shape 56.9 against 56.1 (noise).
 // Dispatched like the unit loops.
 constexpr int kBnBlock = 32;
 
