@@ -77,8 +77,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
         const T_* xr = xw_t + b * GH;
         const T_* hr = hw_t + b * GH;
         if (ln) {
-          ln_row_fwd<T_>(xr, GH, gi, nullptr, eps, xs, st + b * 4, st + b * 4 + 1);
-          ln_row_fwd<T_>(hr, GH, gh, nullptr, eps, hs, st + b * 4 + 2, st + b * 4 + 3);
+          ln_rows2_fwd<T_>(xr, hr, GH, gi, gh, eps, xs, hs, st + b * 4);
         } else {
           for (int64_t k = 0; k < GH; ++k) { xs[k] = xr[k]; hs[k] = hr[k]; }
         }

@@ -165,8 +165,7 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
         pre = const_cast<T*>(joined ? hr : xr);
       } else if (NORM == kNormLayer) {
         T* sb = st + b * SW;
-        ln_row_fwd<T>(xr, GH, p.g_ih, nullptr, p.eps, pre, sb + 0, sb + 1);
-        ln_row_fwd<T>(hr, GH, p.g_hh, nullptr, p.eps, tmp, sb + 2, sb + 3);
+        ln_rows2_fwd<T>(xr, hr, GH, p.g_ih, p.g_hh, p.eps, pre, tmp, sb);
         add_row_run<T>(GH, pre, static_cast<const T*>(tmp), p.b_ih, p.b_hh);
       } else if (NORM == kNormLayerPerGate) {
         T* vr = const_cast<T*>(xr);  // saved: x W_ih^T + h W_hh^T, normalized per gate

@@ -549,32 +549,66 @@ FUSEDRNN_AVX2_TARGET FUSEDRNN_ALWAYS_INLINE LaneSum<double> lanes_of(__m256d lo,
   return s;
 }
 
+// R rows' layer norms at once (R = 2: LN-LSTM's x W_ih^T and h W_hh^T rows, LN-GRU's): each row's
+// sums are chains of their own, so R rows interleave R times the independent additions (one
+// row's two chains of 4 lanes wait on the adds' latency); every row's values are those of R = 1.
+// Row r: v[r] -> y[r] = norm(v[r]) gain[r] (+ bias[r] if non-null), st[2r] = mean, st[2r+1] = rstd.
+template <int R>
+FUSEDRNN_AVX2_TARGET inline void ln_rows_fwd_avx2_f32(const float* const* v, int n, const float* const* gain,
+                                                      const float* const* bias, double eps, float* const* y,
+                                                      float* st) {
+  __m256d lo[R], hi[R];
+  for (int r = 0; r < R; ++r) lo[r] = hi[r] = _mm256_setzero_pd();
+  int k = 0;
+  for (; k + 8 <= n; k += 8)
+    for (int r = 0; r < R; ++r) lanes_add(_mm256_loadu_ps(v[r] + k), lo[r], hi[r]);
+  double mean[R];
+  for (int r = 0; r < R; ++r) {
+    LaneSum<double> s = lanes_of(lo[r], hi[r]);
+    for (int j = k; j < n; ++j) s.p[j % 8] += double(v[r][j]);
+    mean[r] = s.total() / double(n);
+  }
+  __m256d m4[R], qlo[R], qhi[R];
+  for (int r = 0; r < R; ++r) {
+    m4[r] = _mm256_set1_pd(mean[r]);
+    qlo[r] = qhi[r] = _mm256_setzero_pd();
+  }
+  for (k = 0; k + 8 <= n; k += 8)
+    for (int r = 0; r < R; ++r) {
+      const __m256 x = _mm256_loadu_ps(v[r] + k);
+      const __m256d dlo = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(x)), m4[r]);
+      const __m256d dhi = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(x, 1)), m4[r]);
+      qlo[r] = _mm256_fmadd_pd(dlo, dlo, qlo[r]);
+      qhi[r] = _mm256_fmadd_pd(dhi, dhi, qhi[r]);
+    }
+  for (int r = 0; r < R; ++r) {
+    LaneSum<double> q = lanes_of(qlo[r], qhi[r]);
+    for (int j = k; j < n; ++j) {
+      const double d = double(v[r][j]) - mean[r];
+      q.p[j % 8] = std::fma(d, d, q.p[j % 8]);
+    }
+    const float m = float(mean[r]), rs = norm_rstd<float, double>(q.total() / double(n), eps);
+    layer_norm_row_apply(v[r], n, gain[r], bias[r], m, rs, y[r]);
+    st[2 * r] = m;
+    st[2 * r + 1] = rs;
+  }
+}
+
 FUSEDRNN_AVX2_TARGET inline void ln_row_fwd_avx2_f32(const float* v, int n, const float* gain, const float* bias,
                                                      double eps, float* y, float* mean_out, float* rstd_out) {
-  __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();
-  int k = 0;
-  for (; k + 8 <= n; k += 8) lanes_add(_mm256_loadu_ps(v + k), lo, hi);
-  LaneSum<double> s = lanes_of(lo, hi);
-  for (; k < n; ++k) s.p[k % 8] += double(v[k]);
-  const double mean = s.total() / double(n);
-  const __m256d m4 = _mm256_set1_pd(mean);
-  __m256d qlo = _mm256_setzero_pd(), qhi = _mm256_setzero_pd();
-  for (k = 0; k + 8 <= n; k += 8) {
-    const __m256 x = _mm256_loadu_ps(v + k);
-    const __m256d dlo = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(x)), m4);
-    const __m256d dhi = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(x, 1)), m4);
-    qlo = _mm256_fmadd_pd(dlo, dlo, qlo);
-    qhi = _mm256_fmadd_pd(dhi, dhi, qhi);
-  }
-  LaneSum<double> q = lanes_of(qlo, qhi);
-  for (; k < n; ++k) {
-    const double d = double(v[k]) - mean;
-    q.p[k % 8] = std::fma(d, d, q.p[k % 8]);
-  }
-  const float m = float(mean), r = norm_rstd<float, double>(q.total() / double(n), eps);
-  layer_norm_row_apply(v, n, gain, bias, m, r, y);
-  *mean_out = m;
-  *rstd_out = r;
+  float st[2];
+  ln_rows_fwd_avx2_f32<1>(&v, n, &gain, &bias, eps, &y, st);
+  *mean_out = st[0];
+  *rstd_out = st[1];
+}
+
+FUSEDRNN_AVX2_TARGET inline void ln_rows2_fwd_avx2_f32(const float* v0, const float* v1, int n, const float* g0,
+                                                       const float* g1, double eps, float* y0, float* y1, float* st) {
+  const float* v[2] = {v0, v1};
+  const float* g[2] = {g0, g1};
+  const float* b[2] = {nullptr, nullptr};
+  float* y[2] = {y0, y1};
+  ln_rows_fwd_avx2_f32<2>(v, n, g, b, eps, y, st);
 }
 
 FUSEDRNN_AVX2_TARGET inline void ln_row_bwd_avx2_f32(const float* v, const float* dy, int n, const float* gain,
@@ -603,6 +637,14 @@ FUSEDRNN_AVX2_TARGET inline void ln_row_bwd_avx2_f32(const float* v, const float
 }
 #endif
 
+// Two rows' layer norms without bias (row r's mean and rstd at st[2r], st[2r + 1]), one after the other.
+template <typename T>
+FUSEDRNN_ALWAYS_INLINE void ln_rows2_fwd_generic(const T* v0, const T* v1, int n, const T* g0, const T* g1, double eps,
+                                                 T* y0, T* y1, T* st) {
+  layer_norm_row_fwd<T, double>(v0, n, g0, nullptr, eps, y0, st, st + 1);
+  layer_norm_row_fwd<T, double>(v1, n, g1, nullptr, eps, y1, st + 2, st + 3);
+}
+
 // Each build of the row layer norms; the float32 ones sum with the AVX2 intrinsics above, which
 // flatten inlines into the AVX-512 build too (the apply passes then run on zmm registers).
 #if FUSEDRNN_X86
@@ -617,6 +659,12 @@ FUSEDRNN_AVX2_TARGET inline void ln_row_bwd_avx2_f32(const float* v, const float
                                                            double eps, T* y, T* mean, T* rstd) {                 \
     FUSEDRNN_LN_F32(ln_row_fwd_avx2_f32(v, n, gain, bias, eps, y, mean, rstd))                                    \
     layer_norm_row_fwd<T, double>(v, n, gain, bias, eps, y, mean, rstd);                                         \
+  }                                                                                                              \
+  template <typename T>                                                                                          \
+  TARGET __attribute__((flatten)) void ln_rows2_fwd_##SUFFIX(const T* v0, const T* v1, int n, const T* g0,        \
+                                                             const T* g1, double eps, T* y0, T* y1, T* st) {     \
+    FUSEDRNN_LN_F32(ln_rows2_fwd_avx2_f32(v0, v1, n, g0, g1, eps, y0, y1, st))                                    \
+    ln_rows2_fwd_generic<T>(v0, v1, n, g0, g1, eps, y0, y1, st);                                                 \
   }                                                                                                              \
   template <typename T>                                                                                          \
   TARGET __attribute__((flatten)) void ln_row_bwd_##SUFFIX(const T* v, const T* dy, int n, const T* gain, T mean, \
@@ -640,6 +688,23 @@ inline void ln_row_fwd(const T* v, int64_t n, const T* gain, const T* bias, doub
     case kSimdAvx512: return ln_row_fwd_avx512<T>(v, int(n), gain, bias, eps, y, mean, rstd);
     case kSimdAvx2: return ln_row_fwd_avx2<T>(v, int(n), gain, bias, eps, y, mean, rstd);
     default: return ln_row_fwd_base<T>(v, int(n), gain, bias, eps, y, mean, rstd);
+  }
+}
+
+template <typename T>
+__attribute__((flatten)) void ln_rows2_fwd_base(const T* v0, const T* v1, int n, const T* g0, const T* g1, double eps,
+                                                T* y0, T* y1, T* st) {
+  ln_rows2_fwd_generic<T>(v0, v1, n, g0, g1, eps, y0, y1, st);
+}
+// Layer norms of two rows of n values (no bias): v0 -> y0, v1 -> y1, st = [mean0, rstd0, mean1,
+// rstd1]; the values of two ln_row_fwd calls.
+template <typename T>
+inline void ln_rows2_fwd(const T* v0, const T* v1, int64_t n, const T* g0, const T* g1, double eps, T* y0, T* y1,
+                         T* st) {
+  switch (simd_level()) {
+    case kSimdAvx512: return ln_rows2_fwd_avx512<T>(v0, v1, int(n), g0, g1, eps, y0, y1, st);
+    case kSimdAvx2: return ln_rows2_fwd_avx2<T>(v0, v1, int(n), g0, g1, eps, y0, y1, st);
+    default: return ln_rows2_fwd_base<T>(v0, v1, int(n), g0, g1, eps, y0, y1, st);
   }
 }
 
