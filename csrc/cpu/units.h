@@ -611,33 +611,78 @@ FUSEDRNN_AVX2_TARGET inline void ln_rows2_fwd_avx2_f32(const float* v0, const fl
   ln_rows_fwd_avx2_f32<2>(v, n, g, b, eps, y, st);
 }
 
+// R rows' layer-norm backward at once (R = 2: the pairs of ln_rows2_fwd), each row's sums chains
+// of their own as in ln_rows_fwd_avx2_f32; every row's values are those of R = 1. Row r: v[r],
+// dy[r], gain[r], its mean and rstd st[2r], st[2r + 1] -> dv[r] (may alias dy[r] only),
+// dgain[r] += dy vhat, dbias[r] += dy (if non-null).
+template <int R>
+FUSEDRNN_AVX2_TARGET inline void ln_rows_bwd_avx2_f32(const float* const* v, const float* const* dy, int n,
+                                                      const float* const* gain, const float* st, float* const* dv,
+                                                      float* const* dgain, float* const* dbias) {
+  __m256d s1lo[R], s1hi[R], s2lo[R], s2hi[R];
+  __m256 m8[R], r8[R];
+  for (int r = 0; r < R; ++r) {
+    s1lo[r] = s1hi[r] = s2lo[r] = s2hi[r] = _mm256_setzero_pd();
+    m8[r] = _mm256_set1_ps(st[2 * r]);
+    r8[r] = _mm256_set1_ps(st[2 * r + 1]);
+  }
+  int k = 0;
+  for (; k + 8 <= n; k += 8)
+    for (int r = 0; r < R; ++r) {
+      const __m256 d = _mm256_loadu_ps(dy[r] + k);
+      const __m256 vhat = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(v[r] + k), m8[r]), r8[r]);
+      const __m256 dyg = _mm256_mul_ps(d, _mm256_loadu_ps(gain[r] + k));
+      lanes_add(dyg, s1lo[r], s1hi[r]);
+      lanes_add(_mm256_mul_ps(dyg, vhat), s2lo[r], s2hi[r]);
+      _mm256_storeu_ps(dgain[r] + k, _mm256_fmadd_ps(d, vhat, _mm256_loadu_ps(dgain[r] + k)));
+    }
+  float m1[R], m2[R];
+  for (int r = 0; r < R; ++r) {
+    const float mean = st[2 * r], rstd = st[2 * r + 1];
+    LaneSum<double> s1 = lanes_of(s1lo[r], s1hi[r]), s2 = lanes_of(s2lo[r], s2hi[r]);
+    for (int j = k; j < n; ++j) {
+      const float vhat = (v[r][j] - mean) * rstd, dyg = dy[r][j] * gain[r][j];
+      s1.p[j % 8] += double(dyg);
+      s2.p[j % 8] += double(dyg * vhat);
+      dgain[r][j] = std::fma(dy[r][j], vhat, dgain[r][j]);
+    }
+    m1[r] = float(s1.total() / double(n));
+    m2[r] = float(s2.total() / double(n));
+  }
+  for (int r = 0; r < R; ++r)
+    layer_norm_row_bwd_finish(v[r], dy[r], n, gain[r], st[2 * r], st[2 * r + 1], m1[r], m2[r], dv[r], dbias[r]);
+}
+
 FUSEDRNN_AVX2_TARGET inline void ln_row_bwd_avx2_f32(const float* v, const float* dy, int n, const float* gain,
                                                      float mean, float rstd, float* dv, float* dgain, float* dbias) {
-  __m256d s1lo = _mm256_setzero_pd(), s1hi = _mm256_setzero_pd();
-  __m256d s2lo = _mm256_setzero_pd(), s2hi = _mm256_setzero_pd();
-  const __m256 m8 = _mm256_set1_ps(mean), r8 = _mm256_set1_ps(rstd);
-  int k = 0;
-  for (; k + 8 <= n; k += 8) {
-    const __m256 d = _mm256_loadu_ps(dy + k);
-    const __m256 vhat = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(v + k), m8), r8);
-    const __m256 dyg = _mm256_mul_ps(d, _mm256_loadu_ps(gain + k));
-    lanes_add(dyg, s1lo, s1hi);
-    lanes_add(_mm256_mul_ps(dyg, vhat), s2lo, s2hi);
-    _mm256_storeu_ps(dgain + k, _mm256_fmadd_ps(d, vhat, _mm256_loadu_ps(dgain + k)));
-  }
-  LaneSum<double> s1 = lanes_of(s1lo, s1hi), s2 = lanes_of(s2lo, s2hi);
-  for (; k < n; ++k) {
-    const float vhat = (v[k] - mean) * rstd, dyg = dy[k] * gain[k];
-    s1.p[k % 8] += double(dyg);
-    s2.p[k % 8] += double(dyg * vhat);
-    dgain[k] = std::fma(dy[k], vhat, dgain[k]);
-  }
-  layer_norm_row_bwd_finish(v, dy, n, gain, mean, rstd, float(s1.total() / double(n)),
-                            float(s2.total() / double(n)), dv, dbias);
+  const float st[2] = {mean, rstd};
+  ln_rows_bwd_avx2_f32<1>(&v, &dy, n, &gain, st, &dv, &dgain, &dbias);
+}
+
+FUSEDRNN_AVX2_TARGET inline void ln_rows2_bwd_avx2_f32(const float* v0, const float* v1, const float* dy0,
+                                                       const float* dy1, int n, const float* g0, const float* g1,
+                                                       const float* st, float* dv0, float* dv1, float* dg0,
+                                                       float* dg1) {
+  const float* v[2] = {v0, v1};
+  const float* dy[2] = {dy0, dy1};
+  const float* g[2] = {g0, g1};
+  float* dv[2] = {dv0, dv1};
+  float* dg[2] = {dg0, dg1};
+  float* db[2] = {nullptr, nullptr};
+  ln_rows_bwd_avx2_f32<2>(v, dy, n, g, st, dv, dg, db);
 }
 #endif
 
 // Two rows' layer norms without bias (row r's mean and rstd at st[2r], st[2r + 1]), one after the other.
+// The backward of such a pair: row r's gradient dy_r -> dv_r, dgain_r += dy_r vhat_r.
+template <typename T>
+FUSEDRNN_ALWAYS_INLINE void ln_rows2_bwd_generic(const T* v0, const T* v1, const T* dy0, const T* dy1, int n,
+                                                 const T* g0, const T* g1, const T* st, T* dv0, T* dv1, T* dg0,
+                                                 T* dg1) {
+  layer_norm_row_bwd<T, double>(v0, dy0, n, g0, st[0], st[1], dv0, dg0, nullptr);
+  layer_norm_row_bwd<T, double>(v1, dy1, n, g1, st[2], st[3], dv1, dg1, nullptr);
+}
+
 template <typename T>
 FUSEDRNN_ALWAYS_INLINE void ln_rows2_fwd_generic(const T* v0, const T* v1, int n, const T* g0, const T* g1, double eps,
                                                  T* y0, T* y1, T* st) {
@@ -665,6 +710,13 @@ FUSEDRNN_ALWAYS_INLINE void ln_rows2_fwd_generic(const T* v0, const T* v1, int n
                                                              const T* g1, double eps, T* y0, T* y1, T* st) {     \
     FUSEDRNN_LN_F32(ln_rows2_fwd_avx2_f32(v0, v1, n, g0, g1, eps, y0, y1, st))                                    \
     ln_rows2_fwd_generic<T>(v0, v1, n, g0, g1, eps, y0, y1, st);                                                 \
+  }                                                                                                              \
+  template <typename T>                                                                                          \
+  TARGET __attribute__((flatten)) void ln_rows2_bwd_##SUFFIX(const T* v0, const T* v1, const T* dy0, const T* dy1, \
+                                                             int n, const T* g0, const T* g1, const T* st, T* dv0, \
+                                                             T* dv1, T* dg0, T* dg1) {                           \
+    FUSEDRNN_LN_F32(ln_rows2_bwd_avx2_f32(v0, v1, dy0, dy1, n, g0, g1, st, dv0, dv1, dg0, dg1))                   \
+    ln_rows2_bwd_generic<T>(v0, v1, dy0, dy1, n, g0, g1, st, dv0, dv1, dg0, dg1);                                \
   }                                                                                                              \
   template <typename T>                                                                                          \
   TARGET __attribute__((flatten)) void ln_row_bwd_##SUFFIX(const T* v, const T* dy, int n, const T* gain, T mean, \
@@ -705,6 +757,24 @@ inline void ln_rows2_fwd(const T* v0, const T* v1, int64_t n, const T* g0, const
     case kSimdAvx512: return ln_rows2_fwd_avx512<T>(v0, v1, int(n), g0, g1, eps, y0, y1, st);
     case kSimdAvx2: return ln_rows2_fwd_avx2<T>(v0, v1, int(n), g0, g1, eps, y0, y1, st);
     default: return ln_rows2_fwd_base<T>(v0, v1, int(n), g0, g1, eps, y0, y1, st);
+  }
+}
+
+template <typename T>
+__attribute__((flatten)) void ln_rows2_bwd_base(const T* v0, const T* v1, const T* dy0, const T* dy1, int n,
+                                                const T* g0, const T* g1, const T* st, T* dv0, T* dv1, T* dg0,
+                                                T* dg1) {
+  ln_rows2_bwd_generic<T>(v0, v1, dy0, dy1, n, g0, g1, st, dv0, dv1, dg0, dg1);
+}
+// The backward of an ln_rows2_fwd pair (no bias): dy_r -> dv_r (dv_r may alias dy_r only),
+// dg_r += dy_r vhat_r; the values of two ln_row_bwd calls.
+template <typename T>
+inline void ln_rows2_bwd(const T* v0, const T* v1, const T* dy0, const T* dy1, int64_t n, const T* g0, const T* g1,
+                         const T* st, T* dv0, T* dv1, T* dg0, T* dg1) {
+  switch (simd_level()) {
+    case kSimdAvx512: return ln_rows2_bwd_avx512<T>(v0, v1, dy0, dy1, int(n), g0, g1, st, dv0, dv1, dg0, dg1);
+    case kSimdAvx2: return ln_rows2_bwd_avx2<T>(v0, v1, dy0, dy1, int(n), g0, g1, st, dv0, dv1, dg0, dg1);
+    default: return ln_rows2_bwd_base<T>(v0, v1, dy0, dy1, int(n), g0, g1, st, dv0, dv1, dg0, dg1);
   }
 }
 
