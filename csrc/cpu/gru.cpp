@@ -169,8 +169,7 @@ gru_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& grad_h_n, const at::Tens
         if (ln) {
           const T_* sb = stats.data_ptr<T_>() + (t * B + b) * 4;
           const int64_t off = (t * B + b) * GH;
-          ln_rows2_bwd<T_>(static_cast<const T_*>(xw.data_ptr<T_>() + off), static_cast<const T_*>(hw.data_ptr<T_>() + off),
-                           static_cast<const T_*>(dx_b), static_cast<const T_*>(dh_b), GH, gi, gh, sb,
+          ln_rows2_bwd<T_>(xw.data_ptr<T_>() + off, hw.data_ptr<T_>() + off, dx_b, dh_b, GH, gi, gh, sb,
                            dxw.data_ptr<T_>() + off, dhw.data_ptr<T_>() + off, dg, dg + GH);
         }
       }

@@ -651,8 +651,8 @@ void lstm_backward(const LstmBwdParams<T>& p, const DgSteps& all, const at::Tens
       if (NORM == kNormLayer) {
         const T* xr = p.xw + (t * B + b) * GH;
         const T* hr = p.hw + (t * B + b) * GH;
-        ln_rows2_bwd<T>(xr, hr, static_cast<const T*>(dpre_b), static_cast<const T*>(dpre_b), GH, p.g_ih, p.g_hh,
-                        sb, dxw_at(t) + b * GH, dhw_at(t) + b * GH, dgr, dgr + GH);
+        ln_rows2_bwd<T>(xr, hr, dpre_b, dpre_b, GH, p.g_ih, p.g_hh, sb, dxw_at(t) + b * GH, dhw_at(t) + b * GH,
+                        dgr, dgr + GH);
       } else if (NORM == kNormLayerPerGate) {
         const T* vr = p.xw + (t * B + b) * GH;
         T* dv = dxw_at(t) + b * GH;

@@ -674,6 +674,13 @@ FUSEDRNN_AVX2_TARGET inline void ln_rows2_bwd_avx2_f32(const float* v0, const fl
 #endif
 
 // Two rows' layer norms without bias (row r's mean and rstd at st[2r], st[2r + 1]), one after the other.
+template <typename T>
+FUSEDRNN_ALWAYS_INLINE void ln_rows2_fwd_generic(const T* v0, const T* v1, int n, const T* g0, const T* g1, double eps,
+                                                 T* y0, T* y1, T* st) {
+  layer_norm_row_fwd<T, double>(v0, n, g0, nullptr, eps, y0, st, st + 1);
+  layer_norm_row_fwd<T, double>(v1, n, g1, nullptr, eps, y1, st + 2, st + 3);
+}
+
 // The backward of such a pair: row r's gradient dy_r -> dv_r, dgain_r += dy_r vhat_r.
 template <typename T>
 FUSEDRNN_ALWAYS_INLINE void ln_rows2_bwd_generic(const T* v0, const T* v1, const T* dy0, const T* dy1, int n,
@@ -681,13 +688,6 @@ FUSEDRNN_ALWAYS_INLINE void ln_rows2_bwd_generic(const T* v0, const T* v1, const
                                                  T* dg1) {
   layer_norm_row_bwd<T, double>(v0, dy0, n, g0, st[0], st[1], dv0, dg0, nullptr);
   layer_norm_row_bwd<T, double>(v1, dy1, n, g1, st[2], st[3], dv1, dg1, nullptr);
-}
-
-template <typename T>
-FUSEDRNN_ALWAYS_INLINE void ln_rows2_fwd_generic(const T* v0, const T* v1, int n, const T* g0, const T* g1, double eps,
-                                                 T* y0, T* y1, T* st) {
-  layer_norm_row_fwd<T, double>(v0, n, g0, nullptr, eps, y0, st, st + 1);
-  layer_norm_row_fwd<T, double>(v1, n, g1, nullptr, eps, y1, st + 2, st + 3);
 }
 
 // Each build of the row layer norms; the float32 ones sum with the AVX2 intrinsics above, which
