@@ -293,6 +293,17 @@ FUSEDRNN_ALWAYS_INLINE void bn_blocks(int64_t k0, int64_t k1, F&& block) {
   if (k < k1) block(std::integral_constant<int, 0>(), k, k1 - k);
 }
 
+// Asks for the next block of a row (kBnBlock values from p) while this one is summed: the passes
+// walk a block down the rows (stride ld), a pattern the hardware prefetchers do not follow, and
+// the backward's inputs of step t were written by the forward long before (out of L2). Row
+// MNIST BN-LSTM, the backward's phase holding the hh and ih sums (with pass 2 and the cell's
+// apply), summed over the steps (rdtsc at the barriers, a temporary build): 0.79-0.84 ->
+// 0.62-0.71 ms per call and member.
+template <typename T>
+FUSEDRNN_ALWAYS_INLINE void prefetch_block(const T* p) {
+  for (int64_t i = 0; i < int64_t(kBnBlock * sizeof(T)); i += 64) __builtin_prefetch(reinterpret_cast<const char*>(p) + i);
+}
+
 // Statistics of rows [lo, hi), columns [k0, k1): the active-row count and, per column, the mean
 // and M2 (sum of squared deviations from it), two passes in double. part: [mean w | M2 w],
 // w = k1 - k0.
@@ -314,6 +325,7 @@ FUSEDRNN_ALWAYS_INLINE void bn_partial_stats(const T* v, int64_t ld, int64_t lo,
     for (int64_t b = lo; b < hi; ++b) {
       if (!active(lengths, b, t)) continue;
       const T* __restrict row = v + b * ld + k;
+      prefetch_block(row + kBnBlock);
 #pragma GCC unroll 32
       for (int64_t j = 0; j < nb; ++j) mu[j] += double(row[j]);
     }
@@ -412,6 +424,8 @@ FUSEDRNN_ALWAYS_INLINE void bn_partial_bwd(const T* v, const T* dy, int64_t ld, 
         if (!active(lengths, b, t)) continue;
         const T* __restrict vr = v + b * ld + k;
         const T* __restrict gr = dy + b * ld + k;
+        prefetch_block(vr + kBnBlock);
+        prefetch_block(gr + kBnBlock);
 #pragma GCC unroll 32
         for (int64_t j = 0; j < nb; ++j) {
           T vhat = (vr[j] - mu[j]) * rs[j];
@@ -485,15 +499,26 @@ FUSEDRNN_ALWAYS_INLINE void bn_apply_bwd(const T* v, const T* dy, T* dv, int64_t
                                          int64_t stride, T* scratch) {
   const int64_t n = active_count(lengths, 0, B, t);
   if (n == 0) return;
-  for (int64_t k = 0; k < N; ++k) {
-    double a = 0, c = 0;
+  // the members' sums in order, in blocks (a column at a time with two divisions each, this
+  // was a scalar loop: row MNIST BN-LSTM's hh / ih apply took 8.0 / 7.5 us per step and member,
+  // now 6.0 / 5.3)
+  bn_blocks(0, N, [&](auto fixed, int64_t k, int64_t wb) FUSEDRNN_LAMBDA_INLINE {
+    constexpr int W = decltype(fixed)::value;
+    const int64_t nb = W ? W : wb;
+    double a[kBnBlock], c[kBnBlock];
+    for (int64_t j = 0; j < nb; ++j) a[j] = c[j] = 0.0;
     for (int64_t m = 0; m < members; ++m) {
-      a += parts[m * stride + k];
-      c += parts[m * stride + N + k];
+      const double* pm = parts + m * stride + k;
+      for (int64_t j = 0; j < nb; ++j) {
+        a[j] += pm[j];
+        c[j] += pm[N + j];
+      }
     }
-    scratch[k] = T(a / double(n));
-    scratch[N + k] = T(c / double(n));
-  }
+    for (int64_t j = 0; j < nb; ++j) {
+      scratch[k + j] = T(a[j] / double(n));
+      scratch[N + k + j] = T(c[j] / double(n));
+    }
+  });
   bn_bwd_rows(v, dy, dv, N, lo, hi, 0, N, lengths, t, training, mean, rstd, gain, static_cast<const T*>(scratch),
               static_cast<const T*>(scratch + N));
 }
