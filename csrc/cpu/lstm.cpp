@@ -1,14 +1,16 @@
 // CPU LSTM forward/backward (every variant and norm) and the batch-norm running-stat update.
 //
-// Forward: x W_ih^T for all steps is one GEMM; per step h W_hh^T (and a W_fgr^T for FGR), then
-// fused passes over batch rows: normalization, biases, gates, cell update, output, masking.
-// The passes run on a thread team (team.h) split by columns of the product or by batch rows.
-// Batch norm needs statistics across rows, so its step is: statistics of the recurrent
+// Forward: x W_ih^T for all steps is one GEMM (or, with a norm where members own rows, each
+// member's rows step by step in the loop: input_in_loop); per step h W_hh^T (and a W_fgr^T for
+// FGR), then fused passes over batch rows: normalization, biases, gates, cell update, output,
+// masking. The passes run on a thread team (team.h) split by columns of the product or by batch
+// rows. Batch norm needs statistics across rows, so its step is: statistics of the recurrent
 // projection (column split: each member right after its own columns of the product; row split:
 // each member's partials of its rows, combined after a barrier), row pass A (gates, c_t),
 // statistics of c_t (likewise), row pass B (h_t). The input projection's statistics do not
-// depend on the recurrence: all steps' are computed before the loop; backward runs their part
-// after the loop under the column split, and beside the hh part's in the loop under the row split.
+// depend on the recurrence: under the column split all steps' are computed before the loop, and
+// backward runs their part after it; under the row split each member's partials of step t join
+// the hh part's at its barrier, forward and backward.
 // Backward mirrors it in reverse time; dW_ih, dW_hh, dW_fgr, dW_hr and dx are large GEMMs after
 // the loop, except where members own rows: then dx, and for float32 on the AVX-512 kernel dW_ih
 // and dW_hh, are computed step by step in the loop (gemm.h StepWeightGrads).
@@ -73,12 +75,25 @@ inline bool joins_input(int64_t norm, bool projected, const LstmTeam& plan) {
   return norm == kNormNone && !projected && owns_rows(plan);
 }
 
+// Whether, with a norm, each member computes its rows of x_t W_ih^T step by step in the loop
+// (W_ih packed once per member, like W_hh), where members own rows and W_ih takes at most half a
+// core's L2, instead of one GEMM for all steps before the loop: the norms then read the step's
+// rows from the member's cache, not back from [T, B, GH] written before the loop (5.7 MB for row
+// MNIST). Measured fwd+bwd, two builds in alternating processes (3073bfa and this one, with the
+// batch-norm passes' prefetch and vectorized combine of the same commit series;
+// benchmarks/results/cpu-20261207-inloop): LN-LSTM row MNIST 9.05 -> 8.73 ms, pixel MNIST 124.5
+// -> 116.1 (LN reads none of those passes); BN-LSTM 10.0 -> 9.0 and 157.6 -> 130.4.
+inline bool input_in_loop(int64_t norm, const LstmTeam& plan, const at::Tensor& w_ih) {
+  return norm != kNormNone && owns_rows(plan) && w_ih.numel() * w_ih.element_size() <= (int64_t(1) << 19);
+}
+
 // xw_all: x W_ih^T (+ the biases without norm) of every step [T, B, GH], or undefined when the
 // input projection joins the recurrent product (joins_input); w_rec is then W_x, else W_hh.
+// w_in: W_ih where the loop fills xw_all (input_in_loop), else undefined.
 template <typename T, int NORM>
 void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at::Tensor& hw_all,
                   const at::Tensor& w_rec, const c10::optional<at::Tensor>& w_fgr,
-                  const c10::optional<at::Tensor>& w_hr, const LstmTeam& plan) {
+                  const c10::optional<at::Tensor>& w_hr, const LstmTeam& plan, const at::Tensor& w_in) {
   const int64_t Tn = p.steps, B = p.batch, H = p.hidden, G = p.gates, GH = G * H;
   const int64_t P = p.proj, R = P ? P : H;  // R: width of h (the recurrent state and the output)
   const LstmFlags fl = p.flags;
@@ -103,10 +118,16 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
   auto gemm_fgr =
       fl.fgr ? member_gemms<T>(*w_fgr, B, /*transposed=*/true, n, how) : std::vector<RecurrentGemm<T>>();
   auto gemm_hr = P ? member_gemms<T>(*w_hr, B, /*transposed=*/true, n, how) : std::vector<RecurrentGemm<T>>();
-  // batch norm: rstd of the ih columns of every step (their statistics do not depend on the
-  // recurrence and are computed before the time loop), of this step's hh and cell columns
+  auto gemm_in = w_in.defined() ? member_gemms<T>(w_in, B, /*transposed=*/true, n, how) : std::vector<RecurrentGemm<T>>();
+  // member m's rows [lo, hi) of x_t W_ih^T, where the loop computes them (w_in)
+  auto input_rows = [&](int64_t t, int64_t m, int64_t lo, int64_t hi) {
+    if (w_in.defined() && hi > lo) gemm_in[m].run(p.x + (t * B + lo) * I, xw_all.data_ptr<T>() + (t * B + lo) * GH);
+  };
+  // batch norm, column split: rstd of the ih columns of every step (their statistics do not
+  // depend on the recurrence and are computed before the time loop), of this step's hh and cell
+  // columns (the row split keeps each member's copy in bn_own)
   const int64_t NB = 2 * GH + H;
-  std::vector<T> bn_rstd(NORM == kNormBatch ? NB : 0), bn_rstd_ih(NORM == kNormBatch ? Tn * GH : 0);
+  std::vector<T> bn_rstd(NORM == kNormBatch ? NB : 0), bn_rstd_ih(NORM == kNormBatch && !owns_rows(plan) ? Tn * GH : 0);
   const int64_t SW = stats_width(NORM, G, H);
   T* xh = h.data_ptr<T>();
   T* hp = xh + X;
@@ -115,25 +136,26 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
   T* arp = fl.fgr ? a_rec.data_ptr<T>() : nullptr;
   at::Tensor scratch = cached_empty({n, 2 * GH + H}, opts);  // per member: pre [GH], tmp [GH], cn [H]
   at::Tensor bn_acc = cached_empty({NORM == kNormBatch ? n : 0, 2 * GH}, opts.dtype(at::kDouble));
-  // batch norm under the row split: per member its rows' partial statistics of hw_t and c_t
-  // [hh mean GH | hh M2 GH | cell mean H | cell M2 H] with their counts, and its own combined
-  // copy of the step's statistics [hh mean GH | hh rstd GH | cell mean H | cell rstd H]
+  // batch norm under the row split: per member its rows' partial statistics of xw_t, hw_t and
+  // c_t [ih mean GH | ih M2 GH | hh mean GH | hh M2 GH | cell mean H | cell M2 H] with their
+  // counts, and its own combined copy of the step's statistics (the same layout, rstd for M2)
+  enum BnPart { kBnIh, kBnHh, kBnCell };
   const bool bn_rows = NORM == kNormBatch && owns_rows(plan);
-  const int64_t PW = 2 * (GH + H);
+  const int64_t PW = 2 * (2 * GH + H);
   std::vector<double> bn_part(bn_rows ? n * PW : 0);
-  std::vector<int64_t> bn_count(bn_rows ? 2 * n : 0);
+  std::vector<int64_t> bn_count(bn_rows ? 3 * n : 0);
   std::vector<T> bn_own(bn_rows ? n * PW : 0);
-  // The hh and cell statistics of step t as member m reads them.
+  // The ih, hh and cell statistics of step t as member m reads them.
   struct BnView {
-    const T *mean_hh, *rstd_hh, *mean_c, *rstd_c;
+    const T *mean_ih, *rstd_ih, *mean_hh, *rstd_hh, *mean_c, *rstd_c;
   };
   auto bn_view = [&](int64_t t, int64_t m) -> BnView {
     if (bn_rows) {
       const T* own = bn_own.data() + m * PW;
-      return {own, own + GH, own + 2 * GH, own + 2 * GH + H};
+      return {own, own + GH, own + 2 * GH, own + 3 * GH, own + 4 * GH, own + 4 * GH + H};
     }
     const T* st = p.stats + t * SW;
-    return {st + GH, bn_rstd.data() + GH, st + 2 * GH, bn_rstd.data() + 2 * GH};
+    return {st, bn_rstd_ih.data() + t * GH, st + GH, bn_rstd.data() + GH, st + 2 * GH, bn_rstd.data() + 2 * GH};
   };
 
   // Row pass A of rows [b0, b1): gate pre-activations, gates, c_t; and (unless batch norm) pass B: h_t.
@@ -176,8 +198,8 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
                                    sb + 2 * g, sb + 2 * g + 1);
       } else {  // batch
         const BnView bv = bn_view(t, m);
-        bn_pre_row_run<T>(GH, xr, static_cast<const T*>(st), static_cast<const T*>(bn_rstd_ih.data() + t * GH), p.g_ih,
-                          hr, bv.mean_hh, bv.rstd_hh, p.g_hh, p.b_ih, p.b_hh, pre);
+        bn_pre_row_run<T>(GH, xr, bv.mean_ih, bv.rstd_ih, p.g_ih, hr, bv.mean_hh, bv.rstd_hh, p.g_hh, p.b_ih, p.b_hh,
+                          pre);
       }
       if (fl.fgr) {
         const T* ar = arp + b * 3 * H;
@@ -236,30 +258,32 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
     for (int64_t c = lo; c < hi; ++c) rstd[c] = norm_rstd<T, A>(A(st[NB + c]), p.eps);
   };
 
-  // Row split: member m's partial statistics of its rows of hw_t (cell = false) or c_t.
-  auto bn_partial = [&](int64_t t, int64_t m, int64_t lo, int64_t hi, bool cell) {
+  // Row split: member m's partial statistics of its rows of xw_t, hw_t or c_t.
+  auto bn_partial = [&](int64_t t, int64_t m, int64_t lo, int64_t hi, BnPart part) {
     if (!p.training) return;
-    const T* v = cell ? p.cs + t * B * H : hw_all.data_ptr<T>() + t * B * GH;
-    const int64_t N = cell ? H : GH;
-    bn_partial_stats_run<T>(v, N, lo, hi, int64_t(0), N, L, t, bn_part.data() + m * PW + (cell ? 2 * GH : 0),
-                            bn_count.data() + (cell ? n : 0) + m);
+    const T* v = part == kBnCell ? p.cs + t * B * H : (part == kBnIh ? xw_all : hw_all).template data_ptr<T>() + t * B * GH;
+    const int64_t N = part == kBnCell ? H : GH;
+    bn_partial_stats_run<T>(v, N, lo, hi, int64_t(0), N, L, t, bn_part.data() + m * PW + part * 2 * GH,
+                            bn_count.data() + part * n + m);
   };
-  // Row split: member m's own copy of step t's hh (cell = false) or cell statistics, combined
-  // from every member's partials (eval: the running slot); member 0 also writes the saved ones.
-  auto bn_combine = [&](int64_t t, int64_t m, bool cell) {
-    const int64_t N = cell ? H : GH, off = cell ? 2 * GH : 0;
+  // Row split: member m's own copy of step t's statistics of one part, combined from every
+  // member's partials (eval: the running slot); member 0 also writes the saved ones.
+  auto bn_combine = [&](int64_t t, int64_t m, BnPart part) {
+    const int64_t N = part == kBnCell ? H : GH, off = part * 2 * GH;
     T* mean = bn_own.data() + m * PW + off;
     T* rstd = mean + N;  // holds the variance until converted below
     const int64_t slot = std::min<int64_t>(p.t0 + t, p.bn_slots - 1);
     if (p.training) {
       bn_combine_stats_run<T>(static_cast<const double*>(bn_part.data() + off),
-                              static_cast<const int64_t*>(bn_count.data() + (cell ? n : 0)), n, PW, N, mean, rstd);
+                              static_cast<const int64_t*>(bn_count.data() + part * n), n, PW, N, mean, rstd);
     } else {
-      std::copy_n((cell ? p.rm_cell : p.rm_hh) + slot * N, N, mean);
-      std::copy_n((cell ? p.rv_cell : p.rv_hh) + slot * N, N, rstd);
+      const T* rm = part == kBnIh ? p.rm_ih : part == kBnHh ? p.rm_hh : p.rm_cell;
+      const T* rv = part == kBnIh ? p.rv_ih : part == kBnHh ? p.rv_hh : p.rv_cell;
+      std::copy_n(rm + slot * N, N, mean);
+      std::copy_n(rv + slot * N, N, rstd);
     }
     if (m == 0) {
-      T* st = p.stats + t * SW + (cell ? 2 * GH : GH);
+      T* st = p.stats + t * SW + part * GH;
       std::copy_n(mean, N, st);
       std::copy_n(rstd, N, st + NB);
     }
@@ -268,24 +292,24 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
 
   run_team(n, [&](Team& team) {
     if (bn_rows) {  // members own rows; the statistics are combined after one barrier each
-      team.each_part(GH, [&](int64_t m, int64_t lo, int64_t hi) {
-        for (int64_t t = 0; t < Tn; ++t) bn_stats(t, m, lo, hi, /*ih=*/true);
-      });
       for (int64_t t = 0; t < Tn; ++t) {
         team.each_part(B, [&](int64_t m, int64_t lo, int64_t hi) {
+          input_rows(t, m, lo, hi);
           gemm[m].run(hp + lo * ldh, hw_all.data_ptr<T>() + t * B * GH + lo * GH);
           if (fl.fgr) gemm_fgr[m].run(ap + lo * 3 * H, arp + lo * 3 * H);
-          bn_partial(t, m, lo, hi, /*cell=*/false);
+          bn_partial(t, m, lo, hi, kBnIh);
+          bn_partial(t, m, lo, hi, kBnHh);
         });
         team.barrier();
         team.each_part(B, [&](int64_t m, int64_t lo, int64_t hi) {
-          bn_combine(t, m, /*cell=*/false);
+          bn_combine(t, m, kBnIh);
+          bn_combine(t, m, kBnHh);
           rows_a(t, m, lo, hi);
-          bn_partial(t, m, lo, hi, /*cell=*/true);
+          bn_partial(t, m, lo, hi, kBnCell);
         });
         team.barrier();
         team.each_part(B, [&](int64_t m, int64_t lo, int64_t hi) {
-          bn_combine(t, m, /*cell=*/true);
+          bn_combine(t, m, kBnCell);
           rows_b(t, m, lo, hi);
         });
       }
@@ -298,6 +322,7 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
                                                 : hw_all.data_ptr<T>() + (hw_all.dim() == 3 ? t * B * GH : 0);
           if (joined)
             for (int64_t b = lo; b < hi; ++b) std::copy_n(p.x + (t * B + b) * I, I, xh + b * ldh);
+          input_rows(t, m, lo, hi);
           gemm[m].run(xh + lo * ldh, out + lo * GH, /*accumulate=*/NORM == kNormNone && !joined);
           if (fl.fgr) gemm_fgr[m].run(ap + lo * 3 * H, arp + lo * 3 * H);
           rows_a(t, m, lo, hi);
@@ -318,6 +343,7 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
       T* hw_t = NORM == kNormNone ? xw_all.data_ptr<T>() + t * B * GH
                                   : hw_all.data_ptr<T>() + (hw_all.dim() == 3 ? t * B * GH : 0);
       team.each([&](int64_t m) {
+        input_rows(t, m, 0, B);  // a team of one (input_in_loop)
         gemm[m].run(hp, hw_t, /*accumulate=*/NORM == kNormNone);
         if (fl.fgr) gemm_fgr[m].run(ap, arp);
         // the columns this member just computed: no barrier between product and statistics
@@ -471,9 +497,12 @@ lstm_fwd_cpu(const at::Tensor& x, const c10::optional<at::Tensor>& lengths, cons
     const at::Tensor bias = *b_ih + *b_hh;
     gemm_out(xw, x.reshape({T * B, I}), w_ih.t(), &bias);
     xw = xw.view({T, B, GH});
+  } else if (input_in_loop(norm, plan, w_ih)) {
+    xw = cached_empty({T, B, GH}, opts);  // filled step by step by lstm_forward
   } else {
     xw = cached_mm(x.reshape({T * B, I}), w_ih.t()).view({T, B, GH});
   }
+  const at::Tensor w_in = input_in_loop(norm, plan, w_ih) ? w_ih : at::Tensor();
   bool two = norm == kNormLayer || norm == kNormBatch;
   at::Tensor hw = two ? cached_empty({T, B, GH}, opts) : cached_empty({B, GH}, opts);
   at::Tensor y = cached_empty({T, B, R}, opts), h_n = cached_empty({B, R}, opts), c_n = cached_empty({B, H}, opts);
@@ -499,10 +528,10 @@ lstm_fwd_cpu(const at::Tensor& x, const c10::optional<at::Tensor>& lengths, cons
     p.stats = norm == kNormNone ? nullptr : stats.data_ptr<scalar_t>();
     p.ms = ms.defined() ? ms.data_ptr<scalar_t>() : nullptr;
     switch (norm) {
-      case kNormNone: lstm_forward<scalar_t, kNormNone>(p, xw, hw, w_rec, w_fgr, w_hr, plan); break;
-      case kNormLayer: lstm_forward<scalar_t, kNormLayer>(p, xw, hw, w_rec, w_fgr, w_hr, plan); break;
-      case kNormLayerPerGate: lstm_forward<scalar_t, kNormLayerPerGate>(p, xw, hw, w_rec, w_fgr, w_hr, plan); break;
-      default: lstm_forward<scalar_t, kNormBatch>(p, xw, hw, w_rec, w_fgr, w_hr, plan); break;
+      case kNormNone: lstm_forward<scalar_t, kNormNone>(p, xw, hw, w_rec, w_fgr, w_hr, plan, w_in); break;
+      case kNormLayer: lstm_forward<scalar_t, kNormLayer>(p, xw, hw, w_rec, w_fgr, w_hr, plan, w_in); break;
+      case kNormLayerPerGate: lstm_forward<scalar_t, kNormLayerPerGate>(p, xw, hw, w_rec, w_fgr, w_hr, plan, w_in); break;
+      default: lstm_forward<scalar_t, kNormBatch>(p, xw, hw, w_rec, w_fgr, w_hr, plan, w_in); break;
     }
   });
   // Save only what backward reads: no projections without norm, one sum for layer_per_gate;
