@@ -125,6 +125,21 @@ def test_team_matches_reference(monkeypatch, spec, dtype, members, split):
     compare(spec, x, state, p, training=False)
 
 
+@pytest.mark.parametrize("members", ["1", "2"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("spec", [CellSpec("lstm", norm="batch"), CellSpec("lstm", norm="layer")], ids=spec_id)
+def test_rows_split_with_input_projection_before_the_loop(monkeypatch, spec, dtype, members):
+    """With a norm where members own rows, each member computes its rows of x_t W_ih^T in the
+    loop only while W_ih takes at most 512 KiB (csrc/cpu/lstm.cpp input_in_loop); I = 4200 with
+    4H = 32 makes it 538 KB in float32 (1.08 MB in float64), so the projection runs as one GEMM
+    before the loop and batch norm's members take their ih partial statistics from its output."""
+    monkeypatch.setenv("FUSEDRNN_CPU_TEAM", members)
+    monkeypatch.setenv("FUSEDRNN_CPU_SPLIT", "rows")
+    x, state, p = make_layer(spec, 3, 8, 4200, 8, dtype, seed=8)
+    compare(spec, x, state, p, lengths=torch.tensor([3, 2, 3, 1, 3, 3, 2, 3]), training=True)
+    compare(spec, x, state, p, training=False)
+
+
 @pytest.mark.parametrize("mode", ["0", "loop"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("spec", [CellSpec("lstm", "fgr", "layer"), PROJECTED, CellSpec("gru"), CellSpec("rnn_tanh")],
