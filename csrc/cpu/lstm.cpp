@@ -118,7 +118,8 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
   auto gemm_fgr =
       fl.fgr ? member_gemms<T>(*w_fgr, B, /*transposed=*/true, n, how) : std::vector<RecurrentGemm<T>>();
   auto gemm_hr = P ? member_gemms<T>(*w_hr, B, /*transposed=*/true, n, how) : std::vector<RecurrentGemm<T>>();
-  auto gemm_in = w_in.defined() ? member_gemms<T>(w_in, B, /*transposed=*/true, n, how) : std::vector<RecurrentGemm<T>>();
+  auto gemm_in =
+      w_in.defined() ? member_gemms<T>(w_in, B, /*transposed=*/true, n, how) : std::vector<RecurrentGemm<T>>();
   // member m's rows [lo, hi) of x_t W_ih^T, where the loop computes them (w_in)
   auto input_rows = [&](int64_t t, int64_t m, int64_t lo, int64_t hi) {
     if (w_in.defined() && hi > lo) gemm_in[m].run(p.x + (t * B + lo) * I, xw_all.data_ptr<T>() + (t * B + lo) * GH);
@@ -261,7 +262,8 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
   // Row split: member m's partial statistics of its rows of xw_t, hw_t or c_t.
   auto bn_partial = [&](int64_t t, int64_t m, int64_t lo, int64_t hi, BnPart part) {
     if (!p.training) return;
-    const T* v = part == kBnCell ? p.cs + t * B * H : (part == kBnIh ? xw_all : hw_all).template data_ptr<T>() + t * B * GH;
+    const at::Tensor& proj = part == kBnIh ? xw_all : hw_all;
+    const T* v = part == kBnCell ? p.cs + t * B * H : proj.template data_ptr<T>() + t * B * GH;
     const int64_t N = part == kBnCell ? H : GH;
     bn_partial_stats_run<T>(v, N, lo, hi, int64_t(0), N, L, t, bn_part.data() + m * PW + part * 2 * GH,
                             bn_count.data() + part * n + m);
@@ -489,6 +491,7 @@ lstm_fwd_cpu(const at::Tensor& x, const c10::optional<at::Tensor>& lengths, cons
   // the input projection joins the recurrent product, whose weight is then W_x.
   const LstmTeam plan = lstm_team(B, w_hh, w_hr);
   const bool has_bias = b_ih.has_value() && b_ih->defined();
+  const at::Tensor w_in = input_in_loop(norm, plan, w_ih) ? w_ih : at::Tensor();  // W_ih for the loop
   at::Tensor xw, w_rec = w_hh;
   if (joins_input(norm, args.projected(), plan)) {
     w_rec = has_bias ? at::cat({w_ih, (*b_ih + *b_hh).unsqueeze(1), w_hh}, 1) : at::cat({w_ih, w_hh}, 1);
@@ -497,12 +500,11 @@ lstm_fwd_cpu(const at::Tensor& x, const c10::optional<at::Tensor>& lengths, cons
     const at::Tensor bias = *b_ih + *b_hh;
     gemm_out(xw, x.reshape({T * B, I}), w_ih.t(), &bias);
     xw = xw.view({T, B, GH});
-  } else if (input_in_loop(norm, plan, w_ih)) {
+  } else if (w_in.defined()) {
     xw = cached_empty({T, B, GH}, opts);  // filled step by step by lstm_forward
   } else {
     xw = cached_mm(x.reshape({T * B, I}), w_ih.t()).view({T, B, GH});
   }
-  const at::Tensor w_in = input_in_loop(norm, plan, w_ih) ? w_ih : at::Tensor();
   bool two = norm == kNormLayer || norm == kNormBatch;
   at::Tensor hw = two ? cached_empty({T, B, GH}, opts) : cached_empty({B, GH}, opts);
   at::Tensor y = cached_empty({T, B, R}, opts), h_n = cached_empty({B, R}, opts), c_n = cached_empty({B, H}, opts);
@@ -530,7 +532,9 @@ lstm_fwd_cpu(const at::Tensor& x, const c10::optional<at::Tensor>& lengths, cons
     switch (norm) {
       case kNormNone: lstm_forward<scalar_t, kNormNone>(p, xw, hw, w_rec, w_fgr, w_hr, plan, w_in); break;
       case kNormLayer: lstm_forward<scalar_t, kNormLayer>(p, xw, hw, w_rec, w_fgr, w_hr, plan, w_in); break;
-      case kNormLayerPerGate: lstm_forward<scalar_t, kNormLayerPerGate>(p, xw, hw, w_rec, w_fgr, w_hr, plan, w_in); break;
+      case kNormLayerPerGate:
+        lstm_forward<scalar_t, kNormLayerPerGate>(p, xw, hw, w_rec, w_fgr, w_hr, plan, w_in);
+        break;
       default: lstm_forward<scalar_t, kNormBatch>(p, xw, hw, w_rec, w_fgr, w_hr, plan, w_in); break;
     }
   });
