@@ -61,14 +61,15 @@ def cpu_cache_info() -> dict:
 
 
 def cpu_gemm_info() -> dict:
-    """Which kernels the CPU backend runs on this machine, under the current FUSEDRNN_PACKED_GEMM
-    and FUSEDRNN_CPU_SIMD (csrc/cpu/recurrent_gemm.h, csrc/cpu/simd.h).
+    """Which kernels the CPU backend runs on this machine, under the current FUSEDRNN_PACKED_GEMM,
+    FUSEDRNN_LARGE_GEMM and FUSEDRNN_CPU_SIMD (csrc/cpu/recurrent_gemm.h, csrc/cpu/simd.h).
 
     Returns {"recurrent": the float32 per-step recurrent product ("avx512": fusedrnn's packed
     kernel, "mkl_packed", "blas" or "loop"), "large": the float32 GEMMs around the time loop
     ("avx512": the same kernel where a product has at least 16 output columns and 64k
-    multiply-adds, ATen's mm for the others; "aten": ATen's mm), "units": the instruction set of
-    the per-row unit and normalization loops ("avx512", "avx2" or "base")}.
+    multiply-adds, ATen's mm for the others; "aten": ATen's mm, the default on Intel CPUs),
+    "units": the instruction set of the per-row unit and normalization loops ("avx512", "avx2"
+    or "base")}.
     """
     _require_extension("cpu_gemm_info")
     recurrent, large, units = torch.ops.fusedrnn.cpu_gemm_info()

@@ -185,8 +185,10 @@ def test_packed_kernels_at_kernel_sized_shapes(monkeypatch, spec, mode, members,
     steps' row tiles 7 and 8 high (rows split: 20/21 rows a member, tiles of 6 and 7; the team
     tests' B = 8 split 3/3/2 gives the short ones); 4H = 488 and 3H = 366 end the
     48-column panels with 8 and 30 columns, H = 122 with 26 (one, two and two zmm); I = 40 makes
-    dx one panel, split by rows of the output."""
+    dx one panel, split by rows of the output. FUSEDRNN_LARGE_GEMM=avx512: the large GEMMs on
+    fusedrnn's kernel on every CPU (the default on Intel CPUs is ATen's mm)."""
     monkeypatch.setenv("FUSEDRNN_PACKED_GEMM", mode)
+    monkeypatch.setenv("FUSEDRNN_LARGE_GEMM", "avx512")
     monkeypatch.setenv("FUSEDRNN_CPU_TEAM", members)
     monkeypatch.setenv("FUSEDRNN_CPU_SPLIT", split)
     info = fusedrnn.cpu_gemm_info()
@@ -199,8 +201,31 @@ def test_packed_kernels_at_kernel_sized_shapes(monkeypatch, spec, mode, members,
     compare(spec, x, state, p, lengths=lengths, training=True)
 
 
+def _cpu_is_intel() -> bool:
+    with open("/proc/cpuinfo") as f:
+        return any(line.startswith("vendor_id") and "GenuineIntel" in line for line in f)
+
+
+def test_large_gemm_choice(monkeypatch):
+    """csrc/cpu/recurrent_gemm.h own_large_gemm: by default the large GEMMs run on fusedrnn's
+    AVX-512 kernel except on Intel CPUs (MKL's AVX-512 sgemm there); FUSEDRNN_LARGE_GEMM forces
+    either, and only where the kernel itself is in use."""
+    monkeypatch.delenv("FUSEDRNN_LARGE_GEMM", raising=False)
+    monkeypatch.delenv("FUSEDRNN_PACKED_GEMM", raising=False)
+    avx512 = _cpu_has_avx512()
+    assert fusedrnn.cpu_gemm_info()["large"] == ("avx512" if avx512 and not _cpu_is_intel() else "aten")
+    monkeypatch.setenv("FUSEDRNN_LARGE_GEMM", "avx512")
+    assert fusedrnn.cpu_gemm_info()["large"] == ("avx512" if avx512 else "aten")
+    monkeypatch.setenv("FUSEDRNN_LARGE_GEMM", "aten")
+    assert fusedrnn.cpu_gemm_info()["large"] == "aten"
+    monkeypatch.setenv("FUSEDRNN_LARGE_GEMM", "avx512")
+    monkeypatch.setenv("FUSEDRNN_PACKED_GEMM", "mkl")
+    assert fusedrnn.cpu_gemm_info()["large"] == "aten"
+
+
 @pytest.mark.parametrize("var,value,message", [
     ("FUSEDRNN_PACKED_GEMM", "fast", "FUSEDRNN_PACKED_GEMM must be 1, mkl, 0 or loop, got 'fast'"),
+    ("FUSEDRNN_LARGE_GEMM", "mkl", "FUSEDRNN_LARGE_GEMM must be auto, avx512 or aten, got 'mkl'"),
     ("FUSEDRNN_CPU_SIMD", "sse", "FUSEDRNN_CPU_SIMD must be avx512, avx2 or base, got 'sse'"),
 ])
 def test_kernel_env_rejects_bad_value(monkeypatch, var, value, message):

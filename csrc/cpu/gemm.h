@@ -9,7 +9,8 @@
 // on one thread, 121-135 on two; oneDNN's 158-191 on two; the packed kernel 90-97 on one thread,
 // and its members do not share anything but the packed operands. Elsewhere
 // (float64, no AVX-512, FUSEDRNN_PACKED_GEMM other than 1, fewer than 16 output columns, small
-// products) ATen's mm.
+// products) ATen's mm; and on Intel CPUs, where MKL runs AVX-512 code and beats it
+// (recurrent_gemm.h own_large_gemm, FUSEDRNN_LARGE_GEMM).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -42,7 +43,7 @@ inline bool own_gemm(at::ScalarType dt, int64_t M, int64_t K, const std::vector<
     all += n;
     wide = wide && n >= 16;
   }
-  return dt == at::kFloat && mkl::own_kernel_available() && wide && K >= 1 && M >= 1 && M * K * all >= (int64_t(1) << 16);
+  return dt == at::kFloat && mkl::own_large_gemm() && wide && K >= 1 && M >= 1 && M * K * all >= (int64_t(1) << 16);
 #else
   (void)dt; (void)M; (void)K; (void)N;
   return false;

@@ -43,10 +43,21 @@ namespace cpu {
 namespace mkl {
 enum : int { kRowMajor = 101, kNoTrans = 111, kTrans = 112, kPacked = 151, kBMatrix = 162 };
 
-// FUSEDRNN_PACKED_GEMM (read per layer call): unset/1 = the fastest available (fusedrnn's AVX-512
-// kernel, else MKL's packed GEMM), mkl = MKL's packed GEMM, 0 = no packed GEMM (BLAS ?gemm_ each
-// step), loop = the plain loop (the fallback of a torch without BLAS symbols, tested through this).
+// FUSEDRNN_LARGE_GEMM, validated (own_large_gemm below).
+inline const char* large_gemm_mode() {
+  const char* env = std::getenv("FUSEDRNN_LARGE_GEMM");
+  const char* mode = env ? env : "auto";
+  TORCH_CHECK(!std::strcmp(mode, "auto") || !std::strcmp(mode, "avx512") || !std::strcmp(mode, "aten"),
+              "FUSEDRNN_LARGE_GEMM must be auto, avx512 or aten, got '", mode, "'");
+  return mode;
+}
+
+// FUSEDRNN_PACKED_GEMM (read per layer call, with FUSEDRNN_LARGE_GEMM, which is validated here
+// too): unset/1 = the fastest available (fusedrnn's AVX-512 kernel, else MKL's packed GEMM), mkl
+// = MKL's packed GEMM, 0 = no packed GEMM (BLAS ?gemm_ each step), loop = the plain loop (the
+// fallback of a torch without BLAS symbols, tested through this).
 inline const char* gemm_mode() {
+  large_gemm_mode();
   const char* env = std::getenv("FUSEDRNN_PACKED_GEMM");
   const char* mode = env ? env : "1";
   TORCH_CHECK(!std::strcmp(mode, "1") || !std::strcmp(mode, "mkl") || !std::strcmp(mode, "0") ||
@@ -56,6 +67,23 @@ inline const char* gemm_mode() {
 }
 
 inline bool own_kernel_available() { return std::strcmp(gemm_mode(), "1") == 0 && simd_level() == kSimdAvx512; }
+
+// FUSEDRNN_LARGE_GEMM (read per call): who runs the large float32 GEMMs around the time loop
+// where fusedrnn's kernel is available (gemm.h own_gemm). auto (unset) = fusedrnn's kernel,
+// except on Intel CPUs, where MKL runs its AVX-512 kernels and its sgemm (ATen's mm) is faster;
+// avx512 = fusedrnn's kernel; aten = ATen's mm. Measured on the 2-core Intel Xeon (AVX-512, 2 MiB
+// L2 per core), one thread, fusedrnn's kernel (benchmarks/results/cpu-20261203-avx512/gemm_kernels.cc)
+// against torch.mm: the char-LM input projection 2560 x 512 x 2048 146-153 against 171-178
+// GFLOP/s, its dx 2560 x 2048 x 512 132-141 against 169, its weight gradients 2048 x 2560 x 512
+// (a = dG^T) 121-133 against 161, PTB's 700 x 650 x 2600 137-150 against 174-175; on the AMD
+// EPYC of packed_gemm.h, where MKL runs AVX2, 90-97 against 71-89 (gemm.h). Fwd+bwd, one process
+// per call alternating with FUSEDRNN_LARGE_GEMM=avx512, median of 11, three rounds: char-LM LSTM
+// 103.8-120.2 ms against 112.9-127.7, the generic shape 39.2-41.6 against 42.9-44.1.
+inline bool own_large_gemm() {
+  const char* mode = large_gemm_mode();
+  if (!own_kernel_available() || !std::strcmp(mode, "aten")) return false;
+  return !std::strcmp(mode, "avx512") || !cpu_is_intel();
+}
 
 inline bool packed_gemm_available() {
   const char* mode = gemm_mode();
@@ -68,10 +96,11 @@ inline bool blas_available(bool single) {
   return single ? sgemm_ != nullptr : dgemm_ != nullptr;
 }
 
-// What the float32 products run under the current FUSEDRNN_PACKED_GEMM and FUSEDRNN_CPU_SIMD:
-// the per-step recurrent product ("avx512" = packed_gemm.h, "mkl_packed", "blas", "loop"), the
-// large GEMMs around the loop (gemm.h: "avx512" where a product has at least 16 output columns
-// and 64k multiply-adds, else ATen's mm; or "aten") and the level of the row loops (simd.h).
+// What the float32 products run under the current FUSEDRNN_PACKED_GEMM, FUSEDRNN_LARGE_GEMM and
+// FUSEDRNN_CPU_SIMD: the per-step recurrent product ("avx512" = packed_gemm.h, "mkl_packed",
+// "blas", "loop"), the large GEMMs around the loop (gemm.h: "avx512" where a product has at
+// least 16 output columns and 64k multiply-adds, else ATen's mm; or "aten") and the level of
+// the row loops (simd.h).
 inline std::vector<std::string> kernel_names() {
   refresh_simd_level();
   const bool own = own_kernel_available();
@@ -79,7 +108,7 @@ inline std::vector<std::string> kernel_names() {
                           : packed_gemm_available() ? "mkl_packed"
                           : blas_available(true)    ? "blas"
                                                     : "loop";
-  return {recurrent, own ? "avx512" : "aten", simd_name(simd_level())};
+  return {recurrent, own_large_gemm() ? "avx512" : "aten", simd_name(simd_level())};
 }
 
 }  // namespace mkl

@@ -56,6 +56,18 @@ inline SimdLevel cpu_simd_max() {
 #endif
 }
 
+// Whether the CPU is Intel's: MKL (which torch's x86-64 wheels link) runs its AVX-512 kernels
+// there and its AVX2 ones on other vendors' CPUs, which decides whose large GEMM is faster
+// (gemm.h own_gemm).
+inline bool cpu_is_intel() {
+#if FUSEDRNN_X86
+  static const bool v = __builtin_cpu_is("intel");
+  return v;
+#else
+  return false;
+#endif
+}
+
 inline std::atomic<int>& simd_level_slot() {
   static std::atomic<int> level{cpu_simd_max()};
   return level;
