@@ -100,10 +100,11 @@ struct ThreadAcc {
 // [h0; y[:T-1]] the h_{t-1} of every step; dxw, dhw [T * B, GH], x [T, B, I], y [T, B, R].
 // Where the two share their left operand (dhw is dxw: no separate normalization of the recurrent
 // projection) they are one product: on fusedrnn's kernel dxw^T packed once and multiplied into
-// both outputs (gemm_outs), elsewhere one GEMM dxw^T [x | h_prev] cut in two: a narrow x made
-// dW_ih alone a poor GEMM (measured with torch.mm here, 2 threads: row MNIST 0.99 ms for [512,
-// 2800] x [2800, 28] next to 2.13 ms for the [2800, 128] dW_hh, merged 2.79 ms; pixel MNIST's
-// I = 1: 8.0 + 25.9 ms, merged 29.5; I = H = 256: 9.2 + 9.2 ms, merged 17.5).
+// both outputs (gemm_outs); elsewhere, for an x narrower than 512 columns, one GEMM dxw^T [x |
+// h_prev] cut in two: a narrow x made dW_ih alone a poor GEMM (measured with torch.mm on the AMD
+// host, 2 threads: row MNIST 0.99 ms for [512, 2800] x [2800, 28] next to 2.13 ms for the [2800,
+// 128] dW_hh, merged 2.79 ms; pixel MNIST's I = 1: 8.0 + 25.9 ms, merged 29.5; I = H = 256: 9.2 +
+// 9.2 ms, merged 17.5).
 inline std::pair<at::Tensor, at::Tensor> weight_grads(const at::Tensor& dxw, const at::Tensor& dhw,
                                                       const at::Tensor& x, const at::Tensor& h0,
                                                       const at::Tensor& y) {
@@ -114,6 +115,21 @@ inline std::pair<at::Tensor, at::Tensor> weight_grads(const at::Tensor& dxw, con
   // temporary switch to the merged GEMM, median of 15: PTB LSTM 82.4 ms against 83.8, the
   // generic shape 58.4 against 60.5.
   const bool own = shared && own_gemm(y.scalar_type(), GH, T * B, {I, R});
+  // Otherwise, unless x is narrow and the left operand shared (the merged product below): two
+  // products, and dW_hh itself in two, dhw[:B]^T h0 + dhw[B:]^T y[:T-1], so that neither x nor y
+  // is copied into [x | h_prev] (nor the result out of one [GH, I + R]). Measured on the Intel
+  // host (ATen's mm = MKL), the weight gradients' phase of the LSTM backward alone (rdtsc in a
+  // temporary build, one process per run alternating with the merged product, mean of 30 calls,
+  // three runs): char-LM (80, 32, 512, 512) 34.5-35.8 ms against 37.0-37.1, PTB 16.0-16.3 against
+  // 16.2-18.4.
+  if (!own && (!shared || I >= 512)) {
+    auto prev_product = [&](const at::Tensor& d) {  // d^T h_prev
+      at::Tensor out = cached_mm(d.narrow(0, 0, B).t(), h0);
+      if (T > 1) out.addmm_(d.narrow(0, B, (T - 1) * B).t(), y.narrow(0, 0, T - 1).reshape({(T - 1) * B, R}));
+      return out;
+    };
+    return {cached_mm(dxw.t(), x.reshape({T * B, I})), prev_product(dhw)};
+  }
   at::Tensor xh = cached_empty({T, B, (shared && !own ? I : 0) + R}, y.options());  // [x |] h_prev
   at::Tensor hp = xh.narrow(2, shared && !own ? I : 0, R);
   hp[0].copy_(h0);
@@ -124,8 +140,6 @@ inline std::pair<at::Tensor, at::Tensor> weight_grads(const at::Tensor& dxw, con
     gemm_outs(a, {{&dw_ih, &bx, nullptr}, {&dw_hh, &bh, nullptr}});
     return {dw_ih, dw_hh};
   }
-  if (!shared)
-    return {cached_mm(dxw.t(), x.reshape({T * B, I})), cached_mm(dhw.t(), xh.view({T * B, R}))};
   xh.narrow(2, 0, I).copy_(x);
   at::Tensor dw = cached_mm(dxw.t(), xh.view({T * B, I + R}));
   return {cached_contiguous(dw.narrow(1, 0, I)), cached_contiguous(dw.narrow(1, I, R))};
