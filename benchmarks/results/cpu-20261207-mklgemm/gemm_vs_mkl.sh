@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# fusedrnn's AVX-512 packed GEMM (gemm_kernels.cc, one thread) against torch.mm (MKL) on the large
+# products around the time loop, one and two threads. Needs the project's virtualenv (torch) active.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+inc="$(python -c 'import torch.utils.cpp_extension as c; print(" ".join("-I" + p for p in c.include_paths()))')"
+bin="$(mktemp -d)/gemm_kernels"
+# shellcheck disable=SC2086
+g++ -O3 -std=c++20 $inc -o "$bin" "$here/gemm_kernels.cc"
+"$bin"
+python - <<'PY'
+import statistics, time, torch
+def median_s(f, n=15):
+    for _ in range(3):
+        f()
+    t = []
+    for _ in range(n):
+        s = time.perf_counter(); f(); t.append(time.perf_counter() - s)
+    return statistics.median(t)
+for threads in (1, 2):
+    torch.set_num_threads(threads)
+    for M, K, N, at in [(3200, 256, 1024, False), (2560, 512, 2048, False), (2560, 2048, 512, False),
+                        (2048, 2560, 512, True), (700, 650, 2600, False), (700, 2600, 650, False)]:
+        a = torch.randn(K, M).t() if at else torch.randn(M, K)  # at: a = dG^T, a transposed view
+        b, out = torch.randn(K, N), torch.empty(M, N)
+        t = median_s(lambda: torch.mm(a, b, out=out))
+        print(f"torch.mm (MKL), {threads} thread(s) {M:5d} x {K:5d} x {N:5d}  a {'dG^T' if at else 'row-major':10s}"
+              f" {2 * M * K * N / t / 1e9:6.1f} GFLOP/s")
+PY
