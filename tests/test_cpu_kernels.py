@@ -208,12 +208,13 @@ def _cpu_is_intel() -> bool:
 
 def test_large_gemm_choice(monkeypatch):
     """csrc/cpu/recurrent_gemm.h own_large_gemm: by default the large GEMMs run on fusedrnn's
-    AVX-512 kernel except on Intel CPUs (MKL's AVX-512 sgemm there); FUSEDRNN_LARGE_GEMM forces
-    either, and only where the kernel itself is in use."""
+    AVX-512 kernel except on Intel CPUs with a torch linking MKL (MKL's AVX-512 sgemm there);
+    FUSEDRNN_LARGE_GEMM forces either, and only where the kernel itself is in use."""
     monkeypatch.delenv("FUSEDRNN_LARGE_GEMM", raising=False)
     monkeypatch.delenv("FUSEDRNN_PACKED_GEMM", raising=False)
     avx512 = _cpu_has_avx512()
-    assert fusedrnn.cpu_gemm_info()["large"] == ("avx512" if avx512 and not _cpu_is_intel() else "aten")
+    mkl_avx512 = _cpu_is_intel() and torch.backends.mkl.is_available()
+    assert fusedrnn.cpu_gemm_info()["large"] == ("avx512" if avx512 and not mkl_avx512 else "aten")
     monkeypatch.setenv("FUSEDRNN_LARGE_GEMM", "avx512")
     assert fusedrnn.cpu_gemm_info()["large"] == ("avx512" if avx512 else "aten")
     monkeypatch.setenv("FUSEDRNN_LARGE_GEMM", "aten")

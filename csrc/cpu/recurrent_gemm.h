@@ -70,7 +70,8 @@ inline bool own_kernel_available() { return std::strcmp(gemm_mode(), "1") == 0 &
 
 // FUSEDRNN_LARGE_GEMM (read per call): who runs the large float32 GEMMs around the time loop
 // where fusedrnn's kernel is available (gemm.h own_gemm). auto (unset) = fusedrnn's kernel,
-// except on Intel CPUs, where MKL runs its AVX-512 kernels and its sgemm (ATen's mm) is faster;
+// except on Intel CPUs with a torch that links MKL (its packed-GEMM symbols resolve), where MKL
+// runs its AVX-512 kernels and its sgemm (ATen's mm) is faster;
 // avx512 = fusedrnn's kernel; aten = ATen's mm. Measured on the 2-core Intel Xeon (AVX-512, 2 MiB
 // L2 per core), one thread, fusedrnn's kernel (benchmarks/results/cpu-20261203-avx512/gemm_kernels.cc)
 // against torch.mm: the char-LM input projection 2560 x 512 x 2048 146-153 against 171-178
@@ -82,7 +83,8 @@ inline bool own_kernel_available() { return std::strcmp(gemm_mode(), "1") == 0 &
 inline bool own_large_gemm() {
   const char* mode = large_gemm_mode();
   if (!own_kernel_available() || !std::strcmp(mode, "aten")) return false;
-  return !std::strcmp(mode, "avx512") || !cpu_is_intel();
+  const bool mkl_avx512 = cpu_is_intel() && cblas_sgemm_pack_get_size != nullptr;
+  return !std::strcmp(mode, "avx512") || !mkl_avx512;
 }
 
 inline bool packed_gemm_available() {
