@@ -73,13 +73,12 @@ inline bool own_kernel_available() { return std::strcmp(gemm_mode(), "1") == 0 &
 // except on Intel CPUs with a torch that links MKL (its packed-GEMM symbols resolve), where MKL
 // runs its AVX-512 kernels and its sgemm (ATen's mm) is faster;
 // avx512 = fusedrnn's kernel; aten = ATen's mm. Measured on the 2-core Intel Xeon (AVX-512, 2 MiB
-// L2 per core), one thread, fusedrnn's kernel (benchmarks/results/cpu-20261203-avx512/gemm_kernels.cc)
-// against torch.mm: the char-LM input projection 2560 x 512 x 2048 146-153 against 171-178
-// GFLOP/s, its dx 2560 x 2048 x 512 132-141 against 169, its weight gradients 2048 x 2560 x 512
-// (a = dG^T) 121-133 against 161, PTB's 700 x 650 x 2600 137-150 against 174-175; on the AMD
-// EPYC of packed_gemm.h, where MKL runs AVX2, 90-97 against 71-89 (gemm.h). Fwd+bwd, one process
-// per call alternating with FUSEDRNN_LARGE_GEMM=avx512, median of 11, three rounds: char-LM LSTM
-// 103.8-120.2 ms against 112.9-127.7, the generic shape 39.2-41.6 against 42.9-44.1.
+// L2 per core), one thread, the char-LM and PTB input projections, dx and weight gradients:
+// fusedrnn's kernel 120-153 GFLOP/s against torch.mm's 149-185 (several runs,
+// benchmarks/results/cpu-20261207-mklgemm/gemm_vs_mkl.sh); on the AMD EPYC of packed_gemm.h,
+// where MKL runs AVX2, 90-97 against 71-89 (gemm.h). Fwd+bwd, one process per call alternating
+// with the large GEMMs on the kernel, median of 11, three rounds (large_gemm_matrix.txt there):
+// char-LM LSTM 103.8-120.2 ms against 112.9-127.7, the generic shape 39.2-41.6 against 42.9-44.1.
 inline bool own_large_gemm() {
   const char* mode = large_gemm_mode();
   if (!own_kernel_available() || !std::strcmp(mode, "aten")) return false;

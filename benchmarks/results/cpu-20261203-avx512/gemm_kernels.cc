@@ -40,11 +40,23 @@ static void measure(int64_t M, int64_t K, int64_t N, bool a_transposed) {
          a_transposed ? "dG^T" : "row-major", 2.0 * M * K * N / t[t.size() / 2] / 1e9);
 }
 
-int main() {
+// With arguments "M,K,N" or "M,K,N,t" (t: a = dG^T), those products after the list below
+// (../cpu-20261207-mklgemm/gemm_vs_mkl.sh adds the char-LM and PTB large GEMMs).
+int main(int argc, char** argv) {
   if (cpu_simd_max() != kSimdAvx512) {
     printf("this CPU has no AVX-512 (F, VL, BW, DQ): fusedrnn uses MKL's packed GEMM here\n");
     return 0;
   }
+  for (int i = 1; i < argc; ++i) {
+    long m = 0, k = 0, n = 0;
+    char t = 0;
+    if (sscanf(argv[i], "%ld,%ld,%ld,%c", &m, &k, &n, &t) < 3) {
+      printf("bad shape '%s' (want M,K,N or M,K,N,t)\n", argv[i]);
+      return 1;
+    }
+    measure(m, k, n, t == 't');
+  }
+  if (argc > 1) return 0;
   measure(20, 650, 1300, false);   // PTB-like step (S4), one member's columns
   measure(32, 512, 1024, false);   // char-LM step (S3), one member's columns
   measure(100, 128, 512, false);   // row-MNIST step (S5), whole batch

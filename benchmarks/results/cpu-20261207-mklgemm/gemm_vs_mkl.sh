@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# fusedrnn's AVX-512 packed GEMM (gemm_kernels.cc, one thread) against torch.mm (MKL) on the large
-# products around the time loop, one and two threads. Needs the project's virtualenv (torch) active.
+# fusedrnn's AVX-512 packed GEMM (../cpu-20261203-avx512/gemm_kernels.cc, one thread: its step and
+# row-MNIST products, then the generic, char-LM and PTB large GEMMs) against torch.mm (MKL) on the
+# large products around the time loop, one and two threads. Needs the project's virtualenv active.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 inc="$(python -c 'import torch.utils.cpp_extension as c; print(" ".join("-I" + p for p in c.include_paths()))')"
 bin="$(mktemp -d)/gemm_kernels"
 # shellcheck disable=SC2086
-g++ -O3 -std=c++20 $inc -o "$bin" "$here/gemm_kernels.cc"
+g++ -O3 -std=c++20 $inc -o "$bin" "$here/../cpu-20261203-avx512/gemm_kernels.cc"
 "$bin"
+"$bin" 2560,512,2048 2560,2048,512 2048,2560,512,t 700,650,2600 700,2600,650
 python - <<'PY'
 import statistics, time, torch
 def median_s(f, n=15):
