@@ -40,8 +40,8 @@ static void measure(int64_t M, int64_t K, int64_t N, bool a_transposed) {
          a_transposed ? "dG^T" : "row-major", 2.0 * M * K * N / t[t.size() / 2] / 1e9);
 }
 
-// With arguments "M,K,N" or "M,K,N,t" (t: a = dG^T), those products after the list below
-// (../cpu-20261207-mklgemm/gemm_vs_mkl.sh adds the char-LM and PTB large GEMMs).
+// With arguments "M,K,N" or "M,K,N,t" (t: a = dG^T), those products instead of the list below
+// (../cpu-20261207-mklgemm/gemm_vs_mkl.sh: the char-LM and PTB large GEMMs).
 int main(int argc, char** argv) {
   if (cpu_simd_max() != kSimdAvx512) {
     printf("this CPU has no AVX-512 (F, VL, BW, DQ): fusedrnn uses MKL's packed GEMM here\n");

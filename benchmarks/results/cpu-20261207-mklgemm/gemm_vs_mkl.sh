@@ -1,15 +1,11 @@
 #!/usr/bin/env bash
-# fusedrnn's AVX-512 packed GEMM (../cpu-20261203-avx512/gemm_kernels.cc, one thread: its step and
-# row-MNIST products, then the generic, char-LM and PTB large GEMMs) against torch.mm (MKL) on the
-# large products around the time loop, one and two threads. Needs the project's virtualenv active.
+# fusedrnn's AVX-512 packed GEMM (../cpu-20261203-avx512/gemm_kernels.sh, one thread: its step and
+# row-MNIST products, then the char-LM and PTB large GEMMs) against torch.mm (MKL) on the large
+# products around the time loop, one and two threads. Needs the project's virtualenv active.
 set -euo pipefail
-here="$(cd "$(dirname "$0")" && pwd)"
-inc="$(python -c 'import torch.utils.cpp_extension as c; print(" ".join("-I" + p for p in c.include_paths()))')"
-bin="$(mktemp -d)/gemm_kernels"
-# shellcheck disable=SC2086
-g++ -O3 -std=c++20 $inc -o "$bin" "$here/../cpu-20261203-avx512/gemm_kernels.cc"
-"$bin"
-"$bin" 2560,512,2048 2560,2048,512 2048,2560,512,t 700,650,2600 700,2600,650
+kernels="$(cd "$(dirname "$0")" && pwd)/../cpu-20261203-avx512/gemm_kernels.sh"
+bash "$kernels" 20,650,1300 32,512,1024 100,128,512 32,256,512 2800,28,512 2800,512,28 512,2800,156,t \
+    1024,3200,512,t 3200,256,1024 2560,512,2048 2560,2048,512 2048,2560,512,t 700,650,2600 700,2600,650
 python - <<'PY'
 import statistics, time, torch
 def median_s(f, n=15):
