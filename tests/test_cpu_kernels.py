@@ -153,9 +153,14 @@ def test_recurrent_gemm_fallbacks(monkeypatch, spec, dtype, mode):
     compare(spec, x, state, p, lengths=torch.tensor([4, 2, 3, 1, 4]), training=True)
 
 
-def _cpu_flags() -> set:
+def _cpuinfo(key: str) -> str:
+    """The first /proc/cpuinfo line's value for key ("" if none)."""
     with open("/proc/cpuinfo") as f:
-        return next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
+        return next((line.split(":", 1)[1].strip() for line in f if line.split(":", 1)[0].strip() == key), "")
+
+
+def _cpu_flags() -> set:
+    return set(_cpuinfo("flags").split())
 
 
 def _cpu_simd_levels() -> list:
@@ -201,11 +206,6 @@ def test_packed_kernels_at_kernel_sized_shapes(monkeypatch, spec, mode, members,
     compare(spec, x, state, p, lengths=lengths, training=True)
 
 
-def _cpu_is_intel() -> bool:
-    with open("/proc/cpuinfo") as f:
-        return any(line.startswith("vendor_id") and "GenuineIntel" in line for line in f)
-
-
 def test_large_gemm_choice(monkeypatch):
     """csrc/cpu/recurrent_gemm.h own_large_gemm: by default the large GEMMs run on fusedrnn's
     AVX-512 kernel except on Intel CPUs with a torch linking MKL (MKL's AVX-512 sgemm there);
@@ -213,7 +213,7 @@ def test_large_gemm_choice(monkeypatch):
     monkeypatch.delenv("FUSEDRNN_LARGE_GEMM", raising=False)
     monkeypatch.delenv("FUSEDRNN_PACKED_GEMM", raising=False)
     avx512 = _cpu_has_avx512()
-    mkl_avx512 = _cpu_is_intel() and torch.backends.mkl.is_available()
+    mkl_avx512 = _cpuinfo("vendor_id") == "GenuineIntel" and torch.backends.mkl.is_available()
     assert fusedrnn.cpu_gemm_info()["large"] == ("avx512" if avx512 and not mkl_avx512 else "aten")
     monkeypatch.setenv("FUSEDRNN_LARGE_GEMM", "avx512")
     assert fusedrnn.cpu_gemm_info()["large"] == ("avx512" if avx512 else "aten")

@@ -114,15 +114,15 @@ inline std::pair<at::Tensor, at::Tensor> weight_grads(const at::Tensor& dxw, con
   // h_prev] copy, no copies out of one [GH, I + R] result. Measured fwd+bwd, alternating with a
   // temporary switch to the merged GEMM, median of 15: PTB LSTM 82.4 ms against 83.8, the
   // generic shape 58.4 against 60.5.
-  const bool own = shared && own_gemm(y.scalar_type(), GH, T * B, {I, R});
-  // Otherwise, unless x is narrow and the left operand shared (the merged product below): two
+  const bool kernel = own_gemm(y.scalar_type(), GH, T * B, {I, R}), own = shared && kernel;
+  // On ATen's mm, unless x is narrow and the left operand shared (the merged product below): two
   // products, and dW_hh itself in two, dhw[:B]^T h0 + dhw[B:]^T y[:T-1], so that neither x nor y
   // is copied into [x | h_prev] (nor the result out of one [GH, I + R]). Measured on the Intel
   // host (ATen's mm = MKL), the weight gradients' phase of the LSTM backward alone (rdtsc in a
   // temporary build, one process per run alternating with the merged product, mean of 30 calls,
   // three runs): char-LM (80, 32, 512, 512) 34.5-35.8 ms against 37.0-37.1, PTB 16.0-16.3 against
   // 16.2-18.4.
-  if (!own && (!shared || I >= 512)) {
+  if (!kernel && (!shared || I >= 512)) {
     auto prev_product = [&](const at::Tensor& d) {  // d^T h_prev
       at::Tensor out = cached_mm(d.narrow(0, 0, B).t(), h0);
       if (T > 1) out.addmm_(d.narrow(0, B, (T - 1) * B).t(), y.narrow(0, 0, T - 1).reshape({(T - 1) * B, R}));
@@ -140,6 +140,8 @@ inline std::pair<at::Tensor, at::Tensor> weight_grads(const at::Tensor& dxw, con
     gemm_outs(a, {{&dw_ih, &bx, nullptr}, {&dw_hh, &bh, nullptr}});
     return {dw_ih, dw_hh};
   }
+  if (!shared)  // on fusedrnn's kernel, each product packs its own left operand
+    return {cached_mm(dxw.t(), x.reshape({T * B, I})), cached_mm(dhw.t(), xh.view({T * B, R}))};
   xh.narrow(2, 0, I).copy_(x);
   at::Tensor dw = cached_mm(dxw.t(), xh.view({T * B, I + R}));
   return {cached_contiguous(dw.narrow(1, 0, I)), cached_contiguous(dw.narrow(1, I, R))};
