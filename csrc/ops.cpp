@@ -74,4 +74,7 @@ TORCH_LIBRARY(fusedrnn, m) {
   // What the CPU kernels' float32 products run here (csrc/cpu/recurrent_gemm.h): [per-step
   // recurrent product, large GEMMs around the time loop].
   m.def("cpu_gemm_info() -> str[]");
+  // a @ b (+ bias) through the CPU kernels' large GEMM (csrc/cpu/gemm.h gemm_out, whichever
+  // FUSEDRNN_LARGE_GEMM picks): for tests and GEMM benchmarks.
+  m.def("cpu_large_gemm(Tensor a, Tensor b, Tensor? bias) -> Tensor");
 }

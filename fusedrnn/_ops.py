@@ -66,14 +66,23 @@ def cpu_gemm_info() -> dict:
 
     Returns {"recurrent": the float32 per-step recurrent product ("avx512": fusedrnn's packed
     kernel, "mkl_packed", "blas" or "loop"), "large": the float32 GEMMs around the time loop
-    ("avx512": the same kernel where a product has at least 16 output columns and 64k
-    multiply-adds, ATen's mm for the others; "aten": ATen's mm, the default on Intel CPUs),
+    ("amx": Intel AMX tiles at float32 accuracy, csrc/cpu/amx_gemm.h, the default where the CPU
+    has them; "avx512": the same kernel as the steps'; either where a product has at least 16
+    output columns and 64k multiply-adds, ATen's mm for the others; "aten": ATen's mm, the
+    default on other Intel CPUs),
     "units": the instruction set of the per-row unit and normalization loops ("avx512", "avx2"
     or "base")}.
     """
     _require_extension("cpu_gemm_info")
     recurrent, large, units = torch.ops.fusedrnn.cpu_gemm_info()
     return {"recurrent": recurrent, "large": large, "units": units}
+
+
+def large_gemm(a, b, bias=None):
+    """a @ b (+ bias) through the CPU kernels' large GEMM, the one FUSEDRNN_LARGE_GEMM picks
+    (for tests and GEMM benchmarks): a [M, K], b [K, N] of any strides, bias float32 [N]."""
+    _require_extension("large_gemm")
+    return torch.ops.fusedrnn.cpu_large_gemm(a, b, bias)
 
 
 def empty_cpu_cache() -> None:

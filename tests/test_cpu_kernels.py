@@ -178,12 +178,21 @@ def _cpu_has_avx512() -> bool:
     return "avx512" in _cpu_simd_levels()
 
 
+def _cpu_has_amx() -> bool:
+    """AMX bf16 tiles and AVX512-BF16 (csrc/cpu/amx_gemm.h; Linux grants the tile state)."""
+    return _cpu_has_avx512() and {"amx_tile", "amx_bf16", "avx512_bf16"} <= _cpu_flags()
+
+
+needs_amx = pytest.mark.skipif(not _cpu_has_amx(), reason="the CPU has no AMX bf16 tiles")
+
+
+@pytest.mark.parametrize("large", ["avx512", pytest.param("amx", marks=needs_amx)])
 @pytest.mark.parametrize("split", ["rows", "columns"])
 @pytest.mark.parametrize("members", ["1", "2", "3"])
 @pytest.mark.parametrize("mode", ["1", "mkl"])
 @pytest.mark.parametrize("spec", [CellSpec("lstm"), CellSpec("lstm", norm="layer"), CellSpec("lstm", "peephole", "batch"),
                                   CellSpec("gru"), CellSpec("rnn_tanh"), CellSpec("lstm", proj_size=37)], ids=spec_id)
-def test_packed_kernels_at_kernel_sized_shapes(monkeypatch, spec, mode, members, split):
+def test_packed_kernels_at_kernel_sized_shapes(monkeypatch, spec, mode, members, split, large):
     """float32 products above the size where fusedrnn's AVX-512 kernel takes the large GEMMs
     (csrc/cpu/gemm.h, 64k multiply-adds) as well as the per-step products, against MKL's
     (mode mkl). T * B = 549 puts the weight gradients' k past one 512 block; B = 61 makes the
@@ -191,14 +200,18 @@ def test_packed_kernels_at_kernel_sized_shapes(monkeypatch, spec, mode, members,
     tests' B = 8 split 3/3/2 gives the short ones); 4H = 488 and 3H = 366 end the
     48-column panels with 8 and 30 columns, H = 122 with 26 (one, two and two zmm); I = 40 makes
     dx one panel, split by rows of the output. FUSEDRNN_LARGE_GEMM=avx512: the large GEMMs on
-    fusedrnn's kernel on every CPU (the default on Intel CPUs is ATen's mm)."""
+    fusedrnn's kernel on every CPU (the default is AMX where the CPU has it, else ATen's mm on
+    Intel CPUs); =amx: on the AMX tiles (k = 549 in two chunks of 512 and 37, 32-blocks ending
+    with 5 to 25 rows or columns)."""
+    if large == "amx" and (mode == "mkl" or split == "columns"):
+        pytest.skip("the large GEMMs do not depend on the step products or the loop's split")
     monkeypatch.setenv("FUSEDRNN_PACKED_GEMM", mode)
-    monkeypatch.setenv("FUSEDRNN_LARGE_GEMM", "avx512")
+    monkeypatch.setenv("FUSEDRNN_LARGE_GEMM", large)
     monkeypatch.setenv("FUSEDRNN_CPU_TEAM", members)
     monkeypatch.setenv("FUSEDRNN_CPU_SPLIT", split)
     info = fusedrnn.cpu_gemm_info()
     if mode == "1" and _cpu_has_avx512():
-        assert info == {"recurrent": "avx512", "large": "avx512", "units": "avx512"}
+        assert info == {"recurrent": "avx512", "large": large, "units": "avx512"}
     else:
         assert info["recurrent"] != "avx512" and info["large"] == "aten"
     x, state, p = make_layer(spec, 9, 61, 40, 122, torch.float32, seed=7)
@@ -207,26 +220,71 @@ def test_packed_kernels_at_kernel_sized_shapes(monkeypatch, spec, mode, members,
 
 
 def test_large_gemm_choice(monkeypatch):
-    """csrc/cpu/recurrent_gemm.h own_large_gemm: by default the large GEMMs run on fusedrnn's
-    AVX-512 kernel except on Intel CPUs with a torch linking MKL (MKL's AVX-512 sgemm there);
-    FUSEDRNN_LARGE_GEMM forces either, and only where the kernel itself is in use."""
+    """csrc/cpu/recurrent_gemm.h large_gemm: by default the large GEMMs run on the AMX tiles
+    where the CPU has them, else on fusedrnn's AVX-512 kernel except on Intel CPUs with a torch
+    linking MKL (MKL's AVX-512 sgemm there); FUSEDRNN_LARGE_GEMM forces each, and only where the
+    kernel itself is in use; amx where the CPU has no AMX is an error."""
     monkeypatch.delenv("FUSEDRNN_LARGE_GEMM", raising=False)
     monkeypatch.delenv("FUSEDRNN_PACKED_GEMM", raising=False)
-    avx512 = _cpu_has_avx512()
+    avx512, amx = _cpu_has_avx512(), _cpu_has_amx()
     mkl_avx512 = _cpuinfo("vendor_id") == "GenuineIntel" and torch.backends.mkl.is_available()
-    assert fusedrnn.cpu_gemm_info()["large"] == ("avx512" if avx512 and not mkl_avx512 else "aten")
+    default = "amx" if amx else "avx512" if avx512 and not mkl_avx512 else "aten"
+    assert fusedrnn.cpu_gemm_info()["large"] == default
     monkeypatch.setenv("FUSEDRNN_LARGE_GEMM", "avx512")
     assert fusedrnn.cpu_gemm_info()["large"] == ("avx512" if avx512 else "aten")
     monkeypatch.setenv("FUSEDRNN_LARGE_GEMM", "aten")
     assert fusedrnn.cpu_gemm_info()["large"] == "aten"
-    monkeypatch.setenv("FUSEDRNN_LARGE_GEMM", "avx512")
-    monkeypatch.setenv("FUSEDRNN_PACKED_GEMM", "mkl")
-    assert fusedrnn.cpu_gemm_info()["large"] == "aten"
+    monkeypatch.setenv("FUSEDRNN_LARGE_GEMM", "amx")
+    if amx:
+        assert fusedrnn.cpu_gemm_info()["large"] == "amx"
+        monkeypatch.setenv("FUSEDRNN_CPU_SIMD", "avx2")
+        assert fusedrnn.cpu_gemm_info()["large"] == "aten"
+        monkeypatch.delenv("FUSEDRNN_CPU_SIMD")
+    else:
+        with pytest.raises(RuntimeError, match="FUSEDRNN_LARGE_GEMM=amx: this CPU or OS runs no AMX bf16 tiles"):
+            fusedrnn.cpu_gemm_info()
+    for forced in ("avx512", "amx") if amx else ("avx512",):
+        monkeypatch.setenv("FUSEDRNN_LARGE_GEMM", forced)
+        monkeypatch.setenv("FUSEDRNN_PACKED_GEMM", "mkl")
+        assert fusedrnn.cpu_gemm_info()["large"] == "aten"
+
+
+@needs_amx
+@pytest.mark.parametrize("members", ["1", "2", "3"])
+@pytest.mark.parametrize("M,K,N,a_t,b_t", [
+    (549, 549, 488, False, False),  # k in two chunks (512 + 37); every 32-block edge partial
+    (2048, 640, 64, True, False),   # a^T (dG^T of the weight gradients, gathered): rows split
+    (64, 300, 1040, False, True),   # b^T (W_ih^T of the input projection); 2 row blocks: columns split
+    (1, 1, 16, False, False),       # one row, one k
+    (33, 31, 17, True, True),
+])
+def test_amx_gemm_accuracy(monkeypatch, members, M, K, N, a_t, b_t):
+    """csrc/cpu/amx_gemm.h: the three-bfloat16-part products on the AMX tiles have a float32
+    GEMM's error. Against float64, each entry's error relative to (|a| |b|)'s entry: at most
+    twice torch.mm's (MKL float32) largest, or 4 units of float32's rounding (2^-22) where that
+    is smaller; a plain bf16 or TF32 product would be off by about 2^-9 or 2^-11. The bias is
+    added once, and strided operands (transposed views) are read in place."""
+    monkeypatch.setenv("FUSEDRNN_LARGE_GEMM", "amx")
+    monkeypatch.setenv("FUSEDRNN_CPU_TEAM", members)
+    g = torch.Generator().manual_seed(M + K + N)
+    a = torch.randn(K, M, generator=g).t() if a_t else torch.randn(M, K, generator=g)
+    b = torch.randn(N, K, generator=g).t() if b_t else torch.randn(K, N, generator=g)
+    bias = torch.randn(N, generator=g)
+    for with_bias in (True, False):
+        exact = a.double() @ b.double() + (bias.double() if with_bias else 0)
+        scale = a.double().abs() @ b.double().abs() + (bias.double().abs() if with_bias else 0)
+        out = _ops.large_gemm(a, b, bias if with_bias else None)
+        mkl = torch.addmm(bias, a, b) if with_bias else a @ b
+        assert fusedrnn.cpu_gemm_info()["large"] == "amx"
+        assert out.shape == (M, N) and out.dtype == torch.float32
+        amx_err = ((out.double() - exact).abs() / scale).max().item()
+        mkl_err = ((mkl.double() - exact).abs() / scale).max().item()
+        assert amx_err <= max(2 * mkl_err, 2.0 ** -22), (amx_err, mkl_err)
 
 
 @pytest.mark.parametrize("var,value,message", [
     ("FUSEDRNN_PACKED_GEMM", "fast", "FUSEDRNN_PACKED_GEMM must be 1, mkl, 0 or loop, got 'fast'"),
-    ("FUSEDRNN_LARGE_GEMM", "mkl", "FUSEDRNN_LARGE_GEMM must be auto, avx512 or aten, got 'mkl'"),
+    ("FUSEDRNN_LARGE_GEMM", "mkl", "FUSEDRNN_LARGE_GEMM must be auto, amx, avx512 or aten, got 'mkl'"),
     ("FUSEDRNN_CPU_SIMD", "sse", "FUSEDRNN_CPU_SIMD must be avx512, avx2 or base, got 'sse'"),
 ])
 def test_kernel_env_rejects_bad_value(monkeypatch, var, value, message):

@@ -43,10 +43,99 @@ inline bool own_gemm(at::ScalarType dt, int64_t M, int64_t K, const std::vector<
     all += n;
     wide = wide && n >= 16;
   }
-  return dt == at::kFloat && mkl::own_large_gemm() && wide && K >= 1 && M >= 1 && M * K * all >= (int64_t(1) << 16);
+  return dt == at::kFloat && mkl::large_gemm() != mkl::LargeGemm::kAten && wide && K >= 1 && M >= 1 && M * K * all >= (int64_t(1) << 16);
 #else
   (void)dt; (void)M; (void)K; (void)N;
   return false;
+#endif
+}
+
+// gemm_outs on the AMX tiles (amx_gemm.h), n members: they pack their shares of a's row blocks
+// and of the parts' column blocks, meet at one barrier, then compute their shares of the 32 x 32
+// output blocks: of the column blocks where there are at least 4 per member, else of the rows.
+inline void amx_gemm_outs(const at::Tensor& a, const std::vector<GemmPart>& parts, int64_t n) {
+#if FUSEDRNN_HAS_AMX
+  const int64_t M = a.size(0), K = a.size(1), R = amx::blocks32(M);
+  struct Part {
+    const float* b;
+    int64_t bk, bn, N;
+    float* c;
+    int64_t ldc;
+    at::Tensor bias;  // contiguous, or undefined
+    int64_t first, blocks;  // its column blocks [first, first + blocks) of all parts'
+  };
+  std::vector<Part> ps;
+  int64_t Q = 0;
+  for (const GemmPart& g : parts) {
+    const int64_t N = g.b->size(1);
+    ps.push_back({g.b->data_ptr<float>(), g.b->stride(0), g.b->stride(1), N, g.out->data_ptr<float>(),
+                  g.out->stride(0), g.bias ? g.bias->contiguous() : at::Tensor(), Q, amx::blocks32(N)});
+    Q += amx::blocks32(N);
+  }
+  const auto i16 = a.options().dtype(at::kShort);
+  const int64_t KB = amx::blocks32(K), b_stride = amx::packed_elems(32, K);  // one 32-column block
+  // rows split: each member packs its own row blocks, a group of them and a chunk of k at a time
+  // (about 768 KiB: kept in L2 while the group meets every column block's chunk); else the column
+  // blocks are split and all of a is packed once, shared.
+  const bool by_rows = R >= 4 * n;
+  const int64_t chunk = std::min<int64_t>(KB, 16);  // k blocks
+  const int64_t group = std::max<int64_t>(1, (int64_t(3) << 18) / (2 * 32 * 32 * chunk * 3));
+  const int64_t group_elems = group * amx::packed_elems(32, 32 * chunk);
+  at::Tensor a_buf = cached_empty({by_rows ? n * group_elems : amx::packed_elems(M, K)}, i16);
+  at::Tensor b_buf = cached_empty({Q * b_stride}, i16);
+  auto* pa = reinterpret_cast<amx::bf16*>(a_buf.data_ptr<int16_t>());
+  auto* pb = reinterpret_cast<amx::bf16*>(b_buf.data_ptr<int16_t>());
+  const float* ap = a.data_ptr<float>();
+  const int64_t sa = a.stride(0), sk = a.stride(1);
+  // f(part, its column blocks [lo, hi)) for each part's share of all column blocks [q0, q1)
+  auto each_share = [&](int64_t q0, int64_t q1, auto f) {
+    for (const Part& p : ps) {
+      const int64_t lo = std::max(q0, p.first) - p.first, hi = std::min(q1, p.first + p.blocks) - p.first;
+      if (hi > lo) f(p, lo, hi);
+    }
+  };
+  // row blocks [r0, r1) (packed: pa_r) by part p's column blocks [lo, hi), k blocks [k0, k0 + kn)
+  auto product = [&](amx::Packed pa_r, int64_t r0, int64_t r1, const Part& p, int64_t lo, int64_t hi, int64_t k0,
+                     int64_t kn) {
+    const amx::Packed b{pb + p.first * b_stride + k0 * amx::kBlockElems, KB};
+    amx::gemm(pa_r, b, kn, M, p.N, r0, r1, lo, hi, p.c, p.ldc, p.bias.defined() ? p.bias.data_ptr<float>() : nullptr,
+              k0 > 0);
+  };
+  run_team(n, [&](Team& team) {
+    if (!by_rows) team.each_part(R, [&](int64_t, int64_t q0, int64_t q1) { amx::pack_a(ap, sa, sk, M, K, q0, q1, pa); });
+    team.each_part(Q, [&](int64_t, int64_t q0, int64_t q1) {
+      each_share(q0, q1, [&](const Part& p, int64_t lo, int64_t hi) {
+        amx::pack_b(p.b, p.bk, p.bn, K, p.N, lo, hi, pb + p.first * b_stride);
+      });
+    });
+    team.barrier();
+    if (by_rows)
+      team.each_part(R, [&](int64_t m, int64_t r0, int64_t r1) {
+        amx::bf16* mine = pa + m * group_elems;
+        for (int64_t g = r0; g < r1; g += group) {
+          const int64_t g1 = std::min(r1, g + group);
+          for (int64_t k0 = 0; k0 < KB; k0 += chunk) {
+            const int64_t kn = std::min(chunk, KB - k0);
+            amx::pack_a(ap + 32 * g * sa + 32 * k0 * sk, sa, sk, M - 32 * g, K - 32 * k0, 0, g1 - g, mine,
+                        kn);
+            amx::with_tiles([&] {
+              each_share(0, Q, [&](const Part& p, int64_t lo, int64_t hi) {
+                product({mine, kn}, g, g1, p, lo, hi, k0, kn);
+              });
+            });
+          }
+        }
+      });
+    else
+      amx::with_tiles([&] {
+        team.each_part(Q, [&](int64_t, int64_t q0, int64_t q1) {
+          each_share(q0, q1, [&](const Part& p, int64_t lo, int64_t hi) { product({pa, KB}, 0, R, p, lo, hi, 0, KB); });
+        });
+      });
+  });
+#else
+  (void)a; (void)parts; (void)n;
+  TORCH_CHECK(false, "fusedrnn: built without AMX support");
 #endif
 }
 
@@ -72,6 +161,7 @@ inline void gemm_outs(const at::Tensor& a, const std::vector<GemmPart>& parts) {
     }
     return;
   }
+  if (mkl::large_gemm() == mkl::LargeGemm::kAmx) return amx_gemm_outs(a, parts, n);
 #if FUSEDRNN_HAS_AVX512_KERNEL
   // What the team's members read (raw pointers: no ATen call on team threads): part j's b,
   // output and bias, and its panels [first, first + panels) of all parts' (packed one after

@@ -15,6 +15,7 @@
 
 #include <ATen/ATen.h>
 
+#include "amx_gemm.h"
 #include "packed_gemm.h"
 
 #include <cstdlib>
@@ -47,8 +48,9 @@ enum : int { kRowMajor = 101, kNoTrans = 111, kTrans = 112, kPacked = 151, kBMat
 inline const char* large_gemm_mode() {
   const char* env = std::getenv("FUSEDRNN_LARGE_GEMM");
   const char* mode = env ? env : "auto";
-  TORCH_CHECK(!std::strcmp(mode, "auto") || !std::strcmp(mode, "avx512") || !std::strcmp(mode, "aten"),
-              "FUSEDRNN_LARGE_GEMM must be auto, avx512 or aten, got '", mode, "'");
+  TORCH_CHECK(!std::strcmp(mode, "auto") || !std::strcmp(mode, "amx") || !std::strcmp(mode, "avx512") ||
+                  !std::strcmp(mode, "aten"),
+              "FUSEDRNN_LARGE_GEMM must be auto, amx, avx512 or aten, got '", mode, "'");
   return mode;
 }
 
@@ -68,22 +70,30 @@ inline const char* gemm_mode() {
 
 inline bool own_kernel_available() { return std::strcmp(gemm_mode(), "1") == 0 && simd_level() == kSimdAvx512; }
 
-// FUSEDRNN_LARGE_GEMM (read per call): who runs the large float32 GEMMs around the time loop
-// where fusedrnn's kernel is available (gemm.h own_gemm). auto (unset) = fusedrnn's kernel,
-// except on Intel CPUs with a torch that links MKL (its packed-GEMM symbols resolve), where MKL
-// runs its AVX-512 kernels and its sgemm (ATen's mm) is faster;
-// avx512 = fusedrnn's kernel; aten = ATen's mm. Measured on the 2-core Intel Xeon (AVX-512, 2 MiB
-// L2 per core), one thread, the char-LM and PTB input projections, dx and weight gradients:
-// fusedrnn's kernel 120-153 GFLOP/s against torch.mm's 149-185 (several runs,
-// benchmarks/results/cpu-20261207-mklgemm/gemm_vs_mkl.sh); on the AMD EPYC of packed_gemm.h,
-// where MKL runs AVX2, 90-97 against 71-89 (gemm.h). Fwd+bwd, one process per call alternating
-// with the large GEMMs on the kernel, median of 11, three rounds (large_gemm_matrix.txt there):
-// char-LM LSTM 103.8-120.2 ms against 112.9-127.7, the generic shape 39.2-41.6 against 42.9-44.1.
-inline bool own_large_gemm() {
+// Who runs the large float32 GEMMs around the time loop (gemm.h own_gemm).
+enum class LargeGemm { kAten, kAvx512, kAmx };
+
+// FUSEDRNN_LARGE_GEMM (read per call), where fusedrnn's AVX-512 kernel is available (else ATen's
+// mm): amx = the AMX tiles at float32 accuracy (amx_gemm.h; an error where the CPU or OS has
+// none), avx512 = fusedrnn's kernel, aten = ATen's mm; auto (unset) = amx where usable, else
+// ATen's mm on Intel CPUs with a torch that links MKL (its packed-GEMM symbols resolve), where
+// MKL runs its AVX-512 kernels and its sgemm is faster than fusedrnn's, else fusedrnn's kernel.
+// Measured on the 2-core Intel Xeon (AVX-512, 2 MiB L2 per core), one thread, the char-LM and
+// PTB input projections, dx and weight gradients: fusedrnn's kernel 120-153 GFLOP/s against
+// torch.mm's 149-185 (several runs, benchmarks/results/cpu-20261207-mklgemm/gemm_vs_mkl.sh); on
+// the AMD EPYC of packed_gemm.h, where MKL runs AVX2, 90-97 against 71-89 (gemm.h). Fwd+bwd, one
+// process per call alternating with the large GEMMs on the kernel, median of 11, three rounds
+// (large_gemm_matrix.txt there): char-LM LSTM 103.8-120.2 ms against 112.9-127.7, the generic
+// shape 39.2-41.6 against 42.9-44.1. AMX against MKL: benchmarks/results/cpu-20261207-amx.
+inline LargeGemm large_gemm() {
   const char* mode = large_gemm_mode();
-  if (!own_kernel_available() || !std::strcmp(mode, "aten")) return false;
+  if (!std::strcmp(mode, "amx"))
+    TORCH_CHECK(amx::usable(), "FUSEDRNN_LARGE_GEMM=amx: this CPU or OS runs no AMX bf16 tiles");
+  if (!own_kernel_available() || !std::strcmp(mode, "aten")) return LargeGemm::kAten;
+  if (!std::strcmp(mode, "avx512")) return LargeGemm::kAvx512;
+  if (amx::usable()) return LargeGemm::kAmx;
   const bool mkl_avx512 = cpu_is_intel() && cblas_sgemm_pack_get_size != nullptr;
-  return !std::strcmp(mode, "avx512") || !mkl_avx512;
+  return mkl_avx512 ? LargeGemm::kAten : LargeGemm::kAvx512;
 }
 
 inline bool packed_gemm_available() {
@@ -99,8 +109,8 @@ inline bool blas_available(bool single) {
 
 // What the float32 products run under the current FUSEDRNN_PACKED_GEMM, FUSEDRNN_LARGE_GEMM and
 // FUSEDRNN_CPU_SIMD: the per-step recurrent product ("avx512" = packed_gemm.h, "mkl_packed",
-// "blas", "loop"), the large GEMMs around the loop (gemm.h: "avx512" where a product has at
-// least 16 output columns and 64k multiply-adds, else ATen's mm; or "aten") and the level of
+// "blas", "loop"), the large GEMMs around the loop (gemm.h: "amx" or "avx512" where a product
+// has at least 16 output columns and 64k multiply-adds, else ATen's mm; or "aten") and the level of
 // the row loops (simd.h).
 inline std::vector<std::string> kernel_names() {
   refresh_simd_level();
@@ -109,7 +119,9 @@ inline std::vector<std::string> kernel_names() {
                           : packed_gemm_available() ? "mkl_packed"
                           : blas_available(true)    ? "blas"
                                                     : "loop";
-  return {recurrent, own_large_gemm() ? "avx512" : "aten", simd_name(simd_level())};
+  const LargeGemm large = large_gemm();
+  return {recurrent, large == LargeGemm::kAmx ? "amx" : large == LargeGemm::kAvx512 ? "avx512" : "aten",
+          simd_name(simd_level())};
 }
 
 }  // namespace mkl

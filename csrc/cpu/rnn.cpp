@@ -151,11 +151,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   return {dx, dh, dw_ih, dw_hh, db, has_bias ? db.clone() : none_like(x)};
 }
 
+at::Tensor large_gemm_cpu(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && a.size(1) == b.size(0), "fusedrnn.cpu_large_gemm: a [M, K] and b [K, N], got ",
+              a.sizes(), " and ", b.sizes());
+  TORCH_CHECK(a.scalar_type() == b.scalar_type(), "fusedrnn.cpu_large_gemm: a and b of one dtype");
+  const bool has_bias = bias.has_value() && bias->defined();
+  TORCH_CHECK(!has_bias || (bias->dim() == 1 && bias->size(0) == b.size(1) && bias->scalar_type() == at::kFloat &&
+                            a.scalar_type() == at::kFloat),
+              "fusedrnn.cpu_large_gemm: bias must be float32 [N] with float32 a, b");
+  refresh_simd_level();
+  at::Tensor out = at::empty({a.size(0), b.size(1)}, a.options());
+  gemm_out(out, a, b, has_bias ? &*bias : nullptr);
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fusedrnn, CPU, m) {
   m.impl("rnn_fwd", &rnn_fwd_cpu);
   m.impl("rnn_bwd", &rnn_bwd_cpu);
+  m.impl("cpu_large_gemm", &large_gemm_cpu);
 }
 
 // No tensor arguments, so no backend key to dispatch on: CompositeImplicitAutograd, like aten's
