@@ -43,7 +43,11 @@ inline bool own_gemm(at::ScalarType dt, int64_t M, int64_t K, const std::vector<
     all += n;
     wide = wide && n >= 16;
   }
-  return dt == at::kFloat && mkl::large_gemm() != mkl::LargeGemm::kAten && wide && K >= 1 && M >= 1 && M * K * all >= (int64_t(1) << 16);
+  const mkl::LargeGemm large = mkl::large_gemm();
+  // AMX: k of at least 64, two k blocks per output block (row MNIST's GRU input projection, k =
+  // 28 padded to 32, ran 6.5 ms fwd+bwd against 5.8 on ATen's mm)
+  if (large == mkl::LargeGemm::kAmx && K < 64) return false;
+  return dt == at::kFloat && large != mkl::LargeGemm::kAten && wide && K >= 1 && M >= 1 && M * K * all >= (int64_t(1) << 16);
 #else
   (void)dt; (void)M; (void)K; (void)N;
   return false;
