@@ -126,6 +126,17 @@ def plan(args, device):
     return suite, dtypes, out
 
 
+def cpu_kernels_note(ran: bool) -> str:
+    """Which CPU kernels fusedrnn's float32 products run here (fusedrnn.cpu_gemm_info), for the
+    report's fused_backend line."""
+    if not ran:
+        return ""
+    import fusedrnn
+
+    info = fusedrnn.cpu_gemm_info()
+    return f" (CPU kernels: recurrent {info['recurrent']}, large GEMMs {info['large']}, row loops {info['units']})"
+
+
 def git_commit():
     """HEAD of the checkout (+ whether fusedrnn/csrc/benchmarks have uncommitted changes); outside a
     checkout (e.g. a copied tree on a GPU machine) the FUSEDRNN_COMMIT environment variable, if set."""
@@ -257,7 +268,8 @@ def run(args) -> dict:
                                            if gpu else ""),
         "fused_backend": ("not requested" if fused is None else
                           f"{fused.label}: " + ("available" if unavailable["fused"] is None
-                                                else f"unavailable ({unavailable['fused']})")),
+                                                else f"unavailable ({unavailable['fused']})")
+                          + cpu_kernels_note(fused is not None and unavailable["fused"] is None and not gpu)),
         "reference_torchscript": ("the reference scripts" if not script_reason else
                                   f"the reference does not script ({script_reason}); the TorchScript* column "
                                   "runs benchmarks/scripted.py, a scriptable re-implementation of some cells"),

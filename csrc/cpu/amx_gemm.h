@@ -8,16 +8,19 @@
 // test_amx_gemm_accuracy). Not TF32 or plain bf16, which keep 10 or 7 bits of each operand.
 //
 // Why: a tile product (TDPBF16PS, 16 x 16 x 32) issues 16 x 16 x 32 multiply-adds per 16 cycles,
-// 16x the two AVX-512 FMA ports' float32 rate; six of them per float32 product leave about 2.7x.
-// Measured on the 2-core Intel Xeon (AMX, 2 MiB L2 per core), one thread, the char-LM input
-// projection 2560 x 512 x 2048 and weight gradients 2048 x 2560 x 512 (packing included):
-// see benchmarks/results/cpu-20261207-amx.
+// 16x the two AVX-512 FMA ports' float32 rate (one core of the 2-core Intel Xeon here: 2.5
+// bf16 TFLOP/s from L1); six of them per float32 product leave about 2.7x. Measured there
+// (benchmarks/results/cpu-20261207-amx/gemm_rates.py, packing included, median of 15, GFLOP/s
+// of the float32 product): char-LM input projection 2560 x 512 x 2048 251 on one thread / 475 on
+// two against torch.mm's (MKL) 174 / 321, its weight gradients 2048 x 2560 x 512 227 / 416
+// against 174 / 320; the generic shape's input projection (k = 256) 161 / 332 against 158 / 315.
 //
 // Layout: a packed by 16-row blocks, each [k blocks of 32][3 parts][16 rows x 32 k] bf16; b by
 // 16-column blocks, each [k blocks][3 parts][16 k pairs x 16 columns x 2] bf16 (the pairs of k
 // interleaved, as TDPBF16PS reads its second operand). Zero padding to 32 rows / columns / k. A
 // member computes 32 x 32 output blocks (four accumulator tiles, two row and two column tiles
-// of operands) over all of K, then adds the bias and stores the valid part.
+// of operands) over a range of k blocks, then adds the bias (or the earlier k blocks' sum) and
+// stores the valid part. gemm.h amx_gemm_outs shares the work among the thread team.
 #pragma once
 
 #include <c10/util/Exception.h>
@@ -28,7 +31,9 @@
 
 #include "simd.h"
 
-#if FUSEDRNN_X86 && defined(__linux__)
+// The AMX intrinsics and target names: GCC 11, clang 12.
+#if FUSEDRNN_X86 && defined(__linux__) && \
+    ((defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && __GNUC__ >= 11))
 #include <cpuid.h>
 #include <sys/syscall.h>
 #include <unistd.h>

@@ -99,8 +99,8 @@ struct ThreadAcc {
 // The weight gradients after the time loop: dW_ih = dxw^T x and dW_hh = dhw^T h_prev, h_prev =
 // [h0; y[:T-1]] the h_{t-1} of every step; dxw, dhw [T * B, GH], x [T, B, I], y [T, B, R].
 // Where the two share their left operand (dhw is dxw: no separate normalization of the recurrent
-// projection) they are one product: on fusedrnn's kernel dxw^T packed once and multiplied into
-// both outputs (gemm_outs); elsewhere, for an x narrower than 512 columns, one GEMM dxw^T [x |
+// projection) they are one product: on fusedrnn's kernels (AVX-512 or AMX, gemm.h own_gemm)
+// dxw^T packed once and multiplied into both outputs (gemm_outs); elsewhere, for an x narrower than 512 columns, one GEMM dxw^T [x |
 // h_prev] cut in two: a narrow x made dW_ih alone a poor GEMM (measured with torch.mm on the AMD
 // host, 2 threads: row MNIST 0.99 ms for [512, 2800] x [2800, 28] next to 2.13 ms for the [2800,
 // 128] dW_hh, merged 2.79 ms; pixel MNIST's I = 1: 8.0 + 25.9 ms, merged 29.5; I = H = 256: 9.2 +

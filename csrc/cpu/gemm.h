@@ -9,8 +9,9 @@
 // on one thread, 121-135 on two; oneDNN's 158-191 on two; the packed kernel 90-97 on one thread,
 // and its members do not share anything but the packed operands. Elsewhere
 // (float64, no AVX-512, FUSEDRNN_PACKED_GEMM other than 1, fewer than 16 output columns, small
-// products) ATen's mm; and on Intel CPUs, where MKL runs AVX-512 code and beats it
-// (recurrent_gemm.h own_large_gemm, FUSEDRNN_LARGE_GEMM).
+// products) ATen's mm; on CPUs with AMX the AMX tiles at float32 accuracy (amx_gemm.h, for k of
+// at least 64); on other Intel CPUs, where MKL runs AVX-512 code and beats the kernel, ATen's mm
+// (recurrent_gemm.h large_gemm, FUSEDRNN_LARGE_GEMM).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -34,7 +35,8 @@ struct GemmPart {
 };
 
 // Whether gemm_outs runs a float32 product of a [M, K] by parts of widths N on fusedrnn's AVX-512
-// kernel (else ATen's mm): each part at least 16 columns, 64k multiply-adds in all.
+// kernel or the AMX tiles, whichever large_gemm picks (else ATen's mm): each part at least 16
+// columns, 64k multiply-adds in all.
 inline bool own_gemm(at::ScalarType dt, int64_t M, int64_t K, const std::vector<int64_t>& N) {
 #if FUSEDRNN_HAS_AVX512_KERNEL
   int64_t all = 0;
@@ -54,28 +56,52 @@ inline bool own_gemm(at::ScalarType dt, int64_t M, int64_t K, const std::vector<
 #endif
 }
 
-// gemm_outs on the AMX tiles (amx_gemm.h), n members: they pack their shares of a's row blocks
-// and of the parts' column blocks, meet at one barrier, then compute their shares of the 32 x 32
-// output blocks: of the column blocks where there are at least 4 per member, else of the rows.
-inline void amx_gemm_outs(const at::Tensor& a, const std::vector<GemmPart>& parts, int64_t n) {
-#if FUSEDRNN_HAS_AMX
-  const int64_t M = a.size(0), K = a.size(1), R = amx::blocks32(M);
+// The products of one gemm_outs call as the team's members read them (raw pointers: no ATen
+// call on team threads): b, the output and the bias of each, and its blocks of output columns
+// [first, first + blocks) of all parts' (48-column panels of the AVX-512 kernel, 32-column
+// blocks of the AMX one), numbered one part after another.
+struct PartViews {
   struct Part {
     const float* b;
     int64_t bk, bn, N;
     float* c;
     int64_t ldc;
     at::Tensor bias;  // contiguous, or undefined
-    int64_t first, blocks;  // its column blocks [first, first + blocks) of all parts'
+    const float* biasp;
+    int64_t first, blocks;
   };
-  std::vector<Part> ps;
-  int64_t Q = 0;
-  for (const GemmPart& g : parts) {
-    const int64_t N = g.b->size(1);
-    ps.push_back({g.b->data_ptr<float>(), g.b->stride(0), g.b->stride(1), N, g.out->data_ptr<float>(),
-                  g.out->stride(0), g.bias ? g.bias->contiguous() : at::Tensor(), Q, amx::blocks32(N)});
-    Q += amx::blocks32(N);
+  std::vector<Part> parts;
+  int64_t blocks = 0;  // all parts'
+
+  template <typename Blocks>
+  PartViews(const std::vector<GemmPart>& gs, Blocks blocks_of) {
+    for (const GemmPart& g : gs) {
+      const int64_t N = g.b->size(1), nb = blocks_of(N);
+      const at::Tensor bias = g.bias ? g.bias->contiguous() : at::Tensor();
+      parts.push_back({g.b->data_ptr<float>(), g.b->stride(0), g.b->stride(1), N, g.out->data_ptr<float>(),
+                       g.out->stride(0), bias, bias.defined() ? bias.data_ptr<float>() : nullptr, blocks, nb});
+      blocks += nb;
+    }
   }
+  // f(part, its blocks [lo, hi)) for each part's share of all parts' blocks [q0, q1)
+  template <typename F>
+  void each_share(int64_t q0, int64_t q1, F&& f) const {
+    for (const Part& p : parts) {
+      const int64_t lo = std::max(q0, p.first) - p.first, hi = std::min(q1, p.first + p.blocks) - p.first;
+      if (hi > lo) f(p, lo, hi);
+    }
+  }
+};
+using PartView = PartViews::Part;
+
+// gemm_outs on the AMX tiles (amx_gemm.h), n members: they pack their shares of a's row blocks
+// and of the parts' column blocks, meet at one barrier, then compute their shares of the 32 x 32
+// output blocks: of the column blocks where there are at least 4 per member, else of the rows.
+inline void amx_gemm_outs(const at::Tensor& a, const std::vector<GemmPart>& parts, int64_t n) {
+#if FUSEDRNN_HAS_AMX
+  const int64_t M = a.size(0), K = a.size(1), R = amx::blocks32(M);
+  const PartViews ps(parts, amx::blocks32);
+  const int64_t Q = ps.blocks;
   const auto i16 = a.options().dtype(at::kShort);
   const int64_t KB = amx::blocks32(K), b_stride = amx::packed_elems(32, K);  // one 32-column block
   // rows split: each member packs its own row blocks, a group of them and a chunk of k at a time
@@ -91,24 +117,16 @@ inline void amx_gemm_outs(const at::Tensor& a, const std::vector<GemmPart>& part
   auto* pb = reinterpret_cast<amx::bf16*>(b_buf.data_ptr<int16_t>());
   const float* ap = a.data_ptr<float>();
   const int64_t sa = a.stride(0), sk = a.stride(1);
-  // f(part, its column blocks [lo, hi)) for each part's share of all column blocks [q0, q1)
-  auto each_share = [&](int64_t q0, int64_t q1, auto f) {
-    for (const Part& p : ps) {
-      const int64_t lo = std::max(q0, p.first) - p.first, hi = std::min(q1, p.first + p.blocks) - p.first;
-      if (hi > lo) f(p, lo, hi);
-    }
-  };
   // row blocks [r0, r1) (packed: pa_r) by part p's column blocks [lo, hi), k blocks [k0, k0 + kn)
-  auto product = [&](amx::Packed pa_r, int64_t r0, int64_t r1, const Part& p, int64_t lo, int64_t hi, int64_t k0,
-                     int64_t kn) {
+  auto product = [&](amx::Packed pa_r, int64_t r0, int64_t r1, const PartView& p, int64_t lo, int64_t hi,
+                     int64_t k0, int64_t kn) {
     const amx::Packed b{pb + p.first * b_stride + k0 * amx::kBlockElems, KB};
-    amx::gemm(pa_r, b, kn, M, p.N, r0, r1, lo, hi, p.c, p.ldc, p.bias.defined() ? p.bias.data_ptr<float>() : nullptr,
-              k0 > 0);
+    amx::gemm(pa_r, b, kn, M, p.N, r0, r1, lo, hi, p.c, p.ldc, p.biasp, k0 > 0);
   };
   run_team(n, [&](Team& team) {
     if (!by_rows) team.each_part(R, [&](int64_t, int64_t q0, int64_t q1) { amx::pack_a(ap, sa, sk, M, K, q0, q1, pa); });
     team.each_part(Q, [&](int64_t, int64_t q0, int64_t q1) {
-      each_share(q0, q1, [&](const Part& p, int64_t lo, int64_t hi) {
+      ps.each_share(q0, q1, [&](const PartView& p, int64_t lo, int64_t hi) {
         amx::pack_b(p.b, p.bk, p.bn, K, p.N, lo, hi, pb + p.first * b_stride);
       });
     });
@@ -123,7 +141,7 @@ inline void amx_gemm_outs(const at::Tensor& a, const std::vector<GemmPart>& part
             amx::pack_a(ap + 32 * g * sa + 32 * k0 * sk, sa, sk, M - 32 * g, K - 32 * k0, 0, g1 - g, mine,
                         kn);
             amx::with_tiles([&] {
-              each_share(0, Q, [&](const Part& p, int64_t lo, int64_t hi) {
+              ps.each_share(0, Q, [&](const PartView& p, int64_t lo, int64_t hi) {
                 product({mine, kn}, g, g1, p, lo, hi, k0, kn);
               });
             });
@@ -133,7 +151,9 @@ inline void amx_gemm_outs(const at::Tensor& a, const std::vector<GemmPart>& part
     else
       amx::with_tiles([&] {
         team.each_part(Q, [&](int64_t, int64_t q0, int64_t q1) {
-          each_share(q0, q1, [&](const Part& p, int64_t lo, int64_t hi) { product({pa, KB}, 0, R, p, lo, hi, 0, KB); });
+          ps.each_share(q0, q1, [&](const PartView& p, int64_t lo, int64_t hi) {
+            product({pa, KB}, 0, R, p, lo, hi, 0, KB);
+          });
         });
       });
   });
@@ -167,27 +187,9 @@ inline void gemm_outs(const at::Tensor& a, const std::vector<GemmPart>& parts) {
   }
   if (mkl::large_gemm() == mkl::LargeGemm::kAmx) return amx_gemm_outs(a, parts, n);
 #if FUSEDRNN_HAS_AVX512_KERNEL
-  // What the team's members read (raw pointers: no ATen call on team threads): part j's b,
-  // output and bias, and its panels [first, first + panels) of all parts' (packed one after
-  // another, part j's at pk + first * 48 K).
-  struct Part {
-    const float* b;
-    int64_t bk, bn, N;
-    float* c;
-    int64_t ldc;
-    at::Tensor bias;  // contiguous, or undefined
-    const float* biasp;
-    int64_t first, panels;
-  };
-  std::vector<Part> ps;
-  int64_t P = 0;
-  for (const GemmPart& g : parts) {
-    const int64_t N = g.b->size(1), np = avx512::panels(N);
-    const at::Tensor bias = g.bias ? g.bias->contiguous() : at::Tensor();
-    ps.push_back({g.b->data_ptr<float>(), g.b->stride(0), g.b->stride(1), N, g.out->data_ptr<float>(),
-                  g.out->stride(0), bias, bias.defined() ? bias.data_ptr<float>() : nullptr, P, np});
-    P += np;
-  }
+  // part j's panels are packed at pk + first * 48 K
+  const PartViews ps(parts, avx512::panels);
+  const int64_t P = ps.blocks;
   const int64_t tiles = avx512::row_tiles(M);
   at::Tensor packed = cached_empty({P * avx512::kNR * K}, a.options());
   float* pk = packed.data_ptr<float>();
@@ -201,19 +203,16 @@ inline void gemm_outs(const at::Tensor& a, const std::vector<GemmPart>& parts) {
   const int64_t lda = a_rows ? sa : 0;
   // f(part, its panels [lo, hi), its packed panels) for each part's share of panels [q0, q1)
   auto each_share = [&](int64_t q0, int64_t q1, auto f) {
-    for (const Part& p : ps) {
-      const int64_t lo = std::max(q0, p.first) - p.first, hi = std::min(q1, p.first + p.panels) - p.first;
-      if (hi > lo) f(p, lo, hi, pk + p.first * avx512::kNR * K);
-    }
+    ps.each_share(q0, q1, [&](const PartView& p, int64_t lo, int64_t hi) { f(p, lo, hi, pk + p.first * avx512::kNR * K); });
   };
   // row tiles [q0, q1) of part p's panels [lo, hi)
-  auto product = [&](const Part& p, int64_t q0, int64_t q1, int64_t lo, int64_t hi, const float* pkp) {
+  auto product = [&](const PartView& p, int64_t q0, int64_t q1, int64_t lo, int64_t hi, const float* pkp) {
     avx512::gemm(a_in, lda, M, q0, q1, pkp, K, lo * avx512::kNR, std::min(p.N, hi * avx512::kNR), p.c, p.ldc, false,
                  p.biasp);
   };
   auto width = [&](int64_t q) {  // columns of panel q of all parts'
     int64_t w = 0;
-    each_share(q, q + 1, [&](const Part& p, int64_t lo, int64_t, float*) {
+    each_share(q, q + 1, [&](const PartView& p, int64_t lo, int64_t, float*) {
       w = std::min<int64_t>(avx512::kNR, p.N - lo * avx512::kNR);
     });
     return w;
@@ -236,7 +235,7 @@ inline void gemm_outs(const at::Tensor& a, const std::vector<GemmPart>& parts) {
                          balance(tiles, [&](int64_t q) { return avx512::tile_start(M, q + 1) - avx512::tile_start(M, q); });
   run_team(n, [&](Team& team) {
     team.each_part(P, [&](int64_t, int64_t q0, int64_t q1) {
-      each_share(q0, q1, [&](const Part& p, int64_t lo, int64_t hi, float* pkp) {
+      each_share(q0, q1, [&](const PartView& p, int64_t lo, int64_t hi, float* pkp) {
         avx512::pack(p.b, p.bk, p.bn, K, p.N, lo, hi, pkp);
       });
     });
@@ -245,14 +244,14 @@ inline void gemm_outs(const at::Tensor& a, const std::vector<GemmPart>& parts) {
     team.barrier();
     if (by_panels) {
       team.each_part(P, [&](int64_t, int64_t q0, int64_t q1) {
-        each_share(q0, q1, [&](const Part& p, int64_t lo, int64_t hi, float* pkp) {
+        each_share(q0, q1, [&](const PartView& p, int64_t lo, int64_t hi, float* pkp) {
           product(p, 0, tiles, lo, hi, pkp);
         });
       });
     } else {
       team.each_part(tiles, [&](int64_t, int64_t q0, int64_t q1) {
         if (q1 > q0)
-          each_share(0, P, [&](const Part& p, int64_t lo, int64_t hi, float* pkp) {
+          each_share(0, P, [&](const PartView& p, int64_t lo, int64_t hi, float* pkp) {
             product(p, q0, q1, lo, hi, pkp);
           });
       });

@@ -44,7 +44,7 @@ namespace cpu {
 namespace mkl {
 enum : int { kRowMajor = 101, kNoTrans = 111, kTrans = 112, kPacked = 151, kBMatrix = 162 };
 
-// FUSEDRNN_LARGE_GEMM, validated (own_large_gemm below).
+// FUSEDRNN_LARGE_GEMM, validated (large_gemm below).
 inline const char* large_gemm_mode() {
   const char* env = std::getenv("FUSEDRNN_LARGE_GEMM");
   const char* mode = env ? env : "auto";
