@@ -189,7 +189,7 @@ needs_amx = pytest.mark.skipif(not _cpu_has_amx(), reason="the CPU has no AMX bf
 @pytest.mark.parametrize("large", ["avx512", pytest.param("amx", marks=needs_amx)])
 @pytest.mark.parametrize("split", ["rows", "columns"])
 @pytest.mark.parametrize("members", ["1", "2", "3"])
-@pytest.mark.parametrize("mode", ["1", "mkl"])
+@pytest.mark.parametrize("mode", ["avx512", pytest.param("amx", marks=needs_amx), "mkl"])
 @pytest.mark.parametrize("spec", [CellSpec("lstm"), CellSpec("lstm", norm="layer"), CellSpec("lstm", "peephole", "batch"),
                                   CellSpec("gru"), CellSpec("rnn_tanh"), CellSpec("lstm", proj_size=37)], ids=spec_id)
 def test_packed_kernels_at_kernel_sized_shapes(monkeypatch, spec, mode, members, split, large):
@@ -202,7 +202,8 @@ def test_packed_kernels_at_kernel_sized_shapes(monkeypatch, spec, mode, members,
     dx one panel, split by rows of the output. FUSEDRNN_LARGE_GEMM=avx512: the large GEMMs on
     fusedrnn's kernel on every CPU (the default is AMX where the CPU has it, else ATen's mm on
     Intel CPUs); =amx: on the AMX tiles (k = 549 in two chunks of 512 and 37, 32-blocks ending
-    with 5 to 25 rows or columns)."""
+    with 5 to 25 rows or columns). FUSEDRNN_PACKED_GEMM=amx: every step product on the AMX tiles
+    (the default takes them above a size, recurrent_gemm.h step_amx), avx512: none."""
     if large == "amx" and (mode == "mkl" or split == "columns"):
         pytest.skip("the large GEMMs do not depend on the step products or the loop's split")
     monkeypatch.setenv("FUSEDRNN_PACKED_GEMM", mode)
@@ -210,8 +211,8 @@ def test_packed_kernels_at_kernel_sized_shapes(monkeypatch, spec, mode, members,
     monkeypatch.setenv("FUSEDRNN_CPU_TEAM", members)
     monkeypatch.setenv("FUSEDRNN_CPU_SPLIT", split)
     info = fusedrnn.cpu_gemm_info()
-    if mode == "1" and _cpu_has_avx512():
-        assert info == {"recurrent": "avx512", "large": large, "units": "avx512"}
+    if mode != "mkl" and _cpu_has_avx512():
+        assert info == {"recurrent": mode, "large": large, "units": "avx512"}
     else:
         assert info["recurrent"] != "avx512" and info["large"] == "aten"
     x, state, p = make_layer(spec, 9, 61, 40, 122, torch.float32, seed=7)
@@ -249,6 +250,27 @@ def test_large_gemm_choice(monkeypatch):
         assert fusedrnn.cpu_gemm_info()["large"] == "aten"
 
 
+def test_step_gemm_choice(monkeypatch):
+    """csrc/cpu/recurrent_gemm.h: by default (FUSEDRNN_PACKED_GEMM=1) the step products run on
+    the AMX tiles where the CPU has them (above a size, step_amx), else on fusedrnn's AVX-512
+    kernel; avx512 and amx force either; amx where the CPU has no AMX is an error."""
+    monkeypatch.delenv("FUSEDRNN_LARGE_GEMM", raising=False)
+    monkeypatch.delenv("FUSEDRNN_PACKED_GEMM", raising=False)
+    avx512, amx = _cpu_has_avx512(), _cpu_has_amx()
+    if avx512:
+        assert fusedrnn.cpu_gemm_info()["recurrent"] == ("amx" if amx else "avx512")
+        monkeypatch.setenv("FUSEDRNN_PACKED_GEMM", "avx512")
+        assert fusedrnn.cpu_gemm_info()["recurrent"] == "avx512"
+    monkeypatch.setenv("FUSEDRNN_PACKED_GEMM", "amx")
+    if amx:
+        assert fusedrnn.cpu_gemm_info()["recurrent"] == "amx"
+        monkeypatch.setenv("FUSEDRNN_CPU_SIMD", "avx2")
+        assert fusedrnn.cpu_gemm_info()["recurrent"] != "amx"
+    else:
+        with pytest.raises(RuntimeError, match="FUSEDRNN_PACKED_GEMM=amx: this CPU or OS runs no AMX bf16 tiles"):
+            fusedrnn.cpu_gemm_info()
+
+
 @needs_amx
 @pytest.mark.parametrize("members", ["1", "2", "3"])
 @pytest.mark.parametrize("M,K,N,a_t,b_t", [
@@ -283,7 +305,7 @@ def test_amx_gemm_accuracy(monkeypatch, members, M, K, N, a_t, b_t):
 
 
 @pytest.mark.parametrize("var,value,message", [
-    ("FUSEDRNN_PACKED_GEMM", "fast", "FUSEDRNN_PACKED_GEMM must be 1, mkl, 0 or loop, got 'fast'"),
+    ("FUSEDRNN_PACKED_GEMM", "fast", "FUSEDRNN_PACKED_GEMM must be 1, avx512, amx, mkl, 0 or loop, got 'fast'"),
     ("FUSEDRNN_LARGE_GEMM", "mkl", "FUSEDRNN_LARGE_GEMM must be auto, amx, avx512 or aten, got 'mkl'"),
     ("FUSEDRNN_CPU_SIMD", "sse", "FUSEDRNN_CPU_SIMD must be avx512, avx2 or base, got 'sse'"),
 ])

@@ -55,20 +55,30 @@ inline const char* large_gemm_mode() {
 }
 
 // FUSEDRNN_PACKED_GEMM (read per layer call, with FUSEDRNN_LARGE_GEMM, which is validated here
-// too): unset/1 = the fastest available (fusedrnn's AVX-512 kernel, else MKL's packed GEMM), mkl
-// = MKL's packed GEMM, 0 = no packed GEMM (BLAS ?gemm_ each step), loop = the plain loop (the
-// fallback of a torch without BLAS symbols, tested through this).
+// too): unset/1 = the fastest available (fusedrnn's AVX-512 kernel, and the AMX tiles for the
+// larger step products where the CPU has them, step_amx; else MKL's packed GEMM), avx512 =
+// fusedrnn's AVX-512 kernel for every step product, amx = the AMX tiles for every step product
+// (an error where the CPU or OS has none), mkl = MKL's packed GEMM, 0 = no packed GEMM (BLAS
+// ?gemm_ each step), loop = the plain loop (the fallback of a torch without BLAS symbols, tested
+// through this).
 inline const char* gemm_mode() {
   large_gemm_mode();
   const char* env = std::getenv("FUSEDRNN_PACKED_GEMM");
   const char* mode = env ? env : "1";
-  TORCH_CHECK(!std::strcmp(mode, "1") || !std::strcmp(mode, "mkl") || !std::strcmp(mode, "0") ||
-                  !std::strcmp(mode, "loop"),
-              "FUSEDRNN_PACKED_GEMM must be 1, mkl, 0 or loop, got '", mode, "'");
+  TORCH_CHECK(!std::strcmp(mode, "1") || !std::strcmp(mode, "avx512") || !std::strcmp(mode, "amx") ||
+                  !std::strcmp(mode, "mkl") || !std::strcmp(mode, "0") || !std::strcmp(mode, "loop"),
+              "FUSEDRNN_PACKED_GEMM must be 1, avx512, amx, mkl, 0 or loop, got '", mode, "'");
+  if (!std::strcmp(mode, "amx"))
+    TORCH_CHECK(amx::usable(), "FUSEDRNN_PACKED_GEMM=amx: this CPU or OS runs no AMX bf16 tiles");
   return mode;
 }
 
-inline bool own_kernel_available() { return std::strcmp(gemm_mode(), "1") == 0 && simd_level() == kSimdAvx512; }
+// fusedrnn's own kernels (AVX-512, and AMX where step_amx says) for the step products.
+inline bool own_kernel_available() {
+  const char* mode = gemm_mode();
+  return (!std::strcmp(mode, "1") || !std::strcmp(mode, "avx512") || !std::strcmp(mode, "amx")) &&
+         simd_level() == kSimdAvx512;
+}
 
 // Who runs the large float32 GEMMs around the time loop (gemm.h own_gemm).
 enum class LargeGemm { kAten, kAvx512, kAmx };
@@ -96,6 +106,20 @@ inline LargeGemm large_gemm() {
   return mkl_avx512 ? LargeGemm::kAten : LargeGemm::kAvx512;
 }
 
+// Whether a per-step product of M rows by W's slice [K, N] runs on the AMX tiles (amx_gemm.h, at
+// float32 accuracy): under FUSEDRNN_PACKED_GEMM=amx every one; by default (1) where the CPU has
+// AMX, k >= 64, at least 2^22 multiply-adds per step and W's packed slice (three bf16 parts) at
+// most 8 MiB. Measured fwd+bwd on the 2-core Intel Xeon, alternating with the AVX-512 kernel
+// (benchmarks/results/cpu-20261207-amx): char-LM LSTM / LN / BN / GRU 0.83-0.88x, PTB LSTM / LN
+// 0.94x / 0.92x, the generic shape 0.95x; row MNIST (a member's steps 50 x 157 x 512 and 50 x 512
+// x 128) 1.00-1.03x and pixel MNIST 0.995x, hence the size floor.
+inline bool step_amx(int64_t M, int64_t N, int64_t K) {
+  const char* mode = gemm_mode();
+  if (!std::strcmp(mode, "amx")) return true;
+  return !std::strcmp(mode, "1") && amx::usable() && K >= 64 && M * K * N >= (int64_t(1) << 22) &&
+         amx::packed_elems(N, K) * 2 <= (int64_t(8) << 20);
+}
+
 inline bool packed_gemm_available() {
   const char* mode = gemm_mode();
   return (std::strcmp(mode, "1") == 0 || std::strcmp(mode, "mkl") == 0) && cblas_sgemm_pack_get_size != nullptr &&
@@ -108,14 +132,17 @@ inline bool blas_available(bool single) {
 }
 
 // What the float32 products run under the current FUSEDRNN_PACKED_GEMM, FUSEDRNN_LARGE_GEMM and
-// FUSEDRNN_CPU_SIMD: the per-step recurrent product ("avx512" = packed_gemm.h, "mkl_packed",
-// "blas", "loop"), the large GEMMs around the loop (gemm.h: "amx" or "avx512" where a product
+// FUSEDRNN_CPU_SIMD: the per-step recurrent product ("amx" = the AMX tiles where step_amx says,
+// packed_gemm.h for the others; "avx512" = packed_gemm.h, "mkl_packed", "blas", "loop"), the large GEMMs around the loop (gemm.h: "amx" or "avx512" where a product
 // has at least 16 output columns and 64k multiply-adds, else ATen's mm; or "aten") and the level of
 // the row loops (simd.h).
 inline std::vector<std::string> kernel_names() {
   refresh_simd_level();
   const bool own = own_kernel_available();
-  const char* recurrent = own                     ? "avx512"
+  const char* mode = gemm_mode();
+  const bool amx = own && (!std::strcmp(mode, "amx") || (!std::strcmp(mode, "1") && amx::usable()));
+  const char* recurrent = amx                     ? "amx"
+                          : own                   ? "avx512"
                           : packed_gemm_available() ? "mkl_packed"
                           : blas_available(true)    ? "blas"
                                                     : "loop";
@@ -148,7 +175,14 @@ class RecurrentGemm {
     own_ = std::is_same<T, float>::value && mkl::own_kernel_available() && work;
     packed_ = !own_ && std::is_same<T, float>::value && mkl::packed_gemm_available() && work;
     blas_ = mkl::blas_available(std::is_same<T, float>::value);
-    if (own_) {
+    amx_ = own_ && mkl::step_amx(M_, N_, K_);
+    if (amx_) {
+#if FUSEDRNN_HAS_AMX
+      const auto i16 = w.options().dtype(at::kShort);
+      amx_b_ = at::empty({amx::packed_elems(N_, K_)}, i16);
+      amx_a_ = at::empty({amx::packed_elems(M_, K_)}, i16);
+#endif
+    } else if (own_) {
       panels_ = PackedPanels(reinterpret_cast<const float*>(w_), ldw_, transposed, N_, K_, w.options());
     } else if (packed_) {
       size_t bytes = cblas_sgemm_pack_get_size(mkl::kBMatrix, int(M_), int(N_), int(K_));
@@ -159,6 +193,13 @@ class RecurrentGemm {
   // Packs W's slice for the packed GEMMs (a no-op otherwise). Calls no ATen operator, so the
   // members of a team pack their own slices in parallel (member_gemms).
   void pack() {
+#if FUSEDRNN_HAS_AMX
+    if (amx_) {
+      const float* w = reinterpret_cast<const float*>(w_);
+      amx::pack_b(w, transposed_ ? 1 : ldw_, transposed_ ? ldw_ : 1, K_, N_, 0, amx::blocks32(N_), amx_bp());
+      return;
+    }
+#endif
     if (own_) {
       panels_.pack();
     } else if (packed_) {
@@ -179,6 +220,18 @@ class RecurrentGemm {
   void run(const T* a, T* out, bool accumulate = false) const {
     if (N_ <= 0 || M_ <= 0) return;
     T* c = out + lo_;
+#if FUSEDRNN_HAS_AMX
+    if (amx_) {
+      const int64_t KB = amx::blocks32(K_);
+      auto* pa = reinterpret_cast<amx::bf16*>(amx_a_.data_ptr<int16_t>());
+      amx::pack_a(reinterpret_cast<const float*>(a), K_, 1, M_, K_, 0, amx::blocks32(M_), pa);
+      amx::with_tiles([&] {
+        amx::gemm({pa, KB}, {amx_bp(), KB}, KB, M_, N_, 0, amx::blocks32(M_), 0, amx::blocks32(N_),
+                  reinterpret_cast<float*>(c), ldc_, nullptr, accumulate);
+      });
+      return;
+    }
+#endif
     if (own_) {
       panels_.run(reinterpret_cast<const float*>(a), K_, M_, reinterpret_cast<float*>(c), ldc_, accumulate);
       return;
@@ -216,11 +269,14 @@ class RecurrentGemm {
   }
 
  private:
+#if FUSEDRNN_HAS_AMX
+  amx::bf16* amx_bp() const { return reinterpret_cast<amx::bf16*>(amx_b_.data_ptr<int16_t>()); }
+#endif
   const T* w_ = nullptr;
-  at::Tensor buf_;
+  at::Tensor buf_, amx_a_, amx_b_;
   PackedPanels panels_;
   int64_t M_, lo_, ldw_, N_ = 0, K_ = 0, ldc_ = 0;
-  bool transposed_, own_ = false, packed_ = false, blas_ = false;
+  bool transposed_, own_ = false, amx_ = false, packed_ = false, blas_ = false;
 };
 
 }  // namespace cpu
