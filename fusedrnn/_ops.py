@@ -64,8 +64,9 @@ def cpu_gemm_info() -> dict:
     """Which kernels the CPU backend runs on this machine, under the current FUSEDRNN_PACKED_GEMM,
     FUSEDRNN_LARGE_GEMM and FUSEDRNN_CPU_SIMD (csrc/cpu/recurrent_gemm.h, csrc/cpu/simd.h).
 
-    Returns {"recurrent": the float32 per-step recurrent product ("avx512": fusedrnn's packed
-    kernel, "mkl_packed", "blas" or "loop"), "large": the float32 GEMMs around the time loop
+    Returns {"recurrent": the float32 per-step recurrent product ("amx": Intel AMX tiles at
+    float32 accuracy for steps of at least 2^22 multiply-adds, fusedrnn's packed AVX-512 kernel for
+    the others; "avx512": that kernel; "mkl_packed", "blas" or "loop"), "large": the float32 GEMMs around the time loop
     ("amx": Intel AMX tiles at float32 accuracy, csrc/cpu/amx_gemm.h, the default where the CPU
     has them; "avx512": the same kernel as the steps'; either where a product has at least 16
     output columns and 64k multiply-adds, ATen's mm for the others; "aten": ATen's mm, the
