@@ -220,6 +220,20 @@ def test_packed_kernels_at_kernel_sized_shapes(monkeypatch, spec, mode, members,
     compare(spec, x, state, p, lengths=lengths, training=True)
 
 
+def _check_forced_amx(monkeypatch, var, key, amx):
+    """var=amx: cpu_gemm_info()[key] is "amx" where the CPU has AMX (and not under
+    FUSEDRNN_CPU_SIMD=avx2, which turns fusedrnn's own kernels off), else an error."""
+    monkeypatch.setenv(var, "amx")
+    if amx:
+        assert fusedrnn.cpu_gemm_info()[key] == "amx"
+        monkeypatch.setenv("FUSEDRNN_CPU_SIMD", "avx2")
+        assert fusedrnn.cpu_gemm_info()[key] not in ("amx", "avx512")
+        monkeypatch.delenv("FUSEDRNN_CPU_SIMD")
+    else:
+        with pytest.raises(RuntimeError, match=f"{var}=amx: this CPU or OS runs no AMX bf16 tiles"):
+            fusedrnn.cpu_gemm_info()
+
+
 def test_large_gemm_choice(monkeypatch):
     """csrc/cpu/recurrent_gemm.h large_gemm: by default the large GEMMs run on the AMX tiles
     where the CPU has them, else on fusedrnn's AVX-512 kernel except on Intel CPUs with a torch
@@ -235,15 +249,7 @@ def test_large_gemm_choice(monkeypatch):
     assert fusedrnn.cpu_gemm_info()["large"] == ("avx512" if avx512 else "aten")
     monkeypatch.setenv("FUSEDRNN_LARGE_GEMM", "aten")
     assert fusedrnn.cpu_gemm_info()["large"] == "aten"
-    monkeypatch.setenv("FUSEDRNN_LARGE_GEMM", "amx")
-    if amx:
-        assert fusedrnn.cpu_gemm_info()["large"] == "amx"
-        monkeypatch.setenv("FUSEDRNN_CPU_SIMD", "avx2")
-        assert fusedrnn.cpu_gemm_info()["large"] == "aten"
-        monkeypatch.delenv("FUSEDRNN_CPU_SIMD")
-    else:
-        with pytest.raises(RuntimeError, match="FUSEDRNN_LARGE_GEMM=amx: this CPU or OS runs no AMX bf16 tiles"):
-            fusedrnn.cpu_gemm_info()
+    _check_forced_amx(monkeypatch, "FUSEDRNN_LARGE_GEMM", "large", amx)
     for forced in ("avx512", "amx") if amx else ("avx512",):
         monkeypatch.setenv("FUSEDRNN_LARGE_GEMM", forced)
         monkeypatch.setenv("FUSEDRNN_PACKED_GEMM", "mkl")
@@ -261,14 +267,7 @@ def test_step_gemm_choice(monkeypatch):
         assert fusedrnn.cpu_gemm_info()["recurrent"] == ("amx" if amx else "avx512")
         monkeypatch.setenv("FUSEDRNN_PACKED_GEMM", "avx512")
         assert fusedrnn.cpu_gemm_info()["recurrent"] == "avx512"
-    monkeypatch.setenv("FUSEDRNN_PACKED_GEMM", "amx")
-    if amx:
-        assert fusedrnn.cpu_gemm_info()["recurrent"] == "amx"
-        monkeypatch.setenv("FUSEDRNN_CPU_SIMD", "avx2")
-        assert fusedrnn.cpu_gemm_info()["recurrent"] != "amx"
-    else:
-        with pytest.raises(RuntimeError, match="FUSEDRNN_PACKED_GEMM=amx: this CPU or OS runs no AMX bf16 tiles"):
-            fusedrnn.cpu_gemm_info()
+    _check_forced_amx(monkeypatch, "FUSEDRNN_PACKED_GEMM", "recurrent", amx)
 
 
 @needs_amx
