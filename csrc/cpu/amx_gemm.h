@@ -29,6 +29,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "packed_gemm.h"
 #include "simd.h"
 
 // The AMX intrinsics and target names: GCC 11, clang 12.
@@ -80,7 +81,7 @@ inline bool usable() {
 #if FUSEDRNN_HAS_AMX
 
 // Eight 16 x 64-byte tiles: 0-3 the 2 x 2 accumulators, 4-5 a's two row tiles, 6-7 b's two column
-// tiles. Loaded by each thread before its products, released after (tiles() below).
+// tiles. Loaded by each thread before its products, released after (with_tiles).
 struct alignas(64) TileConfig {
   uint8_t palette = 1, start_row = 0, reserved[14] = {};
   uint16_t colsb[16] = {};
@@ -101,7 +102,7 @@ FUSEDRNN_AMX_TARGET void with_tiles(F&& f) {
 
 // 16 floats of a row of `n` (0-16) valid: contiguous, or at a stride (a gather).
 FUSEDRNN_AMX_TARGET inline __m512 load16(const float* p, int64_t stride, int64_t n) {
-  const __mmask16 m = n <= 0 ? 0 : n >= 16 ? 0xffff : __mmask16((1u << n) - 1);
+  const __mmask16 m = avx512::lanes(n, 0);
   if (stride == 1) return _mm512_maskz_loadu_ps(m, p);
   const __m512i idx = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
                                          _mm512_set1_epi32(int(stride)));
@@ -218,7 +219,7 @@ FUSEDRNN_AMX_TARGET inline void store(const float* c, int64_t mq, int64_t nq, in
   for (int h = 0; h < 2; ++h) {
     const int64_t n = std::min<int64_t>(16, N - j0 - 16 * h);
     if (n <= 0) break;
-    const __mmask16 m = n >= 16 ? 0xffff : __mmask16((1u << n) - 1);
+    const __mmask16 m = avx512::lanes(n, 0);
     const __m512 add = bias ? _mm512_maskz_loadu_ps(m, bias + j0 + 16 * h) : _mm512_setzero_ps();
     for (int64_t r = 0; r < rows; ++r) {
       float* o = out + (32 * mq + r) * ldo + j0 + 16 * h;
