@@ -140,6 +140,25 @@ def test_rows_split_with_input_projection_before_the_loop(monkeypatch, spec, dty
     compare(spec, x, state, p, training=False)
 
 
+@pytest.mark.parametrize("where", ["loop", "after"])
+@pytest.mark.parametrize("members", ["1", "2", "3"])
+@pytest.mark.parametrize("spec", [CellSpec("lstm"), CellSpec("lstm", "fgr"), CellSpec("lstm", norm="layer"),
+                                  CellSpec("lstm", "peephole", "batch"), CellSpec("lstm", "cifg", "layer_per_gate")],
+                         ids=spec_id)
+def test_weight_grads_in_and_after_the_loop(monkeypatch, spec, members, where):
+    """float32 layers whose members own rows compute dW_ih and dW_hh step by step in the
+    backward loop (csrc/cpu/gemm.h StepWeightGrads) or as GEMMs after it, whichever
+    StepWeightGrads::chosen picks (after it where the large GEMMs run on AMX);
+    FUSEDRNN_WEIGHT_GRADS forces either, so both run on every CPU with fusedrnn's AVX-512 kernel
+    (elsewhere both are the GEMMs after the loop). B = 8 rows split 3/3/2, finishing at different
+    steps; the kernel-sized shapes test covers products past one k block."""
+    monkeypatch.setenv("FUSEDRNN_WEIGHT_GRADS", where)
+    monkeypatch.setenv("FUSEDRNN_CPU_TEAM", members)
+    monkeypatch.setenv("FUSEDRNN_CPU_SPLIT", "rows")
+    x, state, p = make_layer(spec, 5, 8, 3, 20, torch.float32, seed=9)
+    compare(spec, x, state, p, lengths=torch.tensor([5, 3, 4, 1, 4, 4, 3, 2]), training=True, t0=1)
+
+
 @pytest.mark.parametrize("mode", ["0", "loop"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("spec", [CellSpec("lstm", "fgr", "layer"), PROJECTED, CellSpec("gru"), CellSpec("rnn_tanh")],
@@ -363,6 +382,17 @@ def test_simd_level_is_capped_by_the_cpu(monkeypatch):
     monkeypatch.setenv("FUSEDRNN_CPU_SIMD", "base")
     info = fusedrnn.cpu_gemm_info()
     assert info["units"] == "base" and info["recurrent"] != "avx512" and info["large"] == "aten"
+
+
+@pytest.mark.skipif(not _cpu_has_avx512(), reason="without fusedrnn's AVX-512 kernel the knob is not read")
+def test_weight_grads_env_rejects_bad_value(monkeypatch):
+    monkeypatch.setenv("FUSEDRNN_WEIGHT_GRADS", "before")
+    monkeypatch.setenv("FUSEDRNN_CPU_TEAM", "1")
+    spec = CellSpec("lstm")
+    x, state, p = make_layer(spec, 2, 2, 3, 4, torch.float32)
+    y = _ops.run_layer(spec, x, state, p, training=True)[0]
+    with pytest.raises(RuntimeError, match="FUSEDRNN_WEIGHT_GRADS must be 'loop', 'after' or 'auto', got 'before'"):
+        y.sum().backward()
 
 
 def test_team_split_env_rejects_bad_value(monkeypatch):

@@ -21,6 +21,8 @@
 #include "team.h"
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 #include <vector>
 
 namespace fusedrnn {
@@ -283,6 +285,16 @@ inline void gemm_out(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, 
 // steps), median of 21 (pixel MNIST: 7): row MNIST LSTM / LN / BN 13.34 / 16.01 / 18.55 ms
 // against 12.77 / 15.50 / 18.19 (and 13.36 / 16.57 / 18.98), pixel MNIST LSTM / BN 111.7 /
 // 182.3 against 104.6 / 175.4 (and 103.6 / 179.9).
+// Where the large GEMMs run on the AMX tiles (recurrent_gemm.h large_gemm), about 1.6x the
+// AVX-512 kernel's rate on the weight gradients, the GEMMs after the loop win back more than the
+// kept gate gradients cost, up to a size: chosen() keeps the weight gradients in the loop there
+// only when the gate-gradient buffers the GEMMs after it would read exceed 32 MiB. Measured on
+// the 2-core Intel Xeon with AMX, fwd+bwd, blocks of calls alternating with a temporary switch,
+// after / in the loop (LSTM, LN-LSTM; B = 32 and 128: the default benchmark suite's sweep points):
+// (25, 32, 128, 128) 0.72 / 0.82 (BN-LSTM 0.80), (50, 32, 128, 128) 0.84, (100, 32, 128, 128)
+// 0.85 / 0.90, (50, 128, 128, 128) 0.92 / 0.99, (50, 32, 64, 64) 0.97 / 1.03; row MNIST 0.93-0.95
+// / 1.00 (BN-LSTM 0.94-1.01, three runs); pixel MNIST (80 / 160 MB kept) 1.12 / 1.06.
+// FUSEDRNN_WEIGHT_GRADS=loop|after forces either (tests, comparisons; loop only where available()).
 class StepWeightGrads {
  public:
   static bool available(at::ScalarType dt) {
@@ -292,6 +304,19 @@ class StepWeightGrads {
     (void)dt;
     return false;
 #endif
+  }
+
+  // Whether a layer whose members own rows computes its weight gradients in the loop; kept_bytes:
+  // the gate gradients of every step that the GEMMs after the loop would read instead.
+  static bool chosen(at::ScalarType dt, int64_t kept_bytes) {
+    if (!available(dt)) return false;
+    if (const char* env = std::getenv("FUSEDRNN_WEIGHT_GRADS")) {
+      const std::string v(env);
+      TORCH_CHECK(v == "loop" || v == "after" || v == "auto",
+                  "FUSEDRNN_WEIGHT_GRADS must be 'loop', 'after' or 'auto', got '", v, "'");
+      if (v != "auto") return v == "loop";
+    }
+    return mkl::large_gemm() != mkl::LargeGemm::kAmx || kept_bytes > (int64_t(32) << 20);
   }
 
   // M: dG's width (the gate columns); N[j]: product j's X width; max_rows: the most rows a
