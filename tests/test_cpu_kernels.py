@@ -294,6 +294,7 @@ def test_step_gemm_choice(monkeypatch):
 @pytest.mark.parametrize("M,K,N,a_t,b_t", [
     (549, 549, 488, False, False),  # k in two chunks (512 + 37); every 32-block edge partial
     (2048, 640, 64, True, False),   # a^T (dG^T of the weight gradients, gathered): rows split
+    (520, 549, 40, True, False),    # a^T with a partial 16-row block, k in two chunks
     (64, 300, 1040, False, True),   # b^T (W_ih^T of the input projection); 2 row blocks: columns split
     (1, 1, 16, False, False),       # one row, one k
     (33, 31, 17, True, True),
