@@ -189,8 +189,7 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
         pre = const_cast<T*>(joined ? hr : xr);
       } else if (NORM == kNormLayer) {
         T* sb = st + b * SW;
-        ln_rows2_fwd<T>(xr, hr, GH, p.g_ih, p.g_hh, p.eps, pre, tmp, sb);
-        add_row_run<T>(GH, pre, static_cast<const T*>(tmp), p.b_ih, p.b_hh);
+        ln_pre_row<T>(xr, hr, GH, p.g_ih, p.g_hh, p.b_ih, p.b_hh, p.eps, pre, sb);
       } else if (NORM == kNormLayerPerGate) {
         T* vr = const_cast<T*>(xr);  // saved: x W_ih^T + h W_hh^T, normalized per gate
         add_row_run<T>(GH, vr, hr, static_cast<const T*>(nullptr), static_cast<const T*>(nullptr));

@@ -256,6 +256,22 @@ FUSEDRNN_ALWAYS_INLINE void add_row(int64_t n, T* __restrict acc, const T* __res
   }
 }
 
+// The LN-LSTM's pre-activations of one row from the statistics st = [mean, rstd of x W_ih^T,
+// mean, rstd of h W_hh^T]: pre = LN(x) g_ih + LN(h) g_hh (+ b_ih + b_hh), per element the
+// operations (and roundings) of layer_norm_row_apply into two rows followed by add_row.
+template <typename T>
+FUSEDRNN_ALWAYS_INLINE void ln_pre_apply(int64_t n, const T* __restrict x, const T* __restrict h, const T* st,
+                                         const T* __restrict gi, const T* __restrict gh, const T* __restrict bi,
+                                         const T* __restrict bh, T* __restrict pre) {
+  const T mx = st[0], rx = st[1], mh = st[2], rh = st[3];
+  if (bi) {
+    for (int64_t k = 0; k < n; ++k)
+      pre[k] = norm_apply(x[k], mx, rx, gi[k], T(0)) + (norm_apply(h[k], mh, rh, gh[k], T(0)) + bi[k] + bh[k]);
+  } else {
+    for (int64_t k = 0; k < n; ++k) pre[k] = norm_apply(x[k], mx, rx, gi[k], T(0)) + norm_apply(h[k], mh, rh, gh[k], T(0));
+  }
+}
+
 // y = BN(v) gain + bias over one row of n columns with per-column mean and rstd.
 template <typename T>
 FUSEDRNN_ALWAYS_INLINE void bn_apply_row(int64_t n, const T* __restrict v, const T* __restrict mean,
@@ -559,8 +575,24 @@ FUSEDRNN_ROW_DISPATCH(add_row, typename T, T)
 // The row layer norms of cell_math.h (statistics in double), also compiled for AVX2+FMA and
 // AVX-512 and chosen at run time like the unit loops; flatten inlines everything they call into
 // each version. GCC keeps LaneSum's 8 double chains in scalar registers (vcvtss2sd / vaddsd), so the
-// float32 AVX2 versions sum them with intrinsics: the same lanes, the same FMA-contracted
-// squares and the same final combination as the scalar code, so the same values.
+// float32 AVX2 and AVX-512 versions sum them with intrinsics: the same lanes, the same
+// FMA-contracted squares and the same final combination as the scalar code, so the same values.
+// The AVX-512 sums on zmm registers (before: the AVX2 intrinsics in that build too) with the
+// LN-LSTM's fused pre-activation pass (ln_pre_row): LN-LSTM row MNIST fwd+bwd 0.937x, two builds
+// in alternating processes (benchmarks/results/cpu-20261207-s5/ab-ln-rows.txt).
+
+// The values [k, n) of a float32 row layer norm backward's first pass, after the vector steps:
+// into lane j % 8 of s1 (dy gain) and s2 (dy gain vhat); dgain += dy vhat.
+inline void ln_sums_tail(const float* v, const float* dy, int k, int n, const float* gain, float mean, float rstd,
+                         float* dgain, LaneSum<double>& s1, LaneSum<double>& s2) {
+  for (int j = k; j < n; ++j) {
+    const float vhat = (v[j] - mean) * rstd, dyg = dy[j] * gain[j];
+    s1.p[j % 8] += double(dyg);
+    s2.p[j % 8] += double(dyg * vhat);
+    dgain[j] = std::fma(dy[j], vhat, dgain[j]);
+  }
+}
+
 #if FUSEDRNN_X86
 // Adds the 8 values x converted to double into lanes (lo: 0-3, hi: 4-7).
 FUSEDRNN_AVX2_TARGET FUSEDRNN_ALWAYS_INLINE void lanes_add(__m256 x, __m256d& lo, __m256d& hi) {
@@ -575,14 +607,12 @@ FUSEDRNN_AVX2_TARGET FUSEDRNN_ALWAYS_INLINE LaneSum<double> lanes_of(__m256d lo,
   return s;
 }
 
-// R rows' layer norms at once (R = 2: LN-LSTM's x W_ih^T and h W_hh^T rows, LN-GRU's): each row's
-// sums are chains of their own, so R rows interleave R times the independent additions (one
-// row's two chains of 4 lanes wait on the adds' latency); every row's values are those of R = 1.
-// Row r: v[r] -> y[r] = norm(v[r]) gain[r] (+ bias[r] if non-null), st[2r] = mean, st[2r+1] = rstd.
+// R rows' layer-norm statistics at once (R = 2: LN-LSTM's x W_ih^T and h W_hh^T rows, LN-GRU's):
+// each row's sums are chains of their own, so R rows interleave R times the independent
+// additions (one row's two chains of 4 lanes wait on the adds' latency); every row's values are
+// those of R = 1. Row r: v[r] -> st[2r] = mean, st[2r+1] = rstd.
 template <int R>
-FUSEDRNN_AVX2_TARGET inline void ln_rows_fwd_avx2_f32(const float* const* v, int n, const float* const* gain,
-                                                      const float* const* bias, double eps, float* const* y,
-                                                      float* st) {
+FUSEDRNN_AVX2_TARGET inline void ln_stats_avx2_f32(const float* const* v, int n, double eps, float* st) {
   __m256d lo[R], hi[R];
   for (int r = 0; r < R; ++r) lo[r] = hi[r] = _mm256_setzero_pd();
   int k = 0;
@@ -613,38 +643,101 @@ FUSEDRNN_AVX2_TARGET inline void ln_rows_fwd_avx2_f32(const float* const* v, int
       const double d = double(v[r][j]) - mean[r];
       q.p[j % 8] = std::fma(d, d, q.p[j % 8]);
     }
-    const float m = float(mean[r]), rs = norm_rstd<float, double>(q.total() / double(n), eps);
-    layer_norm_row_apply(v[r], n, gain[r], bias[r], m, rs, y[r]);
-    st[2 * r] = m;
-    st[2 * r + 1] = rs;
+    st[2 * r] = float(mean[r]);
+    st[2 * r + 1] = norm_rstd<float, double>(q.total() / double(n), eps);
   }
 }
 
-FUSEDRNN_AVX2_TARGET inline void ln_row_fwd_avx2_f32(const float* v, int n, const float* gain, const float* bias,
-                                                     double eps, float* y, float* mean_out, float* rstd_out) {
+// The same statistics, the same values, on zmm registers: one register holds a row's 8 lanes,
+// and each 8 values convert from memory (vcvtps2pd zmm, m256), where the ymm version extracts
+// and converts two halves -- three port-5 operations for 8 values against one.
+template <int R>
+FUSEDRNN_AVX512_TARGET inline void ln_stats_avx512_f32(const float* const* v, int n, double eps, float* st) {
+  __m512d s[R];
+  for (int r = 0; r < R; ++r) s[r] = _mm512_setzero_pd();
+  int k = 0;
+  for (; k + 8 <= n; k += 8)
+    for (int r = 0; r < R; ++r) s[r] = _mm512_add_pd(s[r], _mm512_cvtps_pd(_mm256_loadu_ps(v[r] + k)));
+  double mean[R];
+  for (int r = 0; r < R; ++r) {
+    LaneSum<double> l;
+    _mm512_storeu_pd(l.p, s[r]);
+    for (int j = k; j < n; ++j) l.p[j % 8] += double(v[r][j]);
+    mean[r] = l.total() / double(n);
+  }
+  __m512d m8[R], q[R];
+  for (int r = 0; r < R; ++r) {
+    m8[r] = _mm512_set1_pd(mean[r]);
+    q[r] = _mm512_setzero_pd();
+  }
+  for (k = 0; k + 8 <= n; k += 8)
+    for (int r = 0; r < R; ++r) {
+      const __m512d d = _mm512_sub_pd(_mm512_cvtps_pd(_mm256_loadu_ps(v[r] + k)), m8[r]);
+      q[r] = _mm512_fmadd_pd(d, d, q[r]);
+    }
+  for (int r = 0; r < R; ++r) {
+    LaneSum<double> l;
+    _mm512_storeu_pd(l.p, q[r]);
+    for (int j = k; j < n; ++j) {
+      const double d = double(v[r][j]) - mean[r];
+      l.p[j % 8] = std::fma(d, d, l.p[j % 8]);
+    }
+    st[2 * r] = float(mean[r]);
+    st[2 * r + 1] = norm_rstd<float, double>(l.total() / double(n), eps);
+  }
+}
+
+// The float32 layer norms of the AVX2 (ZMM = false) and AVX-512 (ZMM = true) builds, which
+// differ in their statistics' registers only (the same values). R rows: row r's statistics at
+// st[2r], st[2r + 1], then y[r] = norm(v[r]) gain[r] (+ bias[r] if non-null).
+template <int R, bool ZMM>
+FUSEDRNN_ALWAYS_INLINE void ln_rows_fwd_f32(const float* const* v, int n, const float* const* gain,
+                                            const float* const* bias, double eps, float* const* y, float* st) {
+  if constexpr (ZMM) ln_stats_avx512_f32<R>(v, n, eps, st);
+  else ln_stats_avx2_f32<R>(v, n, eps, st);
+  for (int r = 0; r < R; ++r) layer_norm_row_apply(v[r], n, gain[r], bias[r], st[2 * r], st[2 * r + 1], y[r]);
+}
+
+template <bool ZMM>
+FUSEDRNN_ALWAYS_INLINE void ln_row_fwd_f32(const float* v, int n, const float* gain, const float* bias, double eps,
+                                           float* y, float* mean_out, float* rstd_out) {
   float st[2];
-  ln_rows_fwd_avx2_f32<1>(&v, n, &gain, &bias, eps, &y, st);
+  ln_rows_fwd_f32<1, ZMM>(&v, n, &gain, &bias, eps, &y, st);
   *mean_out = st[0];
   *rstd_out = st[1];
 }
 
-FUSEDRNN_AVX2_TARGET inline void ln_rows2_fwd_avx2_f32(const float* v0, const float* v1, int n, const float* g0,
-                                                       const float* g1, double eps, float* y0, float* y1, float* st) {
+template <bool ZMM>
+FUSEDRNN_ALWAYS_INLINE void ln_rows2_fwd_f32(const float* v0, const float* v1, int n, const float* g0,
+                                             const float* g1, double eps, float* y0, float* y1, float* st) {
   const float* v[2] = {v0, v1};
   const float* g[2] = {g0, g1};
   const float* b[2] = {nullptr, nullptr};
   float* y[2] = {y0, y1};
-  ln_rows_fwd_avx2_f32<2>(v, n, g, b, eps, y, st);
+  ln_rows_fwd_f32<2, ZMM>(v, n, g, b, eps, y, st);
 }
 
-// R rows' layer-norm backward at once (R = 2: the pairs of ln_rows2_fwd), each row's sums chains
-// of their own as in ln_rows_fwd_avx2_f32; every row's values are those of R = 1. Row r: v[r],
-// dy[r], gain[r], its mean and rstd st[2r], st[2r + 1] -> dv[r] (may alias dy[r] only),
-// dgain[r] += dy vhat, dbias[r] += dy (if non-null).
+// The LN-LSTM's pre-activations of one row in one pass: pre = LN(xr) g_ih + LN(hr) g_hh (+ b_ih +
+// b_hh where the cell has biases), the values of ln_rows2_fwd into two rows and add_row
+// (statistics at st[0..3]), without writing and reading back the two normalized rows.
+template <bool ZMM>
+FUSEDRNN_ALWAYS_INLINE void ln_pre_row_f32(const float* xr, const float* hr, int n, const float* g_ih,
+                                           const float* g_hh, const float* b_ih, const float* b_hh, double eps,
+                                           float* __restrict pre, float* st) {
+  const float* v[2] = {xr, hr};
+  if constexpr (ZMM) ln_stats_avx512_f32<2>(v, n, eps, st);
+  else ln_stats_avx2_f32<2>(v, n, eps, st);
+  ln_pre_apply(n, xr, hr, st, g_ih, g_hh, b_ih, b_hh, pre);
+}
+
+// The first pass of R rows' layer-norm backward at once (R = 2: the pairs of ln_rows2_fwd), each
+// row's sums chains of their own as in ln_stats_avx2_f32; every row's values are those of R = 1.
+// Row r: v[r], dy[r], gain[r], its mean and rstd st[2r], st[2r + 1] -> m1[r] = mean(dy gain),
+// m2[r] = mean(dy gain vhat) (summed in double), dgain[r] += dy vhat.
 template <int R>
-FUSEDRNN_AVX2_TARGET inline void ln_rows_bwd_avx2_f32(const float* const* v, const float* const* dy, int n,
-                                                      const float* const* gain, const float* st, float* const* dv,
-                                                      float* const* dgain, float* const* dbias) {
+FUSEDRNN_AVX2_TARGET inline void ln_sums_avx2_f32(const float* const* v, const float* const* dy, int n,
+                                                  const float* const* gain, const float* st, float* const* dgain,
+                                                  float* m1, float* m2) {
   __m256d s1lo[R], s1hi[R], s2lo[R], s2hi[R];
   __m256 m8[R], r8[R];
   for (int r = 0; r < R; ++r) {
@@ -662,40 +755,97 @@ FUSEDRNN_AVX2_TARGET inline void ln_rows_bwd_avx2_f32(const float* const* v, con
       lanes_add(_mm256_mul_ps(dyg, vhat), s2lo[r], s2hi[r]);
       _mm256_storeu_ps(dgain[r] + k, _mm256_fmadd_ps(d, vhat, _mm256_loadu_ps(dgain[r] + k)));
     }
-  float m1[R], m2[R];
   for (int r = 0; r < R; ++r) {
-    const float mean = st[2 * r], rstd = st[2 * r + 1];
     LaneSum<double> s1 = lanes_of(s1lo[r], s1hi[r]), s2 = lanes_of(s2lo[r], s2hi[r]);
-    for (int j = k; j < n; ++j) {
-      const float vhat = (v[r][j] - mean) * rstd, dyg = dy[r][j] * gain[r][j];
-      s1.p[j % 8] += double(dyg);
-      s2.p[j % 8] += double(dyg * vhat);
-      dgain[r][j] = std::fma(dy[r][j], vhat, dgain[r][j]);
-    }
+    ln_sums_tail(v[r], dy[r], k, n, gain[r], st[2 * r], st[2 * r + 1], dgain[r], s1, s2);
     m1[r] = float(s1.total() / double(n));
     m2[r] = float(s2.total() / double(n));
   }
+}
+
+// x's 8 floats converted to double and added into the 8 lanes s.
+FUSEDRNN_AVX512_TARGET FUSEDRNN_ALWAYS_INLINE __m512d lanes_add8(__m256 x, __m512d s) {
+  return _mm512_add_pd(s, _mm512_cvtps_pd(x));
+}
+
+// The same first pass, the same values, 16 values a step on zmm registers: each sum's 8 lanes in
+// one register, taking the first 8 values, then the next 8 (the lanes' order of the ymm version,
+// whose extracts and conversions of two halves take twice the port-5 operations).
+template <int R>
+FUSEDRNN_AVX512_TARGET inline void ln_sums_avx512_f32(const float* const* v, const float* const* dy, int n,
+                                                      const float* const* gain, const float* st,
+                                                      float* const* dgain, float* m1, float* m2) {
+  __m512d s1[R], s2[R];
+  __m512 m16[R], r16[R];
+  for (int r = 0; r < R; ++r) {
+    s1[r] = s2[r] = _mm512_setzero_pd();
+    m16[r] = _mm512_set1_ps(st[2 * r]);
+    r16[r] = _mm512_set1_ps(st[2 * r + 1]);
+  }
+  int k = 0;
+  for (; k + 16 <= n; k += 16)
+    for (int r = 0; r < R; ++r) {
+      const __m512 d = _mm512_loadu_ps(dy[r] + k);
+      const __m512 vhat = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(v[r] + k), m16[r]), r16[r]);
+      const __m512 dyg = _mm512_mul_ps(d, _mm512_loadu_ps(gain[r] + k));
+      const __m512 dygv = _mm512_mul_ps(dyg, vhat);
+      s1[r] = lanes_add8(_mm512_extractf32x8_ps(dyg, 1), lanes_add8(_mm512_castps512_ps256(dyg), s1[r]));
+      s2[r] = lanes_add8(_mm512_extractf32x8_ps(dygv, 1), lanes_add8(_mm512_castps512_ps256(dygv), s2[r]));
+      _mm512_storeu_ps(dgain[r] + k, _mm512_fmadd_ps(d, vhat, _mm512_loadu_ps(dgain[r] + k)));
+    }
+  if (k + 8 <= n) {
+    for (int r = 0; r < R; ++r) {
+      const __m256 d = _mm256_loadu_ps(dy[r] + k);
+      const __m256 vhat = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(v[r] + k), _mm512_castps512_ps256(m16[r])),
+                                        _mm512_castps512_ps256(r16[r]));
+      const __m256 dyg = _mm256_mul_ps(d, _mm256_loadu_ps(gain[r] + k));
+      s1[r] = lanes_add8(dyg, s1[r]);
+      s2[r] = lanes_add8(_mm256_mul_ps(dyg, vhat), s2[r]);
+      _mm256_storeu_ps(dgain[r] + k, _mm256_fmadd_ps(d, vhat, _mm256_loadu_ps(dgain[r] + k)));
+    }
+    k += 8;
+  }
+  for (int r = 0; r < R; ++r) {
+    LaneSum<double> a, b;
+    _mm512_storeu_pd(a.p, s1[r]);
+    _mm512_storeu_pd(b.p, s2[r]);
+    ln_sums_tail(v[r], dy[r], k, n, gain[r], st[2 * r], st[2 * r + 1], dgain[r], a, b);
+    m1[r] = float(a.total() / double(n));
+    m2[r] = float(b.total() / double(n));
+  }
+}
+
+// R rows' layer-norm backward (the sums of the AVX2 or, ZMM, the AVX-512 first pass): dv[r] (may
+// alias dy[r] only), dgain[r] += dy vhat, dbias[r] += dy (if non-null).
+template <int R, bool ZMM>
+FUSEDRNN_ALWAYS_INLINE void ln_rows_bwd_f32(const float* const* v, const float* const* dy, int n,
+                                            const float* const* gain, const float* st, float* const* dv,
+                                            float* const* dgain, float* const* dbias) {
+  float m1[R], m2[R];
+  if constexpr (ZMM) ln_sums_avx512_f32<R>(v, dy, n, gain, st, dgain, m1, m2);
+  else ln_sums_avx2_f32<R>(v, dy, n, gain, st, dgain, m1, m2);
   for (int r = 0; r < R; ++r)
     layer_norm_row_bwd_finish(v[r], dy[r], n, gain[r], st[2 * r], st[2 * r + 1], m1[r], m2[r], dv[r], dbias[r]);
 }
 
-FUSEDRNN_AVX2_TARGET inline void ln_row_bwd_avx2_f32(const float* v, const float* dy, int n, const float* gain,
-                                                     float mean, float rstd, float* dv, float* dgain, float* dbias) {
+template <bool ZMM>
+FUSEDRNN_ALWAYS_INLINE void ln_row_bwd_f32(const float* v, const float* dy, int n, const float* gain, float mean,
+                                           float rstd, float* dv, float* dgain, float* dbias) {
   const float st[2] = {mean, rstd};
-  ln_rows_bwd_avx2_f32<1>(&v, &dy, n, &gain, st, &dv, &dgain, &dbias);
+  ln_rows_bwd_f32<1, ZMM>(&v, &dy, n, &gain, st, &dv, &dgain, &dbias);
 }
 
-FUSEDRNN_AVX2_TARGET inline void ln_rows2_bwd_avx2_f32(const float* v0, const float* v1, const float* dy0,
-                                                       const float* dy1, int n, const float* g0, const float* g1,
-                                                       const float* st, float* dv0, float* dv1, float* dg0,
-                                                       float* dg1) {
+template <bool ZMM>
+FUSEDRNN_ALWAYS_INLINE void ln_rows2_bwd_f32(const float* v0, const float* v1, const float* dy0, const float* dy1,
+                                             int n, const float* g0, const float* g1, const float* st, float* dv0,
+                                             float* dv1, float* dg0, float* dg1) {
   const float* v[2] = {v0, v1};
   const float* dy[2] = {dy0, dy1};
   const float* g[2] = {g0, g1};
   float* dv[2] = {dv0, dv1};
   float* dg[2] = {dg0, dg1};
   float* db[2] = {nullptr, nullptr};
-  ln_rows_bwd_avx2_f32<2>(v, dy, n, g, st, dv, dg, db);
+  ln_rows_bwd_f32<2, ZMM>(v, dy, n, g, st, dv, dg, db);
 }
 #endif
 
@@ -707,6 +857,20 @@ FUSEDRNN_ALWAYS_INLINE void ln_rows2_fwd_generic(const T* v0, const T* v1, int n
   layer_norm_row_fwd<T, double>(v1, n, g1, nullptr, eps, y1, st + 2, st + 3);
 }
 
+// ln_pre_apply with the two rows' statistics (those of layer_norm_row_fwd) into st[0..3].
+template <typename T>
+FUSEDRNN_ALWAYS_INLINE void ln_pre_row_generic(const T* xr, const T* hr, int n, const T* g_ih, const T* g_hh,
+                                               const T* b_ih, const T* b_hh, double eps, T* pre, T* st) {
+  const T* v[2] = {xr, hr};
+  for (int r = 0; r < 2; ++r) {
+    double mean, var;
+    moments<T, double>(v[r], n, 1, &mean, &var);
+    st[2 * r] = T(mean);
+    st[2 * r + 1] = norm_rstd<T, double>(var, eps);
+  }
+  ln_pre_apply<T>(n, xr, hr, st, g_ih, g_hh, b_ih, b_hh, pre);
+}
+
 // The backward of such a pair: row r's gradient dy_r -> dv_r, dgain_r += dy_r vhat_r.
 template <typename T>
 FUSEDRNN_ALWAYS_INLINE void ln_rows2_bwd_generic(const T* v0, const T* v1, const T* dy0, const T* dy1, int n,
@@ -716,42 +880,49 @@ FUSEDRNN_ALWAYS_INLINE void ln_rows2_bwd_generic(const T* v0, const T* v1, const
   layer_norm_row_bwd<T, double>(v1, dy1, n, g1, st[2], st[3], dv1, dg1, nullptr);
 }
 
-// Each build of the row layer norms; the float32 ones sum with the AVX2 intrinsics above, which
-// flatten inlines into the AVX-512 build too (the apply passes then run on zmm registers).
+// Each build of the row layer norms; the float32 ones sum with the intrinsics above (ZMM: the
+// AVX-512 build's).
 #if FUSEDRNN_X86
 #define FUSEDRNN_LN_F32(CALL) \
   if constexpr (std::is_same<T, float>::value) return CALL;
 #else
 #define FUSEDRNN_LN_F32(CALL)
 #endif
-#define FUSEDRNN_LN_ROWS(SUFFIX, TARGET)                                                                          \
+#define FUSEDRNN_LN_ROWS(SUFFIX, TARGET, ZMM)                                                                     \
   template <typename T>                                                                                          \
   TARGET __attribute__((flatten)) void ln_row_fwd_##SUFFIX(const T* v, int n, const T* gain, const T* bias,       \
                                                            double eps, T* y, T* mean, T* rstd) {                 \
-    FUSEDRNN_LN_F32(ln_row_fwd_avx2_f32(v, n, gain, bias, eps, y, mean, rstd))                                    \
+    FUSEDRNN_LN_F32(ln_row_fwd_f32<ZMM>(v, n, gain, bias, eps, y, mean, rstd))                                    \
     layer_norm_row_fwd<T, double>(v, n, gain, bias, eps, y, mean, rstd);                                         \
   }                                                                                                              \
   template <typename T>                                                                                          \
   TARGET __attribute__((flatten)) void ln_rows2_fwd_##SUFFIX(const T* v0, const T* v1, int n, const T* g0,        \
                                                              const T* g1, double eps, T* y0, T* y1, T* st) {     \
-    FUSEDRNN_LN_F32(ln_rows2_fwd_avx2_f32(v0, v1, n, g0, g1, eps, y0, y1, st))                                    \
+    FUSEDRNN_LN_F32(ln_rows2_fwd_f32<ZMM>(v0, v1, n, g0, g1, eps, y0, y1, st))                                    \
     ln_rows2_fwd_generic<T>(v0, v1, n, g0, g1, eps, y0, y1, st);                                                 \
+  }                                                                                                              \
+  template <typename T>                                                                                          \
+  TARGET __attribute__((flatten)) void ln_pre_row_##SUFFIX(const T* xr, const T* hr, int n, const T* g_ih,        \
+                                                           const T* g_hh, const T* b_ih, const T* b_hh,          \
+                                                           double eps, T* pre, T* st) {                          \
+    FUSEDRNN_LN_F32(ln_pre_row_f32<ZMM>(xr, hr, n, g_ih, g_hh, b_ih, b_hh, eps, pre, st))                         \
+    ln_pre_row_generic<T>(xr, hr, n, g_ih, g_hh, b_ih, b_hh, eps, pre, st);                                      \
   }                                                                                                              \
   template <typename T>                                                                                          \
   TARGET __attribute__((flatten)) void ln_rows2_bwd_##SUFFIX(const T* v0, const T* v1, const T* dy0, const T* dy1, \
                                                              int n, const T* g0, const T* g1, const T* st, T* dv0, \
                                                              T* dv1, T* dg0, T* dg1) {                           \
-    FUSEDRNN_LN_F32(ln_rows2_bwd_avx2_f32(v0, v1, dy0, dy1, n, g0, g1, st, dv0, dv1, dg0, dg1))                   \
+    FUSEDRNN_LN_F32(ln_rows2_bwd_f32<ZMM>(v0, v1, dy0, dy1, n, g0, g1, st, dv0, dv1, dg0, dg1))                  \
     ln_rows2_bwd_generic<T>(v0, v1, dy0, dy1, n, g0, g1, st, dv0, dv1, dg0, dg1);                                \
   }                                                                                                              \
   template <typename T>                                                                                          \
   TARGET __attribute__((flatten)) void ln_row_bwd_##SUFFIX(const T* v, const T* dy, int n, const T* gain, T mean, \
                                                            T rstd, T* dv, T* dgain, T* dbias) {                  \
-    FUSEDRNN_LN_F32(ln_row_bwd_avx2_f32(v, dy, n, gain, mean, rstd, dv, dgain, dbias))                            \
+    FUSEDRNN_LN_F32(ln_row_bwd_f32<ZMM>(v, dy, n, gain, mean, rstd, dv, dgain, dbias))                           \
     layer_norm_row_bwd<T, double>(v, dy, n, gain, mean, rstd, dv, dgain, dbias);                                 \
   }
-FUSEDRNN_LN_ROWS(avx512, FUSEDRNN_AVX512_TARGET)
-FUSEDRNN_LN_ROWS(avx2, FUSEDRNN_AVX2_TARGET)
+FUSEDRNN_LN_ROWS(avx512, FUSEDRNN_AVX512_TARGET, true)
+FUSEDRNN_LN_ROWS(avx2, FUSEDRNN_AVX2_TARGET, false)
 #undef FUSEDRNN_LN_ROWS
 #undef FUSEDRNN_LN_F32
 
@@ -783,6 +954,24 @@ inline void ln_rows2_fwd(const T* v0, const T* v1, int64_t n, const T* g0, const
     case kSimdAvx512: return ln_rows2_fwd_avx512<T>(v0, v1, int(n), g0, g1, eps, y0, y1, st);
     case kSimdAvx2: return ln_rows2_fwd_avx2<T>(v0, v1, int(n), g0, g1, eps, y0, y1, st);
     default: return ln_rows2_fwd_base<T>(v0, v1, int(n), g0, g1, eps, y0, y1, st);
+  }
+}
+
+template <typename T>
+__attribute__((flatten)) void ln_pre_row_base(const T* xr, const T* hr, int n, const T* g_ih, const T* g_hh,
+                                              const T* b_ih, const T* b_hh, double eps, T* pre, T* st) {
+  ln_pre_row_generic<T>(xr, hr, n, g_ih, g_hh, b_ih, b_hh, eps, pre, st);
+}
+// The LN-LSTM's pre-activations of one row: pre = LN(xr) g_ih + LN(hr) g_hh (+ b_ih + b_hh where
+// b_ih is non-null), st = [mean, rstd of xr, mean, rstd of hr]; the values of ln_rows2_fwd into
+// two rows and add_row.
+template <typename T>
+inline void ln_pre_row(const T* xr, const T* hr, int64_t n, const T* g_ih, const T* g_hh, const T* b_ih,
+                       const T* b_hh, double eps, T* pre, T* st) {
+  switch (simd_level()) {
+    case kSimdAvx512: return ln_pre_row_avx512<T>(xr, hr, int(n), g_ih, g_hh, b_ih, b_hh, eps, pre, st);
+    case kSimdAvx2: return ln_pre_row_avx2<T>(xr, hr, int(n), g_ih, g_hh, b_ih, b_hh, eps, pre, st);
+    default: return ln_pre_row_base<T>(xr, hr, int(n), g_ih, g_hh, b_ih, b_hh, eps, pre, st);
   }
 }
 
