@@ -256,7 +256,7 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
     bn_column_stats_run<T>(v, B, GH, lo, hi, L, t, p.training, (ih ? p.rm_ih : p.rm_hh) + slot * GH,
                            (ih ? p.rv_ih : p.rv_hh) + slot * GH, st, st + NB, bn_acc.data_ptr<A>() + m * 2 * GH);
     T* rstd = ih ? bn_rstd_ih.data() + t * GH : bn_rstd.data() + GH;
-    for (int64_t c = lo; c < hi; ++c) rstd[c] = norm_rstd<T, A>(A(st[NB + c]), p.eps);
+    rstd_row_run<T>(hi - lo, static_cast<const T*>(st + NB + lo), p.eps, rstd + lo);
   };
 
   // Row split: member m's partial statistics of its rows of xw_t, hw_t or c_t.
@@ -289,7 +289,7 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
       std::copy_n(mean, N, st);
       std::copy_n(rstd, N, st + NB);
     }
-    for (int64_t j = 0; j < N; ++j) rstd[j] = norm_rstd<T, A>(A(rstd[j]), p.eps);
+    rstd_row_run<T>(N, static_cast<const T*>(rstd), p.eps, rstd);
   };
 
   run_team(n, [&](Team& team) {
@@ -370,8 +370,7 @@ void lstm_forward(const LstmFwdParams<T>& p, const at::Tensor& xw_all, const at:
           bn_column_stats_run<T>(static_cast<const T*>(p.cs + t * B * H), B, H, lo, hi, L, t, p.training,
                           p.rm_cell + slot * H, p.rv_cell + slot * H, st + 2 * GH, st + NB + 2 * GH,
                           bn_acc.data_ptr<A>() + m * 2 * GH);
-          for (int64_t j = lo; j < hi; ++j)
-            bn_rstd[2 * GH + j] = norm_rstd<T, A>(A(st[NB + 2 * GH + j]), p.eps);
+          rstd_row_run<T>(hi - lo, static_cast<const T*>(st + NB + 2 * GH + lo), p.eps, bn_rstd.data() + 2 * GH + lo);
         });
         team.barrier();
         team.each_part(B, [&](int64_t m, int64_t lo, int64_t hi) {
@@ -803,9 +802,10 @@ void lstm_backward(const LstmBwdParams<T>& p, const DgSteps& all, const at::Tens
   run_team(n, [&](Team& team) {
     if (NORM == kNormBatch) {
       team.each_part(Tn * NB, [&](int64_t m, int64_t lo, int64_t hi) {
-        for (int64_t i = lo; i < hi; ++i) {
-          const int64_t t = i / NB, c = i % NB;
-          bn_rstd[i] = norm_rstd<T, A>(A(p.stats[t * SW + NB + c]), p.eps);
+        for (int64_t i = lo; i < hi;) {  // step by step: each step's variances are contiguous
+          const int64_t t = i / NB, c = i % NB, n = std::min(hi - i, NB - c);
+          rstd_row_run<T>(n, static_cast<const T*>(p.stats + t * SW + NB + c), p.eps, bn_rstd.data() + i);
+          i += n;
         }
       });
       team.barrier();
