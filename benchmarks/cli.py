@@ -285,8 +285,7 @@ def run(args) -> dict:
                  ("; replayed from a CUDA graph (no launch overhead)" if gpu else
                   "; per-call overhead included, so fused kernels with packed weights can beat it"),
         "nn_note": "for cells torch.nn lacks, the torch.nn column is the family's plain cell (nn.LSTM / nn.GRU) "
-                   "on the same shape, marked with a note; measured in every cell, right after that cell's "
-                   "other candidates",
+                   "on the same shape, marked with a note",
         "check": "max abs diff vs ref: max |y - y_reference| of the fwd output; for bfloat16/float16 the "
                  "reference runs in float32 on the same weights",
         "compile_note": "torch.compile of reference.STEPS[family] (one step), loop and input GEMM eager; "
@@ -375,9 +374,7 @@ def _measure_candidate(c, w, modes, base, timer, unavailable, cache, memory, pro
     cache_key = None
     note = None
     if c.key == "nn":
-        # measured again in every cell (no cache): a cell's fused / nn ratio then comes from two
-        # measurements seconds apart, not minutes (the shared 2-core machine drifts by 10-20% in
-        # minutes; a plain nn.LSTM measured once per shape, first, set the LN / BN ratios too)
+        cache_key = ("nn", spec.family, spec.proj_size, w.shape.dims, w.dtype)
         if not NNCandidate.same_cell(spec):
             note = f"{NNCandidate.baseline_name(spec)}: plain {spec.family} cell (torch.nn has no '{w.cell}')"
     elif c.key == "floor":
@@ -405,7 +402,7 @@ def _measure_candidate(c, w, modes, base, timer, unavailable, cache, memory, pro
         return [row(m, status="error", reason=first_line(e)) for m in modes]
     for mode in modes:
         key = cache_key + (mode,) if cache_key else None
-        if key and key in cache:  # the GEMM floor measured for another cell on this shape
+        if key and key in cache:  # torch.nn baseline / floor measured for another cell on this shape
             rows.append(row(mode, **dict(cache[key], max_abs_diff=None if note else cache[key].get("max_abs_diff"))))
             progress.step()
             continue

@@ -193,25 +193,3 @@ def test_cli_runs_without_tqdm_and_matplotlib(tmp_path, monkeypatch, capsys):
     assert "tqdm not installed" in capsys.readouterr().err
     data = json.loads((tmp_path / "results.json").read_text())
     assert len(data["results"]) == 2 * 4 * 2 and all(r["status"] == "ok" for r in data["results"])
-
-
-def test_nn_baseline_measured_in_every_cell_floor_once_per_shape(tmp_path, monkeypatch):
-    """benchmarks/cli.py: torch.nn's plain cell is timed again in each cell (LN / BN ratios come
-    from measurements seconds apart), the GEMM floor once per shape and reused."""
-    from benchmarks import cli
-    timed = []
-    measure = Timer.measure
-
-    def counting(self, fn, setup=None, on_first=None):
-        timed.append(fn)
-        return measure(self, fn, setup, on_first)
-
-    monkeypatch.setattr(Timer, "measure", counting)
-    cli.main(["--suite", "tiny", "--device", "cpu", "--repeats", "1", "--warmup", "1", "--candidates",
-              "nn,floor", "--no-memory", "--no-plot", "--quiet", "--modes", "fwd", "--out", str(tmp_path)])
-    rows = json.loads((tmp_path / "results.json").read_text())["results"]
-    cells, shapes = {r["cell"] for r in rows}, {r["shape"] for r in rows}
-    assert len(cells) == 2 and len(shapes) == 4
-    nn_rows = [r for r in rows if r["candidate"] == "nn"]
-    assert len(nn_rows) == 2 * 4 and all(r["status"] == "ok" for r in rows)
-    assert len(timed) == len(nn_rows) + len(shapes)  # nn per cell and shape, the floor per shape
