@@ -105,7 +105,8 @@ or test_property_cpu_kernels_equal_reference or (buffer_cache and not forked_whi
 or (test_team_matches_reference and proj17) or test_packed_kernels_at_kernel_sized_shapes or test_amx_gemm_accuracy"
 # The float32 cases (the projected team and the kernel-sized shapes) run the AVX-512 packed GEMM
 # (csrc/cpu/packed_gemm.h; float64 never does) with its masked loads and stores at panel and row
-# tails, and on CPUs with AMX the AMX GEMM (csrc/cpu/amx_gemm.h) at its block edges. OMP_NUM_THREADS=2: the kernels' parallel loops run threaded, as by default. --capture=sys:
+# tails, and on CPUs with AMX the AMX GEMM (csrc/cpu/amx_gemm.h) at its block edges.
+# OMP_NUM_THREADS=2: the kernels' parallel loops run threaded, as by default. --capture=sys:
 # pytest's default fd capture would swallow the report of a sanitizer that kills the process.
 OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" run_san "$py" -m pytest -q -p no:cacheprovider --capture=sys -x \
   tests/test_cpu_kernels.py -k "$ops" \

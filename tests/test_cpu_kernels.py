@@ -365,8 +365,9 @@ def test_simd_levels_match_reference(monkeypatch, spec, dtype, level):
 def test_simd_avx2_and_avx512_give_the_same_values(monkeypatch, spec, H):
     """csrc/cpu/simd.h: the AVX2 and AVX-512 builds of the row loops run the same operations in
     the same order on every lane, so (with the same products: MKL's for both) equal bits. The
-    layer norms' double sums take 16 values a step on AVX-512, 8 on AVX2: H = 46 leaves 8 of
-    4H = 184 and 14 of H after the 16-steps (an 8-step, then single values), H = 37 4 and 5."""
+    layer norms' backward sums take 16 values a step on AVX-512, 8 on AVX2: H = 46 leaves 8 of
+    4H = 184 and 14 of H after the 16-steps (an AVX2 8-step, single values on AVX-512), H = 37 4
+    and 5."""
     monkeypatch.setenv("FUSEDRNN_PACKED_GEMM", "mkl")
     x, state, p = make_layer(spec, 5, 8, 3, H, torch.float32, seed=9)
     lengths = torch.tensor([5, 3, 4, 1, 4, 4, 3, 2])

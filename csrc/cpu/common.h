@@ -100,8 +100,8 @@ struct ThreadAcc {
 // [h0; y[:T-1]] the h_{t-1} of every step; dxw, dhw [T * B, GH], x [T, B, I], y [T, B, R].
 // Where the two share their left operand (dhw is dxw: no separate normalization of the recurrent
 // projection) they are one product: on fusedrnn's kernels (AVX-512 or AMX, gemm.h own_gemm)
-// dxw^T packed once and multiplied into both outputs (gemm_outs); elsewhere, for an x narrower than 512 columns, one GEMM dxw^T [x |
-// h_prev] cut in two: a narrow x made dW_ih alone a poor GEMM (measured with torch.mm on the AMD
+// dxw^T packed once and multiplied into both outputs (gemm_outs); elsewhere, for an x narrower
+// than 512 columns, one GEMM dxw^T [x | h_prev] cut in two: a narrow x made dW_ih alone a poor GEMM (measured with torch.mm on the AMD
 // host, 2 threads: row MNIST 0.99 ms for [512, 2800] x [2800, 28] next to 2.13 ms for the [2800,
 // 128] dW_hh, merged 2.79 ms; pixel MNIST's I = 1: 8.0 + 25.9 ms, merged 29.5; I = H = 256: 9.2 +
 // 9.2 ms, merged 17.5).
@@ -115,15 +115,8 @@ inline std::pair<at::Tensor, at::Tensor> weight_grads(const at::Tensor& dxw, con
   // temporary switch to the merged GEMM, median of 15: PTB LSTM 82.4 ms against 83.8, the
   // generic shape 58.4 against 60.5.
   const bool kernel = own_gemm(y.scalar_type(), GH, T * B, {I, R}), own = shared && kernel;
-  // On ATen's mm, unless x is narrow and the left operand shared (the merged product below): two
-  // products, and dW_hh itself in two, dhw[:B]^T h0 + dhw[B:]^T y[:T-1], so that neither x nor y
-  // is copied into [x | h_prev] (nor the result out of one [GH, I + R]). Measured on the Intel
-  // host (ATen's mm = MKL), the weight gradients' phase of the LSTM backward alone (rdtsc in a
-  // temporary build, one process per run alternating with the merged product, mean of 30 calls,
-  // three runs): char-LM (80, 32, 512, 512) 34.5-35.8 ms against 37.0-37.1, PTB 16.0-16.3 against
-  // 16.2-18.4.
-  // dW_ih = dxw^T x where dxw is not shared and x is narrow (I < 32, e.g. row MNIST's 28
-  // pixels): (x^T dxw)^T on ATen's mm (MKL), which reads dxw along its rows, where the large-GEMM
+  // dW_ih = dxw^T x on its own (dxw not shared). For a narrow x (I < 32, e.g. row MNIST's 28
+  // pixels) as (x^T dxw)^T on ATen's mm (MKL), which reads dxw along its rows, where the large-GEMM
   // paths pack (AMX: split into three parts) all of dxw^T for a product of a few columns. The
   // product alone, [2800, 512] x [2800, 28] on two / one threads: 0.43 / 0.63 ms against 0.60 /
   // 1.18 on AMX, 0.76 / 1.12 on the AVX-512 kernel, 0.81 / 0.80 as dxw^T x on ATen's mm.
@@ -136,13 +129,20 @@ inline std::pair<at::Tensor, at::Tensor> weight_grads(const at::Tensor& dxw, con
     at::mm_out(t, x2.t(), dxw);
     return cached_contiguous(t.t());
   };
+  // On ATen's mm, unless x is narrow and the left operand shared (the merged product below): two
+  // products, and dW_hh itself in two, dhw[:B]^T h0 + dhw[B:]^T y[:T-1], so that neither x nor y
+  // is copied into [x | h_prev] (nor the result out of one [GH, I + R]). Measured on the Intel
+  // host (ATen's mm = MKL), the weight gradients' phase of the LSTM backward alone (rdtsc in a
+  // temporary build, one process per run alternating with the merged product, mean of 30 calls,
+  // three runs): char-LM (80, 32, 512, 512) 34.5-35.8 ms against 37.0-37.1, PTB 16.0-16.3 against
+  // 16.2-18.4.
   if (!kernel && (!shared || I >= 512)) {
     auto prev_product = [&](const at::Tensor& d) {  // d^T h_prev
       at::Tensor out = cached_mm(d.narrow(0, 0, B).t(), h0);
       if (T > 1) out.addmm_(d.narrow(0, B, (T - 1) * B).t(), y.narrow(0, 0, T - 1).reshape({(T - 1) * B, R}));
       return out;
     };
-    return {shared ? cached_mm(dxw.t(), x.reshape({T * B, I})) : dw_input(), prev_product(dhw)};
+    return {dw_input(), prev_product(dhw)};  // shared here only with I >= 512
   }
   at::Tensor xh = cached_empty({T, B, (shared && !own ? I : 0) + R}, y.options());  // [x |] h_prev
   at::Tensor hp = xh.narrow(2, shared && !own ? I : 0, R);

@@ -133,9 +133,10 @@ inline bool blas_available(bool single) {
 
 // What the float32 products run under the current FUSEDRNN_PACKED_GEMM, FUSEDRNN_LARGE_GEMM and
 // FUSEDRNN_CPU_SIMD: the per-step recurrent product ("amx" = the AMX tiles where step_amx says,
-// packed_gemm.h for the others; "avx512" = packed_gemm.h, "mkl_packed", "blas", "loop"), the large GEMMs around the loop (gemm.h: "amx" or "avx512" where a product
-// has at least 16 output columns and 64k multiply-adds, else ATen's mm; or "aten") and the level of
-// the row loops (simd.h).
+// packed_gemm.h for the others; "avx512" = packed_gemm.h, "mkl_packed", "blas", "loop"), the
+// large GEMMs around the loop (gemm.h: "amx" or "avx512" where a product has at least 16 output
+// columns and 64k multiply-adds, else ATen's mm; or "aten") and the level of the row loops
+// (simd.h).
 inline std::vector<std::string> kernel_names() {
   refresh_simd_level();
   const bool own = own_kernel_available();
@@ -178,9 +179,9 @@ class RecurrentGemm {
     amx_ = own_ && mkl::step_amx(M_, N_, K_);
     if (amx_) {
 #if FUSEDRNN_HAS_AMX
-      const auto i16 = w.options().dtype(at::kShort);
-      amx_b_ = at::empty({amx::packed_elems(N_, K_)}, i16);
-      amx_a_ = at::empty({amx::packed_elems(M_, K_)}, i16);
+      const auto i16 = w.options().dtype(at::kShort);  // from pool.h's cache, like PackedPanels
+      amx_b_ = cached_empty({amx::packed_elems(N_, K_)}, i16);
+      amx_a_ = cached_empty({amx::packed_elems(M_, K_)}, i16);
 #endif
     } else if (own_) {
       panels_ = PackedPanels(reinterpret_cast<const float*>(w_), ldw_, transposed, N_, K_, w.options());

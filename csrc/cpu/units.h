@@ -728,14 +728,20 @@ FUSEDRNN_AVX512_TARGET inline void ln_stats_avx512_f32(const float* const* v, in
   }
 }
 
-// The float32 layer norms of the AVX2 (ZMM = false) and AVX-512 (ZMM = true) builds, which
-// differ in their statistics' registers only (the same values). R rows: row r's statistics at
-// st[2r], st[2r + 1], then y[r] = norm(v[r]) gain[r] (+ bias[r] if non-null).
+// The float32 layer norms of the AVX2 (ZMM = false) and AVX-512 (ZMM = true) builds differ in
+// their statistics' registers only (the same values).
+template <int R, bool ZMM>
+FUSEDRNN_ALWAYS_INLINE void ln_stats_f32(const float* const* v, int n, double eps, float* st) {
+  if constexpr (ZMM) ln_stats_avx512_f32<R>(v, n, eps, st);
+  else ln_stats_avx2_f32<R>(v, n, eps, st);
+}
+
+// R rows: row r's statistics at st[2r], st[2r + 1], then y[r] = norm(v[r]) gain[r] (+ bias[r] if
+// non-null).
 template <int R, bool ZMM>
 FUSEDRNN_ALWAYS_INLINE void ln_rows_fwd_f32(const float* const* v, int n, const float* const* gain,
                                             const float* const* bias, double eps, float* const* y, float* st) {
-  if constexpr (ZMM) ln_stats_avx512_f32<R>(v, n, eps, st);
-  else ln_stats_avx2_f32<R>(v, n, eps, st);
+  ln_stats_f32<R, ZMM>(v, n, eps, st);
   for (int r = 0; r < R; ++r) layer_norm_row_apply(v[r], n, gain[r], bias[r], st[2 * r], st[2 * r + 1], y[r]);
 }
 
@@ -766,8 +772,7 @@ FUSEDRNN_ALWAYS_INLINE void ln_pre_row_f32(const float* xr, const float* hr, int
                                            const float* g_hh, const float* b_ih, const float* b_hh, double eps,
                                            float* __restrict pre, float* st) {
   const float* v[2] = {xr, hr};
-  if constexpr (ZMM) ln_stats_avx512_f32<2>(v, n, eps, st);
-  else ln_stats_avx2_f32<2>(v, n, eps, st);
+  ln_stats_f32<2, ZMM>(v, n, eps, st);
   ln_pre_apply(n, xr, hr, st, g_ih, g_hh, b_ih, b_hh, pre);
 }
 
@@ -811,7 +816,8 @@ FUSEDRNN_AVX512_TARGET FUSEDRNN_ALWAYS_INLINE __m512d lanes_add8(__m256 x, __m51
 
 // The same first pass, the same values, 16 values a step on zmm registers: each sum's 8 lanes in
 // one register, taking the first 8 values, then the next 8 (the lanes' order of the ymm version,
-// whose extracts and conversions of two halves take twice the port-5 operations).
+// whose extracts and conversions of two halves take twice the port-5 operations); the last n % 16
+// values go through ln_sums_tail, into the same lanes in the same order.
 template <int R>
 FUSEDRNN_AVX512_TARGET inline void ln_sums_avx512_f32(const float* const* v, const float* const* dy, int n,
                                                       const float* const* gain, const float* st,
@@ -834,18 +840,6 @@ FUSEDRNN_AVX512_TARGET inline void ln_sums_avx512_f32(const float* const* v, con
       s2[r] = lanes_add8(_mm512_extractf32x8_ps(dygv, 1), lanes_add8(_mm512_castps512_ps256(dygv), s2[r]));
       _mm512_storeu_ps(dgain[r] + k, _mm512_fmadd_ps(d, vhat, _mm512_loadu_ps(dgain[r] + k)));
     }
-  if (k + 8 <= n) {
-    for (int r = 0; r < R; ++r) {
-      const __m256 d = _mm256_loadu_ps(dy[r] + k);
-      const __m256 vhat = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(v[r] + k), _mm512_castps512_ps256(m16[r])),
-                                        _mm512_castps512_ps256(r16[r]));
-      const __m256 dyg = _mm256_mul_ps(d, _mm256_loadu_ps(gain[r] + k));
-      s1[r] = lanes_add8(dyg, s1[r]);
-      s2[r] = lanes_add8(_mm256_mul_ps(dyg, vhat), s2[r]);
-      _mm256_storeu_ps(dgain[r] + k, _mm256_fmadd_ps(d, vhat, _mm256_loadu_ps(dgain[r] + k)));
-    }
-    k += 8;
-  }
   for (int r = 0; r < R; ++r) {
     LaneSum<double> a, b;
     _mm512_storeu_pd(a.p, s1[r]);
@@ -902,13 +896,8 @@ FUSEDRNN_ALWAYS_INLINE void ln_rows2_fwd_generic(const T* v0, const T* v1, int n
 template <typename T>
 FUSEDRNN_ALWAYS_INLINE void ln_pre_row_generic(const T* xr, const T* hr, int n, const T* g_ih, const T* g_hh,
                                                const T* b_ih, const T* b_hh, double eps, T* pre, T* st) {
-  const T* v[2] = {xr, hr};
-  for (int r = 0; r < 2; ++r) {
-    double mean, var;
-    moments<T, double>(v[r], n, 1, &mean, &var);
-    st[2 * r] = T(mean);
-    st[2 * r + 1] = norm_rstd<T, double>(var, eps);
-  }
+  layer_norm_row_stats<T, double>(xr, n, eps, st, st + 1);
+  layer_norm_row_stats<T, double>(hr, n, eps, st + 2, st + 3);
   ln_pre_apply<T>(n, xr, hr, st, g_ih, g_hh, b_ih, b_hh, pre);
 }
 

@@ -340,14 +340,22 @@ FUSEDRNN_HD inline void layer_norm_row_apply(const T* v, int n, const T* gain, c
     for (int k = 0; k < n; ++k) y[k] = norm_apply(v[k], m, r, gain[k], T(0));
 }
 
+// Mean and rstd of a row layer norm over n contiguous values (statistics in A).
+template <typename T, typename A>
+FUSEDRNN_HD inline void layer_norm_row_stats(const T* v, int n, A eps, T* mean_out, T* rstd_out) {
+  A mean, var;
+  moments<T, A>(v, n, 1, &mean, &var);
+  *mean_out = T(mean);
+  *rstd_out = norm_rstd<T, A>(var, eps);
+}
+
 // Row layer norm forward over n contiguous values: y = norm(v) * gain (+ bias if non-null).
 // Writes mean and rstd of the row. y may alias v.
 template <typename T, typename A>
 FUSEDRNN_HD inline void layer_norm_row_fwd(const T* v, int n, const T* gain, const T* bias, A eps,
                                            T* y, T* mean_out, T* rstd_out) {
-  A mean, var;
-  moments<T, A>(v, n, 1, &mean, &var);
-  T m = T(mean), r = norm_rstd<T, A>(var, eps);
+  T m, r;
+  layer_norm_row_stats<T, A>(v, n, eps, &m, &r);
   layer_norm_row_apply(v, n, gain, bias, m, r, y);
   *mean_out = m;
   *rstd_out = r;
