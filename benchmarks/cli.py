@@ -65,6 +65,10 @@ def parse_args(argv=None):
     ap.add_argument("--budget", type=float, default=None,
                     help="seconds of timed calls per measurement; fewer repeats (min 3) for slow ones; 0: off "
                          "(default 1.0 CPU, 2.0 GPU)")
+    ap.add_argument("--side-by-side", type=int, default=5, metavar="ROUNDS",
+                    help="rounds of fused and torch.nn forward+backward timed again alternately, after the "
+                         "other candidates of a cell and shape (their ratio sets the torch.nn speed targets; "
+                         "default 5, 0: off)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--tf32", action="store_true", help="allow TF32 on GPU (default off: true fp32)")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory call")
@@ -285,7 +289,11 @@ def run(args) -> dict:
                  ("; replayed from a CUDA graph (no launch overhead)" if gpu else
                   "; per-call overhead included, so fused kernels with packed weights can beat it"),
         "nn_note": "for cells torch.nn lacks, the torch.nn column is the family's plain cell (nn.LSTM / nn.GRU) "
-                   "on the same shape, marked with a note",
+                   "on the same shape, marked with a note; measured once per shape",
+        "side_by_side": (f"fused/nn side by side: fused and torch.nn forward+backward timed again in {args.side_by_side} "
+                         "alternating rounds (order reversed every other round, one untimed call per block) after "
+                         "each cell's other candidates; ratio of those medians; the torch.nn targets use it"
+                         if args.side_by_side > 0 else "off"),
         "check": "max abs diff vs ref: max |y - y_reference| of the fwd output; for bfloat16/float16 the "
                  "reference runs in float32 on the same weights",
         "compile_note": "torch.compile of reference.STEPS[family] (one step), loop and input GEMM eager; "
@@ -307,7 +315,7 @@ def run(args) -> dict:
     progress = Progress(total, args.quiet)
     rows, cache = [], {}
     t_start = time.time()
-    partial = os.path.join(out_dir, "results.partial.jsonl")  # one line per row as it is measured
+    partial = os.path.join(out_dir, "results.partial.jsonl")  # one line per row, written after each shape
     previous_term = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         with open(partial, "w") as log:
@@ -321,16 +329,20 @@ def run(args) -> dict:
                     w = Workload(cell, cell_spec(cell, shape.H), shape, dtype, device)
                     base = {"dtype": dname, "shape": shape.name, "T": shape.T, "B": shape.B, "I": shape.I,
                             "H": shape.H, "sweeps": ";".join(f"{a}:{b}" for a, b in sweeps), "cell": cell}
+                    shape_rows = []
                     for c in cands:
                         if c.key not in keys:
                             continue
                         progress.describe(f"{dname} {cell} {shape.name} {c.key}")
                         new_rows = _measure_candidate(c, w, modes, base, timer, unavailable.get(c.key), cache,
                                                       not args.no_memory, progress)
-                        rows += new_rows
-                        for r in new_rows:
-                            log.write(json.dumps(r) + "\n")
-                        log.flush()
+                        rows += new_rows  # kept if interrupted
+                        shape_rows += new_rows
+                    progress.describe(f"{dname} {cell} {shape.name} fused and nn side by side")
+                    _side_by_side(cands, w, shape_rows, timer, args.side_by_side)
+                    for r in shape_rows:
+                        log.write(json.dumps(r) + "\n")
+                    log.flush()
                     del w
     except KeyboardInterrupt:  # Ctrl-C or a time limit: keep and report what was measured
         meta["interrupted"] = f"stopped after {len(rows)} of {total} rows; the tables are partial"
@@ -435,6 +447,31 @@ def _measure_candidate(c, w, modes, base, timer, unavailable, cache, memory, pro
         rows.append(row(mode, **res))
         progress.step()
     return rows
+
+
+def _side_by_side(cands, w, shape_rows, timer, rounds):
+    """fused and torch.nn forward+backward on workload w timed again, alternating (Timer.side_by_side),
+    when both were measured: the fused row gets paired_fused_ms, paired_nn_ms and paired_calls.
+
+    The torch.nn column itself is measured once per shape and reused by the shape's other cells
+    (LN-, BN-LSTM compare with the plain nn.LSTM), minutes apart from their fused times on a
+    machine whose speed drifts; these paired medians are seconds apart and interleaved. Each block
+    has up to 4 timed calls, fewer so that the rounds take about the timer's budget.
+    """
+    got = {(r["candidate"], r["mode"]): r for r in shape_rows}
+    fused, nn = got.get(("fused", "fwdbwd")), got.get(("nn", "fwdbwd"))
+    if rounds <= 0 or not (fused and nn and fused["status"] == nn["status"] == "ok"):
+        return
+    pair_s = (fused["median_ms"] + nn["median_ms"]) / 1e3
+    per_block = max(1, min(4, int(timer.budget_s / (rounds * pair_s)) - 1)) if timer.budget_s > 0 else 4
+    calls = {}
+    for c in cands:
+        if c.key in ("fused", "nn"):
+            w.restore_buffers()
+            calls[c.key] = c.prepare(w).callables("fwdbwd", w)
+    res = timer.side_by_side(calls, rounds, per_block)
+    fused.update(paired_fused_ms=res["fused"]["median_ms"], paired_nn_ms=res["nn"]["median_ms"],
+                 paired_calls=rounds * per_block)
 
 
 def main(argv=None):

@@ -69,6 +69,23 @@ class Timer:
         times = sorted(self._once(fn, setup) for _ in range(n))
         return summarize(times, first)
 
+    def side_by_side(self, calls: dict, rounds: int, per_block: int) -> dict:
+        """Interleaved timing of several callables, for ratios that a drifting machine cannot skew.
+
+        calls: name -> (fn, setup). Each of `rounds` rounds runs every callable's block in turn (the
+        order reversed every other round): one untimed call (the switch from the other callable
+        leaves caches and buffer pools cold), then `per_block` timed calls. Returns name -> the
+        summary of its rounds * per_block times (first_call_s None).
+        """
+        names = list(calls)
+        times = {name: [] for name in names}
+        for r in range(rounds):
+            for name in names if r % 2 == 0 else names[::-1]:
+                fn, setup = calls[name]
+                self._once(fn, setup)
+                times[name] += [self._once(fn, setup) for _ in range(per_block)]
+        return {name: summarize(sorted(t), None) for name, t in times.items()}
+
 
 def summarize(times, first_call_s: float) -> dict:
     """Median, quartiles (IQR) and min in milliseconds of sorted `times` (seconds)."""

@@ -51,6 +51,14 @@ def test_cli_tiny_suite_end_to_end(tmp_path):
             assert r["max_abs_diff"] < 1e-4  # the scripted cells compute what the reference computes
         if r["candidate"] == "nn" and r["cell"] == "ln":
             assert "torch.nn.LSTM" in r["note"]
+    for r in rows:  # fused and torch.nn timed again side by side, forward+backward only
+        if r["candidate"] == "fused" and r["mode"] == "fwdbwd" and r["status"] == "ok":
+            assert r["paired_calls"] == 5 * 4 and r["paired_fused_ms"] > 0 and r["paired_nn_ms"] > 0
+            assert r["vs_nn_paired"] == pytest.approx(r["paired_fused_ms"] / r["paired_nn_ms"])
+        else:
+            assert r.get("paired_calls") is None and r.get("vs_nn_paired") is None, r
+    if any(r.get("vs_nn_paired") for r in rows):
+        assert "(4 of them timed side by side)" in proc.stdout  # the vanilla cell's four shapes
     ref = [r for r in rows if r["candidate"] == "reference"]
     assert all(r["vs_reference"] == pytest.approx(1.0) for r in ref)
     assert all(r["vs_floor"] is not None and r["vs_nn"] is not None for r in ref)
@@ -165,6 +173,31 @@ def test_gemm_floor_and_timer(fgr):
     assert res["repeats"] == 3 and res["q1_ms"] <= res["median_ms"] <= res["q3_ms"]
     s = summarize([0.001, 0.002, 0.003, 0.004], 0.5)
     assert s["median_ms"] == pytest.approx(2.5) and s["iqr_ms"] == pytest.approx(1.5)
+
+
+def test_side_by_side_interleaves_blocks():
+    order = []
+    calls = {name: (lambda name=name: order.append(name), None) for name in ("a", "b")}
+    res = Timer(torch.device("cpu"), repeats=1, warmup=1).side_by_side(calls, rounds=3, per_block=2)
+    # each block: one untimed call, then two timed; the order of the blocks reversed every other round
+    assert order == ["a"] * 3 + ["b"] * 3 + ["b"] * 3 + ["a"] * 3 + ["a"] * 3 + ["b"] * 3
+    assert res["a"]["repeats"] == res["b"]["repeats"] == 6 and res["a"]["first_call_s"] is None
+
+
+def test_targets_take_the_side_by_side_ratio():
+    from benchmarks.report import add_ratios, target_lines
+    base = {"mode": "fwdbwd", "dtype": "float32", "shape": "s", "T": 1, "B": 2, "I": 3, "H": 4, "status": "ok"}
+    rows = [dict(base, cell="ln", candidate="nn", median_ms=10.0),
+            dict(base, cell="ln", candidate="fused", median_ms=11.0, paired_fused_ms=13.0, paired_nn_ms=10.0,
+                 paired_calls=20),
+            dict(base, cell="bn", candidate="nn", median_ms=10.0),
+            dict(base, cell="bn", candidate="fused", median_ms=13.0)]
+    add_ratios(rows)
+    assert rows[1]["vs_nn"] == pytest.approx(1.1) and rows[1]["vs_nn_paired"] == pytest.approx(1.3)
+    line = next(t for t in target_lines(rows, "cpu") if "1.2x" in t)
+    # ln: 1.1x apart but 1.3x side by side (missed); bn: not paired, its 1.3x apart (missed)
+    assert "met on 0 of 2" in line and "(1 of them timed side by side)" in line
+    assert "ln s float32 1.30x" in line and "bn s float32 1.30x" in line
 
 
 @pytest.mark.slow
