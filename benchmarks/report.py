@@ -163,7 +163,7 @@ def _paired_text(r):
 def meta_lines(meta):
     keys = ("command", "suite", "device_name", "torch", "python", "threads", "git_commit", "dtype_note",
             "fused_backend", "reference_torchscript", "timing", "memory", "floor", "nn_note", "side_by_side", "check",
-            "compile_note", "utc", "load", "wall_s", "interrupted")
+            "compile_note", "utc", "load", "malloc", "wall_s", "interrupted")
     return [f"- {k}: {meta[k]}" for k in keys if k in meta]
 
 

@@ -38,6 +38,8 @@ def test_cli_tiny_suite_end_to_end(tmp_path):
     for key in ("command", "device_name", "torch", "threads", "git_commit", "fused_backend"):
         assert meta[key] not in (None, ""), key
     assert meta["torch"] == torch.__version__ and meta["threads"] == 1
+    # --malloc reuse (the default) re-ran the command with glibc's tunables set
+    assert meta["malloc"].startswith("GLIBC_TUNABLES=") and "--malloc reuse" in meta["malloc"]
     # tiny suite: 2 cells x 4 shapes x 5 candidates x 2 modes
     assert len(rows) == 2 * 4 * 5 * 2
     assert {r["cell"] for r in rows} == {"vanilla", "ln"}
@@ -223,6 +225,8 @@ def test_cli_runs_without_tqdm_and_matplotlib(tmp_path, monkeypatch, capsys):
     res = main(["--suite", "tiny", "--device", "cpu", "--repeats", "1", "--warmup", "1", "--candidates",
                 "nn,floor", "--no-memory", "--modes", "fwd", "--out", str(tmp_path)])
     assert res["plots"] == [] and res["meta"]["plot"].startswith("not drawn:")
+    if "glibc.malloc.mmap_threshold" not in os.environ.get("GLIBC_TUNABLES", ""):
+        assert "--malloc reuse" not in res["meta"]["malloc"]  # called in-process: no re-run, the process's malloc
     assert "tqdm not installed" in capsys.readouterr().err
     data = json.loads((tmp_path / "results.json").read_text())
     assert len(data["results"]) == 2 * 4 * 2 and all(r["status"] == "ok" for r in data["results"])
