@@ -471,11 +471,15 @@ def _side_by_side(cands, w, shape_rows, timer, rounds):
     pair_s = (fused["median_ms"] + nn["median_ms"]) / 1e3
     per_block = max(1, min(4, int(timer.budget_s / (rounds * pair_s)) - 1)) if timer.budget_s > 0 else 4
     calls = {}
-    for c in cands:
-        if c.key in ("fused", "nn"):
-            w.restore_buffers()
-            calls[c.key] = c.prepare(w).callables("fwdbwd", w)
-    res = timer.side_by_side(calls, rounds, per_block)
+    try:
+        for c in cands:
+            if c.key in ("fused", "nn"):
+                w.restore_buffers()
+                calls[c.key] = c.prepare(w).callables("fwdbwd", w)
+        res = timer.side_by_side(calls, rounds, per_block)
+    except Exception as e:  # both ran just before; if this fails anyway, the row says so and the run goes on
+        fused["side_by_side_error"] = first_line(e)
+        return
     fused.update(paired_fused_ms=res["fused"]["median_ms"], paired_nn_ms=res["nn"]["median_ms"],
                  paired_calls=rounds * per_block)
 

@@ -186,6 +186,24 @@ def test_side_by_side_interleaves_blocks():
     assert res["a"]["repeats"] == res["b"]["repeats"] == 6 and res["a"]["first_call_s"] is None
 
 
+def test_side_by_side_failure_is_recorded_not_raised():
+    from benchmarks.cli import _side_by_side
+
+    class Stub:
+        def __init__(self, key, fail):
+            self.key, self.fail = key, fail
+
+        def prepare(self, w):
+            if self.fail:
+                raise RuntimeError("boom")
+            return type("R", (), {"callables": lambda self, mode, w: (lambda: None, None)})()
+
+    w = type("W", (), {"restore_buffers": lambda self: None})()
+    rows = [{"candidate": k, "mode": "fwdbwd", "status": "ok", "median_ms": 1.0} for k in ("fused", "nn")]
+    _side_by_side([Stub("fused", False), Stub("nn", True)], w, rows, Timer(torch.device("cpu"), 1, 1, 1.0), 2)
+    assert rows[0]["side_by_side_error"] == "RuntimeError: boom" and "paired_nn_ms" not in rows[0]
+
+
 def test_targets_take_the_side_by_side_ratio():
     from benchmarks.report import add_ratios, target_lines
     base = {"mode": "fwdbwd", "dtype": "float32", "shape": "s", "T": 1, "B": 2, "I": 3, "H": 4, "status": "ok"}
