@@ -622,16 +622,19 @@ FUSEDRNN_ROW_DISPATCH(add_row, typename T, T)
 // LN-LSTM's fused pre-activation pass (ln_pre_row): LN-LSTM row MNIST fwd+bwd 0.937x, two builds
 // in alternating processes (benchmarks/results/cpu-20261207-s5/ab-ln-rows.txt).
 
-// The values [k, n) of a float32 row layer norm backward's first pass, after the vector steps:
-// into lane j % 8 of s1 (dy gain) and s2 (dy gain vhat); dgain += dy vhat.
-inline void ln_sums_tail(const float* v, const float* dy, int k, int n, const float* gain, float mean, float rstd,
-                         float* dgain, LaneSum<double>& s1, LaneSum<double>& s2) {
+// The end of a float32 row layer norm backward's first pass, after the vector steps: the values
+// [k, n) into lane j % 8 of s1 (dy gain) and s2 (dy gain vhat), dgain += dy vhat; then m1 =
+// mean(dy gain), m2 = mean(dy gain vhat) from the lanes.
+inline void ln_sums_finish(const float* v, const float* dy, int k, int n, const float* gain, float mean, float rstd,
+                           float* dgain, LaneSum<double> s1, LaneSum<double> s2, float* m1, float* m2) {
   for (int j = k; j < n; ++j) {
     const float vhat = (v[j] - mean) * rstd, dyg = dy[j] * gain[j];
     s1.p[j % 8] += double(dyg);
     s2.p[j % 8] += double(dyg * vhat);
     dgain[j] = std::fma(dy[j], vhat, dgain[j]);
   }
+  *m1 = float(s1.total() / double(n));
+  *m2 = float(s2.total() / double(n));
 }
 
 #if FUSEDRNN_X86
@@ -801,12 +804,9 @@ FUSEDRNN_AVX2_TARGET inline void ln_sums_avx2_f32(const float* const* v, const f
       lanes_add(_mm256_mul_ps(dyg, vhat), s2lo[r], s2hi[r]);
       _mm256_storeu_ps(dgain[r] + k, _mm256_fmadd_ps(d, vhat, _mm256_loadu_ps(dgain[r] + k)));
     }
-  for (int r = 0; r < R; ++r) {
-    LaneSum<double> s1 = lanes_of(s1lo[r], s1hi[r]), s2 = lanes_of(s2lo[r], s2hi[r]);
-    ln_sums_tail(v[r], dy[r], k, n, gain[r], st[2 * r], st[2 * r + 1], dgain[r], s1, s2);
-    m1[r] = float(s1.total() / double(n));
-    m2[r] = float(s2.total() / double(n));
-  }
+  for (int r = 0; r < R; ++r)
+    ln_sums_finish(v[r], dy[r], k, n, gain[r], st[2 * r], st[2 * r + 1], dgain[r], lanes_of(s1lo[r], s1hi[r]),
+                   lanes_of(s2lo[r], s2hi[r]), m1 + r, m2 + r);
 }
 
 // x's 8 floats converted to double and added into the 8 lanes s.
@@ -817,7 +817,7 @@ FUSEDRNN_AVX512_TARGET FUSEDRNN_ALWAYS_INLINE __m512d lanes_add8(__m256 x, __m51
 // The same first pass, the same values, 16 values a step on zmm registers: each sum's 8 lanes in
 // one register, taking the first 8 values, then the next 8 (the lanes' order of the ymm version,
 // whose extracts and conversions of two halves take twice the port-5 operations); the last n % 16
-// values go through ln_sums_tail, into the same lanes in the same order.
+// values go through ln_sums_finish, into the same lanes in the same order.
 template <int R>
 FUSEDRNN_AVX512_TARGET inline void ln_sums_avx512_f32(const float* const* v, const float* const* dy, int n,
                                                       const float* const* gain, const float* st,
@@ -844,9 +844,7 @@ FUSEDRNN_AVX512_TARGET inline void ln_sums_avx512_f32(const float* const* v, con
     LaneSum<double> a, b;
     _mm512_storeu_pd(a.p, s1[r]);
     _mm512_storeu_pd(b.p, s2[r]);
-    ln_sums_tail(v[r], dy[r], k, n, gain[r], st[2 * r], st[2 * r + 1], dgain[r], a, b);
-    m1[r] = float(a.total() / double(n));
-    m2[r] = float(b.total() / double(n));
+    ln_sums_finish(v[r], dy[r], k, n, gain[r], st[2 * r], st[2 * r + 1], dgain[r], a, b, m1 + r, m2 + r);
   }
 }
 
