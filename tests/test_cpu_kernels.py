@@ -140,25 +140,6 @@ def test_rows_split_with_input_projection_before_the_loop(monkeypatch, spec, dty
     compare(spec, x, state, p, training=False)
 
 
-@pytest.mark.parametrize("where", ["loop", "after"])
-@pytest.mark.parametrize("members", ["1", "2", "3"])
-@pytest.mark.parametrize("spec", [CellSpec("lstm"), CellSpec("lstm", "fgr"), CellSpec("lstm", norm="layer"),
-                                  CellSpec("lstm", "peephole", "batch"), CellSpec("lstm", "cifg", "layer_per_gate")],
-                         ids=spec_id)
-def test_weight_grads_in_and_after_the_loop(monkeypatch, spec, members, where):
-    """float32 layers whose members own rows compute dW_ih and dW_hh step by step in the
-    backward loop (csrc/cpu/gemm.h StepWeightGrads) or as GEMMs after it, whichever
-    StepWeightGrads::chosen picks (after it where the large GEMMs run on AMX);
-    FUSEDRNN_WEIGHT_GRADS forces either, so both run on every CPU with fusedrnn's AVX-512 kernel
-    (elsewhere both are the GEMMs after the loop). B = 8 rows split 3/3/2, finishing at different
-    steps; the kernel-sized shapes test covers products past one k block."""
-    monkeypatch.setenv("FUSEDRNN_WEIGHT_GRADS", where)
-    monkeypatch.setenv("FUSEDRNN_CPU_TEAM", members)
-    monkeypatch.setenv("FUSEDRNN_CPU_SPLIT", "rows")
-    x, state, p = make_layer(spec, 5, 8, 3, 20, torch.float32, seed=9)
-    compare(spec, x, state, p, lengths=torch.tensor([5, 3, 4, 1, 4, 4, 3, 2]), training=True, t0=1)
-
-
 @pytest.mark.parametrize("mode", ["0", "loop"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("spec", [CellSpec("lstm", "fgr", "layer"), PROJECTED, CellSpec("gru"), CellSpec("rnn_tanh")],
@@ -203,6 +184,30 @@ def _cpu_has_amx() -> bool:
 
 
 needs_amx = pytest.mark.skipif(not _cpu_has_amx(), reason="the CPU has no AMX bf16 tiles")
+
+
+@pytest.mark.parametrize("large", ["avx512", pytest.param("amx", marks=needs_amx)])
+@pytest.mark.parametrize("where", ["loop", "after"])
+@pytest.mark.parametrize("members", ["1", "2", "3"])
+@pytest.mark.parametrize("spec", [CellSpec("lstm"), CellSpec("lstm", "fgr"), CellSpec("lstm", norm="layer"),
+                                  CellSpec("lstm", "peephole", "batch"), CellSpec("lstm", "cifg", "layer_per_gate")],
+                         ids=spec_id)
+def test_weight_grads_in_and_after_the_loop(monkeypatch, spec, members, where, large):
+    """float32 layers whose members own rows compute dW_ih and dW_hh step by step in the
+    backward loop (csrc/cpu/gemm.h StepWeightGrads) or as GEMMs after it, whichever
+    StepWeightGrads::chosen picks; FUSEDRNN_WEIGHT_GRADS forces either, so both run on every CPU
+    with fusedrnn's AVX-512 kernel (elsewhere both are the GEMMs after the loop), and
+    FUSEDRNN_LARGE_GEMM picks the loop's products: the AVX-512 kernel, or the AMX tiles (dG packed
+    step by step, an odd row count padded with a zero row). B = 8 rows split 3/3/2, finishing at
+    different steps; T = 21 gives the AMX stages (8 steps of 4 k, the 2-row member's 4 of them
+    zero) two full runs and a partial one; the kernel-sized shapes test covers products past one
+    k block."""
+    monkeypatch.setenv("FUSEDRNN_WEIGHT_GRADS", where)
+    monkeypatch.setenv("FUSEDRNN_LARGE_GEMM", large)
+    monkeypatch.setenv("FUSEDRNN_CPU_TEAM", members)
+    monkeypatch.setenv("FUSEDRNN_CPU_SPLIT", "rows")
+    x, state, p = make_layer(spec, 21, 8, 3, 20, torch.float32, seed=9)
+    compare(spec, x, state, p, lengths=torch.tensor([21, 3, 14, 1, 20, 9, 17, 2]), training=True, t0=1)
 
 
 @pytest.mark.parametrize("large", ["avx512", pytest.param("amx", marks=needs_amx)])

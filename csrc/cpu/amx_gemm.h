@@ -139,18 +139,48 @@ FUSEDRNN_AMX_TARGET inline void pack_a(const float* a, int64_t sa, int64_t sk, i
     }
 }
 
-// k pair pr of k block kb, column block nb of b packed (pack_b).
-FUSEDRNN_AMX_TARGET inline void pack_pair(const float* b, int64_t bk, int64_t bn, int64_t K, int64_t N, int64_t nb,
-                                          int64_t kb, int pr, bf16* out) {
+// One k pair of a packed b's 16-column block into its place t: rows r0 and r1 (16 values of
+// each at a stride, `n` of them valid; a null row: zeros).
+FUSEDRNN_AMX_TARGET inline void pack_pair_rows(const float* r0, const float* r1, int64_t stride, int64_t n, bf16* t) {
   __m256i p[2][3];
-  for (int e = 0; e < 2; ++e) {
-    const int64_t k = kb * 32 + pr * 2 + e;
-    split3(k < K ? load16(b + k * bk + nb * 16 * bn, bn, N - nb * 16) : _mm512_setzero_ps(), p[e]);
-  }
-  bf16* t = out + (nb * blocks32(K) + kb) * kBlockElems + pr * 32;
+  const float* r[2] = {r0, r1};
+  for (int e = 0; e < 2; ++e) split3(r[e] ? load16(r[e], stride, n) : _mm512_setzero_ps(), p[e]);
   for (int part = 0; part < 3; ++part) {  // k even in the low half of each 32-bit pair
     const __m512i lo = _mm512_cvtepu16_epi32(p[0][part]), hi = _mm512_cvtepu16_epi32(p[1][part]);
     _mm512_storeu_si512(t + part * kTileElems, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+  }
+}
+
+// Where k pair pr of k block kb of 16-column block nb lies in a packed b of kb_all k blocks.
+inline int64_t pair_offset(int64_t nb, int64_t kb, int64_t pr, int64_t kb_all) {
+  return (nb * kb_all + kb) * kBlockElems + pr * 32;
+}
+
+// k pair pr of k block kb, column block nb of b packed (pack_b).
+FUSEDRNN_AMX_TARGET inline void pack_pair(const float* b, int64_t bk, int64_t bn, int64_t K, int64_t N, int64_t nb,
+                                          int64_t kb, int pr, bf16* out) {
+  const float* r[2];
+  for (int e = 0; e < 2; ++e) {
+    const int64_t k = kb * 32 + pr * 2 + e;
+    r[e] = k < K ? b + k * bk + nb * 16 * bn : nullptr;
+  }
+  pack_pair_rows(r[0], r[1], bn, N - nb * 16, out + pair_offset(nb, kb, pr, blocks32(K)));
+}
+
+// Rows [0, rows) of a row-major b (row stride bk, N columns) into a packed b of kb_all k blocks at
+// k = k0 (even), as k0 + [0, pairs) pairs: rows past `rows` (an odd count's last pair) are zeros.
+// The step-by-step weight gradients' staging (gemm.h StepWeightGrads): each step's rows are
+// packed where they land, while they are in cache. b null: zeros only.
+FUSEDRNN_AMX_TARGET inline void pack_b_rows(const float* b, int64_t bk, int64_t N, int64_t rows, int64_t k0,
+                                            int64_t pairs, int64_t kb_all, bf16* out) {
+  const int64_t nbs = 2 * blocks32(N);
+  for (int64_t q = 0; q < pairs; ++q) {
+    const int64_t p = k0 / 2 + q;
+    const float* r0 = b && 2 * q < rows ? b + 2 * q * bk : nullptr;
+    const float* r1 = b && 2 * q + 1 < rows ? b + (2 * q + 1) * bk : nullptr;
+    for (int64_t nb = 0; nb < nbs; ++nb)
+      pack_pair_rows(r0 ? r0 + nb * 16 : nullptr, r1 ? r1 + nb * 16 : nullptr, 1, N - nb * 16,
+                     out + pair_offset(nb, p / 16, p % 16, kb_all));
   }
 }
 

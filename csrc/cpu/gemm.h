@@ -286,9 +286,10 @@ inline void gemm_out(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, 
 // against 12.77 / 15.50 / 18.19 (and 13.36 / 16.57 / 18.98), pixel MNIST LSTM / BN 111.7 /
 // 182.3 against 104.6 / 175.4 (and 103.6 / 179.9).
 // Where the large GEMMs run on the AMX tiles (recurrent_gemm.h large_gemm), about 1.6x the
-// AVX-512 kernel's rate on the weight gradients, the GEMMs after the loop win back more than the
-// kept gate gradients cost, up to a size: chosen() keeps the weight gradients in the loop there
-// only when the gate-gradient buffers the GEMMs after it would read exceed 32 MiB. Measured on
+// AVX-512 kernel's rate on the weight gradients, the loop's products run on the tiles too
+// (on_amx: C_j^T = X^T dG, dG packed as it lands, see init_amx); with the AVX-512 kernel's
+// products in the loop the GEMMs after it won back more than the kept gate gradients cost, up to
+// 32 MiB kept, and the AMX ones win on the shapes chosen() names. Measured then (AVX-512 loop) on
 // the 2-core Intel Xeon with AMX, fwd+bwd, blocks of calls alternating with a temporary switch,
 // after / in the loop (LSTM, LN-LSTM; B = 32 and 128: the default benchmark suite's sweep points):
 // (25, 32, 128, 128) 0.72 / 0.82 (BN-LSTM 0.80), (50, 32, 128, 128) 0.84, (100, 32, 128, 128)
@@ -306,9 +307,29 @@ class StepWeightGrads {
 #endif
   }
 
+  // Whether the products run on the AMX tiles (where the large GEMMs do), else on the AVX-512
+  // kernel.
+  static bool on_amx() {
+#if FUSEDRNN_HAS_AVX512_KERNEL && FUSEDRNN_HAS_AMX
+    return mkl::large_gemm() == mkl::LargeGemm::kAmx;
+#else
+    return false;
+#endif
+  }
+
   // Whether a layer whose members own rows computes its weight gradients in the loop; kept_bytes:
-  // the gate gradients of every step that the GEMMs after the loop would read instead.
-  static bool chosen(at::ScalarType dt, int64_t kept_bytes) {
+  // the gate gradients of every step that the GEMMs after the loop would read instead; rows: a
+  // member's rows per step; two: two gate gradients (dxw and dhw: LN, BN).
+  // Where the AMX tiles run both, the loop's products (on_amx) win where the kept gate gradients
+  // take 4 MiB or more and members have at least 32 rows a step or the layer two gate gradients.
+  // Measured fwd+bwd, blocks of calls alternating with FUSEDRNN_WEIGHT_GRADS=loop against the
+  // GEMMs after the loop (benchmarks/results/cpu-20261207-s5/ab_env.py), loop / after, LSTM /
+  // LN / BN: row MNIST 0.986 / 0.990 / 0.995, (50, 128, 128, 128) 0.965 / 0.927 / 0.895,
+  // (100, 32, 128, 128) 1.031 / 0.961 / 0.945, (50, 32, 128, 128) 1.060 / 0.987 / 0.979,
+  // (25, 32, 128, 128) 1.119 / 1.065 / 1.061, (50, 32, 64, 64) 0.986 / 0.975 / 0.985; pixel
+  // MNIST (in the loop either way) the AVX-512 kernel's products 1.022 / 1.008 / 1.008 of the
+  // AMX ones.
+  static bool chosen(at::ScalarType dt, int64_t kept_bytes, int64_t rows, bool two) {
     if (!available(dt)) return false;
     if (const char* env = std::getenv("FUSEDRNN_WEIGHT_GRADS")) {
       const std::string v(env);
@@ -316,17 +337,25 @@ class StepWeightGrads {
                   "FUSEDRNN_WEIGHT_GRADS must be 'loop', 'after' or 'auto', got '", v, "'");
       if (v != "auto") return v == "loop";
     }
-    return mkl::large_gemm() != mkl::LargeGemm::kAmx || kept_bytes > (int64_t(32) << 20);
+    if (mkl::large_gemm() != mkl::LargeGemm::kAmx || kept_bytes > (int64_t(32) << 20)) return true;
+    return kept_bytes >= (int64_t(4) << 20) && (rows >= 32 || two);
   }
 
   // M: dG's width (the gate columns); N[j]: product j's X width; max_rows: the most rows a
   // member adds per step.
   StepWeightGrads(int64_t members, int64_t M, std::vector<int64_t> N, int64_t max_rows, const at::TensorOptions& opts)
-      : M_(M), N_(std::move(N)), max_rows_(max_rows), members_(members),
-        steps_(std::max<int64_t>(1, kStageRows / std::max<int64_t>(max_rows, 1))) {
+      : M_(M), N_(std::move(N)), max_rows_(max_rows), members_(members), amx_(on_amx()) {
 #if FUSEDRNN_HAS_AVX512_KERNEL
     const auto f32 = opts.dtype(at::kFloat);
-    const int64_t J = int64_t(N_.size()), K = steps_ * max_rows;
+    const int64_t J = int64_t(N_.size());
+    staged_.assign(J * members, 0);
+    rows_.assign(J * members, 0);
+    if (amx_) {
+      init_amx(opts);
+      return;
+    }
+    steps_ = std::max<int64_t>(1, kStageRows / std::max<int64_t>(max_rows, 1));
+    const int64_t K = steps_ * max_rows;
     a_ = at::empty({J, members, M * K}, f32);
     int64_t widest = 0;
     for (int64_t n : N_) {
@@ -334,8 +363,6 @@ class StepWeightGrads {
       widest = std::max(widest, avx512::panels(n) * avx512::kNR);
     }
     b_ = at::empty({J, members, widest * K}, f32);
-    staged_.assign(J * members, 0);
-    rows_.assign(J * members, 0);
 #else
     (void)opts;
 #endif
@@ -349,11 +376,16 @@ class StepWeightGrads {
     TORCH_CHECK(rows <= max_rows_, "fusedrnn: StepWeightGrads: ", rows, " rows, sized for ", max_rows_);
 #if FUSEDRNN_HAS_AVX512_KERNEL
     if (rows == 0) return;
-    const int64_t slot = int64_t(j) * members_ + m, s = staged_[slot], K = steps_ * rows;
+    const int64_t slot = int64_t(j) * members_ + m, s = staged_[slot];
     TORCH_CHECK(s == 0 || rows_[slot] == rows, "fusedrnn: StepWeightGrads: rows changed between steps");
-    avx512::pack_a(dg, 1, ldg, M_, rows, 0, avx512::row_tiles(M_), a_part(m, j), s * rows, K);
-    avx512::pack(x, ldx, 1, rows, N_[j], 0, avx512::panels(N_[j]), b_part(m, j), s * rows, K);
     rows_[slot] = rows;
+    if (amx_) {
+      add_amx(slot, j, dg, ldg, x, ldx, rows);
+    } else {
+      const int64_t K = steps_ * rows;
+      avx512::pack_a(dg, 1, ldg, M_, rows, 0, avx512::row_tiles(M_), a_part(m, j), s * rows, K);
+      avx512::pack(x, ldx, 1, rows, N_[j], 0, avx512::panels(N_[j]), b_part(m, j), s * rows, K);
+    }
     if (++staged_[slot] == steps_) flush(m, j);
 #else
     (void)m; (void)j; (void)dg; (void)ldg; (void)x; (void)ldx; (void)rows;
@@ -366,7 +398,9 @@ class StepWeightGrads {
     for (int64_t m = 0; m < members_; ++m) flush(m, j);
     if (n < 0) n = N_[j] - lo;
     at::Tensor out = cached_empty({M_, n}, acc_[j].options());
-    return at::sum_out(out, acc_[j].narrow(2, lo, n), 0);
+    if (amx_) out.copy_(at::sum(acc_[j].narrow(1, lo, n), 0).t());  // the members' C_j^T
+    else at::sum_out(out, acc_[j].narrow(2, lo, n), 0);
+    return out;
   }
   int64_t max_rows() const { return max_rows_; }
 
@@ -379,6 +413,8 @@ class StepWeightGrads {
 #if FUSEDRNN_HAS_AVX512_KERNEL
     const int64_t slot = int64_t(j) * members_ + m, s = staged_[slot];
     if (s == 0) return;
+    staged_[slot] = 0;
+    if (amx_) return flush_amx(m, j, s);
     const int64_t N = N_[j], rows = rows_[slot], K = steps_ * rows;
     float* a = a_part(m, j);
     float* b = b_part(m, j);
@@ -395,7 +431,6 @@ class StepWeightGrads {
     }
     avx512::gemm(a, 0, M_, 0, avx512::row_tiles(M_), b, K, 0, N, acc_[j].data_ptr<float>() + m * M_ * N, N,
                  /*accumulate=*/true);
-    staged_[slot] = 0;
 #else
     (void)m; (void)j;
 #endif
@@ -405,12 +440,85 @@ class StepWeightGrads {
   float* a_part(int64_t m, size_t j) { return a_.data_ptr<float>() + (int64_t(j) * members_ + m) * a_.size(2); }
   float* b_part(int64_t m, size_t j) { return b_.data_ptr<float>() + (int64_t(j) * members_ + m) * b_.size(2); }
 
+  // On the AMX tiles each member accumulates C_j^T [N_j, M] += X^T dG (amx_gemm.h): dG, the
+  // wide operand, is packed as b where each step's rows land in the stage (pairs of rows, while
+  // they are in the member's cache; an odd row count gets a zero row), X's rows are kept as
+  // floats and packed as a (X^T) when the stage runs, about 128-192 k (kAmxStage).
+  static constexpr int64_t kAmxStage = 192;
+
+  void init_amx(const at::TensorOptions& opts) {
+#if FUSEDRNN_HAS_AVX512_KERNEL && FUSEDRNN_HAS_AMX
+    const int64_t J = int64_t(N_.size());
+    rows2_ = max_rows_ + (max_rows_ & 1);
+    // steps per stage: the least padding of k to whole 32-blocks, k at most kAmxStage
+    steps_ = 1;
+    auto waste = [&](int64_t s) { return double(32 * amx::blocks32(s * rows2_)) / double(s * rows2_); };
+    for (int64_t s = 2; s * rows2_ <= kAmxStage; ++s)
+      if (waste(s) < waste(steps_) - 1e-9) steps_ = s;
+    const int64_t Ks = steps_ * rows2_;
+    kb_all_ = amx::blocks32(Ks);
+    int64_t widest = 0;
+    for (int64_t n : N_) {
+      acc_.push_back(at::zeros({members_, n, M_}, opts.dtype(at::kFloat)));
+      widest = std::max(widest, n);
+    }
+    const auto i16 = opts.dtype(at::kShort);
+    bpk_ = cached_empty({J * members_ * amx::packed_elems(M_, Ks)}, i16);
+    apk_ = cached_empty({members_ * amx::packed_elems(widest, Ks)}, i16);
+    xs_ = cached_empty({J * members_ * Ks * widest}, opts.dtype(at::kFloat));
+#else
+    (void)opts;
+#endif
+  }
+
+#if FUSEDRNN_HAS_AVX512_KERNEL && FUSEDRNN_HAS_AMX
+  amx::bf16* b_amx(int64_t slot) {
+    return reinterpret_cast<amx::bf16*>(bpk_.data_ptr<int16_t>()) + slot * amx::packed_elems(M_, steps_ * rows2_);
+  }
+  float* x_stage(int64_t slot) { return xs_.data_ptr<float>() + slot * (xs_.numel() / staged_.size()); }
+#endif
+
+  void add_amx(int64_t slot, size_t j, const float* dg, int64_t ldg, const float* x, int64_t ldx, int64_t rows) {
+#if FUSEDRNN_HAS_AVX512_KERNEL && FUSEDRNN_HAS_AMX
+    const int64_t r2 = rows + (rows & 1), k0 = staged_[slot] * r2, N = N_[j];
+    amx::pack_b_rows(dg, ldg, M_, rows, k0, r2 / 2, kb_all_, b_amx(slot));
+    float* xs = x_stage(slot) + k0 * N;
+    for (int64_t r = 0; r < rows; ++r) std::copy_n(x + r * ldx, N, xs + r * N);
+    if (r2 > rows) std::fill_n(xs + rows * N, N, 0.0f);
+#else
+    (void)slot; (void)j; (void)dg; (void)ldg; (void)x; (void)ldx; (void)rows;
+#endif
+  }
+
+  // The products of member m's s staged steps of product j.
+  void flush_amx(int64_t m, size_t j, int64_t s) {
+#if FUSEDRNN_HAS_AVX512_KERNEL && FUSEDRNN_HAS_AMX
+    const int64_t slot = int64_t(j) * members_ + m, r2 = rows_[slot] + (rows_[slot] & 1), K = s * r2;
+    const int64_t N = N_[j], KB = amx::blocks32(K);
+    amx::bf16* pb = b_amx(slot);
+    // zeros in the pairs past K to the end of its last 32-block (never written, or an earlier
+    // stage's: a partial last stage, or a member with fewer rows than the widest)
+    amx::pack_b_rows(nullptr, 0, M_, 0, K, 16 * KB - K / 2, kb_all_, pb);
+    amx::bf16* pa = reinterpret_cast<amx::bf16*>(apk_.data_ptr<int16_t>()) + m * (apk_.numel() / members_);
+    amx::pack_a(x_stage(slot), 1, N, N, K, 0, amx::blocks32(N), pa, KB);
+    amx::with_tiles([&] {
+      amx::gemm({pa, KB}, {pb, kb_all_}, KB, N, M_, 0, amx::blocks32(N), 0, amx::blocks32(M_),
+                acc_[j].data_ptr<float>() + m * N * M_, M_, nullptr, /*accumulate=*/true);
+    });
+#else
+    (void)m; (void)j; (void)s;
+#endif
+  }
+
   int64_t M_;
   std::vector<int64_t> N_;
-  int64_t max_rows_, members_, steps_;
+  int64_t max_rows_, members_, steps_ = 1;
+  bool amx_;
   at::Tensor a_, b_;
   std::vector<at::Tensor> acc_;
   std::vector<int64_t> staged_, rows_;
+  int64_t rows2_ = 0, kb_all_ = 0;  // AMX: rows per step rounded up to even, k blocks of a stage
+  at::Tensor bpk_, apk_, xs_;        // AMX: packed dG (b), packed X^T (a, one per member), X's rows
 };
 
 // a @ b into a cached buffer (pool.h).

@@ -12,9 +12,9 @@
 // backward runs their part after it; under the row split each member's partials of step t join
 // the hh part's at its barrier, forward and backward.
 // Backward mirrors it in reverse time; dW_ih, dW_hh, dW_fgr, dW_hr and dx are large GEMMs after
-// the loop, except where members own rows: then dx, and for float32 on the AVX-512 kernel dW_ih
-// and dW_hh unless they run on the AMX tiles after the loop, are computed step by step in the
-// loop (gemm.h StepWeightGrads::chosen).
+// the loop, except where members own rows: then dx, and for float32 on the AVX-512 kernel or the
+// AMX tiles dW_ih and dW_hh where StepWeightGrads::chosen says (gemm.h), are computed step by
+// step in the loop.
 // Projection (torch.nn.LSTM's proj_size, vanilla LSTM without norm): the row pass writes m_t =
 // o * tanh(c_t), and one more product per step, h_t = m_t W_hr^T (packed once like W_hh), gives
 // the output and the recurrent state, R = P wide; backward starts each step with
@@ -954,11 +954,16 @@ T17 lstm_bwd_cpu(
   const LstmTeam plan = lstm_team(B, w_hh, w_hr);
   const int64_t members = plan.n;
   // Where members own rows the loop computes dx step by step, and with float32 on the AVX-512
-  // kernel dW_ih and dW_hh too, unless the AMX tiles take them after it (StepWeightGrads::chosen).
+  // kernel or the AMX tiles dW_ih and dW_hh too where StepWeightGrads::chosen says.
   at::Tensor dx = owns_rows(plan) ? cached_empty({T, B, I}, opts) : at::Tensor();
   std::optional<StepWeightGrads> wg;
+  int64_t most = 0;  // a member's rows
+  for (int64_t m = 0; m < members; ++m) {
+    const auto [lo, hi] = split(B, members, m);
+    most = std::max(most, hi - lo);
+  }
   const bool weights_in_loop =
-      owns_rows(plan) && StepWeightGrads::chosen(dt, (two ? 2 : 1) * T * B * GH * x.element_size());
+      owns_rows(plan) && StepWeightGrads::chosen(dt, (two ? 2 : 1) * T * B * GH * x.element_size(), most, two);
   // Every row of the gate gradients is written by the backward loop (zeros at finished steps).
   // They keep every step only where something after the loop reads them (dW_ih and dW_hh, unless
   // weights_in_loop; under the column split dx and batch norm's ih part; FGR's dW_fgr reads
@@ -976,11 +981,6 @@ T17 lstm_bwd_cpu(
   at::Tensor dxw = xw_is_dpre ? dpre : gate_grads(all.dxw);
   at::Tensor dhw = two ? gate_grads(all.dhw) : dxw;
   if (weights_in_loop) {
-    int64_t most = 0;
-    for (int64_t m = 0; m < members; ++m) {
-      const auto [lo, hi] = split(B, members, m);
-      most = std::max(most, hi - lo);
-    }
     wg.emplace(members, GH, two ? std::vector<int64_t>{I, R} : std::vector<int64_t>{I + R}, most, opts);
   }
   ThreadAcc acc_bias(members, has_bias ? GH : 0, opts), acc_peep(members, fl.num_peep * H, opts),
