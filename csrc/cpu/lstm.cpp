@@ -755,13 +755,13 @@ void lstm_backward(const LstmBwdParams<T>& p, const DgSteps& all, const at::Tens
   // Batch norm under the row split: per member its rows' partial sums of the backward
   // [cell s1 H | cell s2 H | hh s1 GH | hh s2 GH | ih s1 GH | ih s2 GH], its gain gradients
   // [dg_cell H | db_cell H | dg_hh GH | dg_ih GH] (summed after the loop) and scratch for the
-  // combined means. All three norms of a step run in the loop: the ih part's sums come from the
+  // apply's coefficients. All three norms of a step run in the loop: the ih part's sums come from the
   // same rows of dpre_t as the hh part's, so they share its barrier, and dxw_t is then written
   // while dpre_t is in the member's cache (and dx can follow, as without batch norm).
   const bool bn_rows = NORM == kNormBatch && owns_rows(plan);
   const int64_t QW = 2 * (2 * GH + H);
   std::vector<double> bn_q(bn_rows ? n * QW : 0);
-  std::vector<T> bn_scr(bn_rows ? n * 2 * GH : 0);
+  std::vector<T> bn_scr(bn_rows ? n * 3 * GH : 0);
   ThreadAcc bn_dg(n, bn_rows ? 2 * H + 2 * GH : 0, opts);
   enum BnPart { kBnCell, kBnHh, kBnIh };
   // Row split: member m's partial sums over its rows of one norm (in bn_q at the norm's offset).
@@ -785,7 +785,7 @@ void lstm_backward(const LstmBwdParams<T>& p, const DgSteps& all, const at::Tens
   // part's dpre -> dhw, the ih part's dpre -> dxw (in place unless FGR keeps dpre; after hh).
   auto bn_apply = [&](int64_t t, int64_t m, int64_t lo, int64_t hi, BnPart part) {
     const T* st = p.stats + t * SW;
-    T* scr = bn_scr.data() + m * 2 * GH;
+    T* scr = bn_scr.data() + m * 3 * GH;
     if (part == kBnCell) {
       bn_apply_bwd_run<T>(p.cs + t * B * H, static_cast<const T*>(dcnp), dcnp, B, lo, hi, H, L, t, p.training,
                           st + 2 * GH, static_cast<const T*>(bn_rstd.data() + t * NB + 2 * GH), p.g_cell,

@@ -465,24 +465,57 @@ FUSEDRNN_ALWAYS_INLINE void bn_partial_bwd(const T* v, const T* dy, int64_t ld, 
   else blocks(std::false_type());
 }
 
-// Backward of rows [lo, hi), columns [k0, k1): dy -> dv (may alias dy), given m1 = mean(dy gain)
-// and m2 = mean(dy gain vhat) over the step's active rows (indexed from k0, in T: converted
-// once per column, not per element).
+// Backward of rows [lo, hi), columns [k0, k1): dy -> dv (may alias dy) as dv = a dy + b (v -
+// mean) + e, each column's coefficients from norm_bwd_coefs (a, b, e indexed from k0), two
+// active rows at a time so that a column's four constants are read once per pair. Row MNIST
+// BN-LSTM fwd+bwd, two builds in alternating processes: see bn_apply_bwd.
 template <typename T>
 FUSEDRNN_ALWAYS_INLINE void bn_bwd_rows(const T* v, const T* dy, T* dv, int64_t ld, int64_t lo, int64_t hi,
-                                        int64_t k0, int64_t k1, const int64_t* lengths, int64_t t, bool training,
-                                        const T* mean, const T* rstd, const T* gain, const T* m1, const T* m2) {
-  for (int64_t b = lo; b < hi; ++b) {
-    if (!active(lengths, b, t)) continue;
-    const T* vr = v + b * ld;
-    const T* gr = dy + b * ld;
-    T* dr = dv + b * ld;
-    if (training) {
-      for (int64_t k = k0; k < k1; ++k)
-        dr[k] = norm_bwd(gr[k] * gain[k], (vr[k] - mean[k]) * rstd[k], rstd[k], m1[k - k0], m2[k - k0]);
-    } else {
-      for (int64_t k = k0; k < k1; ++k) dr[k] = rstd[k] * (gr[k] * gain[k]);
+                                        int64_t k0, int64_t k1, const int64_t* lengths, int64_t t,
+                                        const T* mean, const T* a, const T* b, const T* e) {
+  const int64_t w = k1 - k0;
+  const T* mk = mean + k0;
+  auto next = [&](int64_t r) {
+    while (r < hi && !active(lengths, r, t)) ++r;
+    return r;
+  };
+  for (int64_t r0 = next(lo); r0 < hi;) {
+    const int64_t r1 = next(r0 + 1);
+    const T* v0 = v + r0 * ld + k0;
+    const T* g0 = dy + r0 * ld + k0;
+    T* d0 = dv + r0 * ld + k0;
+    if (r1 == hi) {
+#pragma GCC ivdep
+      for (int64_t k = 0; k < w; ++k) d0[k] = a[k] * g0[k] + b[k] * (v0[k] - mk[k]) + e[k];
+      break;
     }
+    const T* v1 = v + r1 * ld + k0;
+    const T* g1 = dy + r1 * ld + k0;
+    T* d1 = dv + r1 * ld + k0;
+#pragma GCC ivdep
+    for (int64_t k = 0; k < w; ++k) {
+      const T ak = a[k], bk = b[k], ek = e[k], m = mk[k];
+      const T x0 = ak * g0[k] + bk * (v0[k] - m) + ek;
+      const T x1 = ak * g1[k] + bk * (v1[k] - m) + ek;
+      d0[k] = x0;
+      d1[k] = x1;
+    }
+    r0 = next(r1 + 1);
+  }
+}
+
+// The coefficients of bn_bwd_rows for columns [k0, k0 + w) (out: a, b and e at out, out + ldo,
+// out + 2 ldo) from the step's sums s1 = sum dy gain and s2 = sum dy gain vhat over its n active
+// rows (s1[j], s2 at s1 + ld2); eval: no sums, the running statistics' a = rstd gain only.
+template <typename T>
+FUSEDRNN_ALWAYS_INLINE void bn_bwd_coefs(int64_t k0, int64_t w, bool training, const T* rstd, const T* gain,
+                                         const double* s1, int64_t ld2, int64_t n, T* out, int64_t ldo) {
+  for (int64_t j = 0; j < w; ++j) {
+    const T m1 = training ? T(s1[j] / double(n)) : T(0), m2 = training ? T(s1[ld2 + j] / double(n)) : T(0);
+    const NormBwdCoefs<T> c = norm_bwd_coefs(rstd[k0 + j], gain[k0 + j], m1, m2);
+    out[j] = c.a;
+    out[ldo + j] = training ? c.b : T(0);
+    out[2 * ldo + j] = training ? c.e : T(0);
   }
 }
 
@@ -497,18 +530,16 @@ FUSEDRNN_ALWAYS_INLINE void bn_column_bwd(const T* v, const T* dy, T* dv, int64_
   bn_partial_bwd(v, dy, N, 0, B, k0, k1, lengths, t, mean, rstd, gain, acc, dgain, dbias);
   const int64_t n = active_count(lengths, 0, B, t);
   if (n == 0) return;
-  bn_blocks(k0, k1, [&](auto, int64_t k, int64_t wb) FUSEDRNN_LAMBDA_INLINE {  // the means, once per column
-    T m1[kBnBlock], m2[kBnBlock];
-    for (int64_t j = 0; j < wb; ++j) {
-      m1[j] = T(acc[k - k0 + j] / double(n));
-      m2[j] = T(acc[w + k - k0 + j] / double(n));
-    }
-    bn_bwd_rows(v, dy, dv, N, 0, B, k, k + wb, lengths, t, training, mean, rstd, gain, m1, m2);
+  bn_blocks(k0, k1, [&](auto, int64_t k, int64_t wb) FUSEDRNN_LAMBDA_INLINE {  // coefficients once per column
+    T c[3 * kBnBlock];
+    bn_bwd_coefs(k, wb, training, rstd, gain, acc + (k - k0), w, n, c, wb);
+    bn_bwd_rows(v, dy, dv, N, 0, B, k, k + wb, lengths, t, mean, static_cast<const T*>(c),
+                static_cast<const T*>(c + wb), static_cast<const T*>(c + 2 * wb));
   });
 }
 
 // Row split, backward of rows [lo, hi) from the members' bn_partial_bwd sums (part m at parts +
-// m * stride, over all N columns). scratch: 2N values.
+// m * stride, over all N columns). scratch: 3N values (bn_bwd_rows' coefficients).
 template <typename T>
 FUSEDRNN_ALWAYS_INLINE void bn_apply_bwd(const T* v, const T* dy, T* dv, int64_t B, int64_t lo, int64_t hi, int64_t N,
                                          const int64_t* lengths, int64_t t, bool training, const T* mean,
@@ -522,22 +553,19 @@ FUSEDRNN_ALWAYS_INLINE void bn_apply_bwd(const T* v, const T* dy, T* dv, int64_t
   bn_blocks(0, N, [&](auto fixed, int64_t k, int64_t wb) FUSEDRNN_LAMBDA_INLINE {
     constexpr int W = decltype(fixed)::value;
     const int64_t nb = W ? W : wb;
-    double a[kBnBlock], c[kBnBlock];
-    for (int64_t j = 0; j < nb; ++j) a[j] = c[j] = 0.0;
+    double sums[2 * kBnBlock];
+    for (int64_t j = 0; j < 2 * kBnBlock; ++j) sums[j] = 0.0;
     for (int64_t m = 0; m < members; ++m) {
       const double* pm = parts + m * stride + k;
       for (int64_t j = 0; j < nb; ++j) {
-        a[j] += pm[j];
-        c[j] += pm[N + j];
+        sums[j] += pm[j];
+        sums[kBnBlock + j] += pm[N + j];
       }
     }
-    for (int64_t j = 0; j < nb; ++j) {
-      scratch[k + j] = T(a[j] / double(n));
-      scratch[N + k + j] = T(c[j] / double(n));
-    }
+    bn_bwd_coefs(k, nb, training, rstd, gain, static_cast<const double*>(sums), kBnBlock, n, scratch + k, N);
   });
-  bn_bwd_rows(v, dy, dv, N, lo, hi, 0, N, lengths, t, training, mean, rstd, gain, static_cast<const T*>(scratch),
-              static_cast<const T*>(scratch + N));
+  bn_bwd_rows(v, dy, dv, N, lo, hi, 0, N, lengths, t, mean, static_cast<const T*>(scratch),
+              static_cast<const T*>(scratch + N), static_cast<const T*>(scratch + 2 * N));
 }
 
 // out[j] = norm_rstd(var[j]) = 1 / sqrt(var[j] + eps) in double over n values (out may be var):

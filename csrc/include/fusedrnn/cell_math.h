@@ -300,6 +300,19 @@ FUSEDRNN_HD inline T norm_bwd(T dyg, T vhat, T rstd, T mean_dyg, T mean_dyg_vhat
   return rstd * (dyg - mean_dyg - vhat * mean_dyg_vhat);
 }
 
+// norm_bwd of one column's elements as dv = a dy + b (v - mean) + e (dy before the gain): its
+// coefficients from the column's rstd, gain and the two means. The same terms, rstd * gain * dy -
+// rstd^2 mean_dyg_vhat (v - mean) - rstd mean_dyg, each rounded once more or less. Eval (the
+// running statistics, no means): a = rstd * gain, b = e = 0.
+template <typename T>
+struct NormBwdCoefs {
+  T a, b, e;
+};
+template <typename T>
+FUSEDRNN_HD inline NormBwdCoefs<T> norm_bwd_coefs(T rstd, T gain, T mean_dyg, T mean_dyg_vhat) {
+  return {rstd * gain, -(rstd * rstd) * mean_dyg_vhat, -rstd * mean_dyg};
+}
+
 // Partial sums of a row reduction: 8 interleaved independent chains, combined at the end. The
 // chains let a compiler keep the sums in vector registers without reassociating floating-point
 // additions (which it may not do without fast-math), instead of one latency-bound chain.
