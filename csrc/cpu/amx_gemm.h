@@ -141,13 +141,25 @@ FUSEDRNN_AMX_TARGET inline void pack_a(const float* a, int64_t sa, int64_t sk, i
 
 // One k pair of a packed b's 16-column block into its place t: rows r0 and r1 (16 values of
 // each at a stride, `n` of them valid; a null row: zeros).
+// The rows' floats are interleaved first (x0: columns 0-7 of r0 and r1 alternating, x1: 8-15),
+// so that each part is one two-vector conversion already in the pairs' order; the same
+// roundings as split3, so the same parts.
 FUSEDRNN_AMX_TARGET inline void pack_pair_rows(const float* r0, const float* r1, int64_t stride, int64_t n, bf16* t) {
-  __m256i p[2][3];
-  const float* r[2] = {r0, r1};
-  for (int e = 0; e < 2; ++e) split3(r[e] ? load16(r[e], stride, n) : _mm512_setzero_ps(), p[e]);
+  const __m512 a = r0 ? load16(r0, stride, n) : _mm512_setzero_ps();
+  const __m512 b = r1 ? load16(r1, stride, n) : _mm512_setzero_ps();
+  const __m512i lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  const __m512i hi = _mm512_add_epi32(lo, _mm512_set1_epi32(8));
+  __m512 x0 = _mm512_permutex2var_ps(a, lo, b), x1 = _mm512_permutex2var_ps(a, hi, b);
+  auto widen = [](__m256i h) FUSEDRNN_AMX_TARGET {  // bf16 -> float
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  };
   for (int part = 0; part < 3; ++part) {  // k even in the low half of each 32-bit pair
-    const __m512i lo = _mm512_cvtepu16_epi32(p[0][part]), hi = _mm512_cvtepu16_epi32(p[1][part]);
-    _mm512_storeu_si512(t + part * kTileElems, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+    const __m512i h = (__m512i)_mm512_cvtne2ps_pbh(x1, x0);  // bf16(x0) low, bf16(x1) high
+    _mm512_storeu_si512(t + part * kTileElems, h);
+    if (part < 2) {
+      x0 = _mm512_sub_ps(x0, widen(_mm512_castsi512_si256(h)));
+      x1 = _mm512_sub_ps(x1, widen(_mm512_extracti64x4_epi64(h, 1)));
+    }
   }
 }
 
