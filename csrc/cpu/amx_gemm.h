@@ -186,14 +186,13 @@ FUSEDRNN_AMX_TARGET inline void pack_pair(const float* b, int64_t bk, int64_t bn
 FUSEDRNN_AMX_TARGET inline void pack_b_rows(const float* b, int64_t bk, int64_t N, int64_t rows, int64_t k0,
                                             int64_t pairs, int64_t kb_all, bf16* out) {
   const int64_t nbs = 2 * blocks32(N);
-  for (int64_t q = 0; q < pairs; ++q) {
-    const int64_t p = k0 / 2 + q;
-    const float* r0 = b && 2 * q < rows ? b + 2 * q * bk : nullptr;
-    const float* r1 = b && 2 * q + 1 < rows ? b + (2 * q + 1) * bk : nullptr;
-    for (int64_t nb = 0; nb < nbs; ++nb)
-      pack_pair_rows(r0 ? r0 + nb * 16 : nullptr, r1 ? r1 + nb * 16 : nullptr, 1, N - nb * 16,
-                     out + pair_offset(nb, p / 16, p % 16, kb_all));
-  }
+  for (int64_t nb = 0; nb < nbs; ++nb)
+    for (int64_t q = 0; q < pairs; ++q) {
+      const int64_t p = k0 / 2 + q;
+      const float* r0 = b && 2 * q < rows ? b + 2 * q * bk + nb * 16 : nullptr;
+      const float* r1 = b && 2 * q + 1 < rows ? b + (2 * q + 1) * bk + nb * 16 : nullptr;
+      pack_pair_rows(r0, r1, 1, N - nb * 16, out + pair_offset(nb, p / 16, p % 16, kb_all));
+    }
 }
 
 // Packs columns [32 q0, 32 q1) of b(k, j) = b[k * bk + j * bn], k < K, j < N (zeros past them):
