@@ -199,9 +199,9 @@ def test_weight_grads_in_and_after_the_loop(monkeypatch, spec, members, where, l
     with fusedrnn's AVX-512 kernel (elsewhere both are the GEMMs after the loop), and
     FUSEDRNN_LARGE_GEMM picks the loop's products: the AVX-512 kernel, or the AMX tiles (dG packed
     step by step, an odd row count padded with a zero row). B = 8 rows split 3/3/2, finishing at
-    different steps; T = 21 gives the AMX stages (8 steps of 4 k, the 2-row member's 4 of them
-    zero) two full runs and a partial one; the kernel-sized shapes test covers products past one
-    k block."""
+    different steps; with three members the AMX stages hold 8 steps of 4 k (3 rows and a zero
+    row; the 2-row member fills 16 of its 32 k and zeros the rest), so T = 21 runs two full
+    stages and a partial one; the kernel-sized shapes test covers products past one k block."""
     monkeypatch.setenv("FUSEDRNN_WEIGHT_GRADS", where)
     monkeypatch.setenv("FUSEDRNN_LARGE_GEMM", large)
     monkeypatch.setenv("FUSEDRNN_CPU_TEAM", members)

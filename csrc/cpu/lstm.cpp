@@ -755,9 +755,9 @@ void lstm_backward(const LstmBwdParams<T>& p, const DgSteps& all, const at::Tens
   // Batch norm under the row split: per member its rows' partial sums of the backward
   // [cell s1 H | cell s2 H | hh s1 GH | hh s2 GH | ih s1 GH | ih s2 GH], its gain gradients
   // [dg_cell H | db_cell H | dg_hh GH | dg_ih GH] (summed after the loop) and scratch for the
-  // apply's coefficients. All three norms of a step run in the loop: the ih part's sums come from the
-  // same rows of dpre_t as the hh part's, so they share its barrier, and dxw_t is then written
-  // while dpre_t is in the member's cache (and dx can follow, as without batch norm).
+  // apply's coefficients. All three norms of a step run in the loop: the ih part's sums come from
+  // the same rows of dpre_t as the hh part's, so they share its barrier, and dxw_t is then
+  // written while dpre_t is in the member's cache (and dx can follow, as without batch norm).
   const bool bn_rows = NORM == kNormBatch && owns_rows(plan);
   const int64_t QW = 2 * (2 * GH + H);
   std::vector<double> bn_q(bn_rows ? n * QW : 0);

@@ -508,7 +508,8 @@ FUSEDRNN_ALWAYS_INLINE void bn_bwd_rows(const T* v, const T* dy, T* dv, int64_t 
 
 // The coefficients of bn_bwd_rows for columns [k0, k0 + w) (out: a, b and e at out, out + ldo,
 // out + 2 ldo) from the step's sums s1 = sum dy gain and s2 = sum dy gain vhat over its n active
-// rows (s1[j], s2 at s1 + ld2); eval: no sums, the running statistics' a = rstd gain only.
+// rows (s1[j], s2 at s1 + ld2); eval (the running statistics, which do not depend on v): the
+// means are 0, so a = rstd gain and b = e = 0.
 template <typename T>
 FUSEDRNN_ALWAYS_INLINE void bn_bwd_coefs(int64_t k0, int64_t w, bool training, const T* rstd, const T* gain,
                                          const double* s1, int64_t ld2, int64_t n, T* out, int64_t ldo) {
@@ -516,8 +517,8 @@ FUSEDRNN_ALWAYS_INLINE void bn_bwd_coefs(int64_t k0, int64_t w, bool training, c
     const T m1 = training ? T(s1[j] / double(n)) : T(0), m2 = training ? T(s1[ld2 + j] / double(n)) : T(0);
     const NormBwdCoefs<T> c = norm_bwd_coefs(rstd[k0 + j], gain[k0 + j], m1, m2);
     out[j] = c.a;
-    out[ldo + j] = training ? c.b : T(0);
-    out[2 * ldo + j] = training ? c.e : T(0);
+    out[ldo + j] = c.b;
+    out[2 * ldo + j] = c.e;
   }
 }
 
