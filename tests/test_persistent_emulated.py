@@ -79,11 +79,41 @@ HALF_CASES = [(CellSpec("lstm", v, n), torch.bfloat16) for v in ("vanilla", "pee
     [(CellSpec("lstm", "vanilla", n), torch.float16) for n in NORMS]
 
 
+@pytest.mark.parametrize("mma", ["0", "1"], ids=["fma", "mma"])
 @pytest.mark.parametrize("spec,dtype", HALF_CASES, ids=lambda v: spec_id(v) if isinstance(v, CellSpec) else str(v))
-def test_persistent_half_precision_rule(ops, persistent, spec, dtype):
+def test_persistent_half_precision_rule(ops, persistent, spec, dtype, mma):
     """float16/bfloat16 storage with float accumulation and statistics, T=4, B=8, H=12 (3 CTAs of 4
-    units): the STYLE rule (error <= 2x the same-dtype reference's), forward and backward."""
+    units): the STYLE rule (error <= 2x the same-dtype reference's), forward and backward, with the
+    recurrent product on the FMA units and on the (emulated) tensor cores: K = 12 in the forward
+    (one partial k-step of 16), GH = 48 in the backward."""
+    persistent.setenv("FUSEDRNN_PERSISTENT_MMA", mma)
+    before = ops.mma_executed()
     half_precision_rule(ops, spec, dtype)
+    assert (ops.mma_executed() > before) == (mma == "1")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
+@pytest.mark.parametrize("mma", [0, 1], ids=["fma", "mma"])
+@pytest.mark.parametrize("R,nb,K", [(37, 19, 41), (16, 8, 16), (3, 1, 5)])
+def test_recurrent_product(ops, dtype, mma, R, nb, K):
+    """persist_product, the persistent kernels' recurrent product, alone on one emulated CTA:
+    out[b, r] = sum_k W[r, k] X[b, k] rounded to the storage type, for sizes that are and are not
+    multiples of the tensor-core tile (16 rows x 8 batch rows x 16 k). Integer inputs make every
+    sum exact, so both products must equal the float64 result rounded once, bit for bit; the
+    columns between R and the output's row stride stay unwritten (NaN). The tensor-core product runs
+    for the half types when asked for (one mma.sync per tile and k-step), never for float32.
+    mma: PersistentLstmFwd::mma, the launcher's kind for the dtype (1 bfloat16, 2 float16)."""
+    gen = torch.Generator().manual_seed(R * 1000 + nb * 10 + K)
+    W = torch.randint(-8, 9, (R, K), generator=gen).to(dtype)
+    X = torch.randint(-8, 9, (nb, K), generator=gen).to(dtype)
+    ldo = R + 3
+    before = ops.mma_executed()
+    out = ops.persist_product(W, X, ldo, mma * (2 if dtype == torch.float16 else 1))
+    tiles = -(-R // 16) * -(-nb // 8) * -(-K // 16)
+    assert ops.mma_executed() - before == (tiles if mma and dtype != torch.float32 else 0)
+    want = (X.double() @ W.double().T).to(dtype).float()
+    torch.testing.assert_close(out[:, :R], want, rtol=0, atol=0)
+    assert out[:, R:].isnan().all()
 
 
 def test_persistent_odd_sizes(ops, persistent):
@@ -130,13 +160,15 @@ def test_projection_runs_per_step(ops, monkeypatch, mode):
 
 
 def test_tensor_core_switch_is_checked(ops, monkeypatch):
-    """FUSEDRNN_PERSISTENT_MMA selects the tensor-core product for the half types on a GPU (sm_80+);
-    the emulator has no tensor cores and runs the FMA product, so here it must parse, pass the
-    switch through both launchers, and reject anything but 0 / 1."""
+    """FUSEDRNN_PERSISTENT_MMA selects the tensor-core product for the half types only (sm_80+ or the
+    emulator): float32 with the switch on runs the FMA product and matches the reference; anything
+    but 0 / 1 is rejected."""
     spec = CellSpec("lstm")
     monkeypatch.setenv("FUSEDRNN_PERSISTENT", "require")
     monkeypatch.setenv("FUSEDRNN_PERSISTENT_MMA", "1")
+    before = ops.mma_executed()
     check_ops(ops, spec, T=3, B=3, I=4, H=8, dtype=torch.float32, lengths=[3, 1, 2], training=True)
+    assert ops.mma_executed() == before
     monkeypatch.setenv("FUSEDRNN_PERSISTENT_MMA", "yes")
     x, state, p, _ = make_case(spec, 2, 2, 3, 8, torch.float32, None)
     args = (x, None, state[0], state[1], None, p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"], *([None] * 14), 0, 0,

@@ -25,6 +25,7 @@
 #pragma once
 
 #include <stdint.h>
+#include <string.h>
 
 #include <type_traits>
 
@@ -132,18 +133,26 @@ __device__ inline void persist_matmul(const A* W, int R, const A* X, int nb, int
   }
 }
 
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+// The tensor-core product is compiled for sm_80+ and for the emulator (simt.h emulates mma.sync
+// and the bfloat16 / float16 conversions), so the CPU tests run the same fragment code.
+#if !defined(__CUDACC__) || (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800)
+#define FUSEDRNN_PERSIST_MMA 1
+#endif
+
+#if defined(FUSEDRNN_PERSIST_MMA)
 // Two float values of the storage type (exact in it) as the .b32 operand of mma.sync: the lower
 // index in the low half. KIND 1: bfloat16, 2: float16.
 template <int KIND>
 __device__ inline uint32_t mma_pack(float lo, float hi) {
+  uint32_t r;
   if constexpr (KIND == 1) {
     const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&v);
+    memcpy(&r, &v, sizeof(r));
   } else {
     const __half2 v = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&v);
+    memcpy(&r, &v, sizeof(r));
   }
+  return r;
 }
 
 template <int KIND>
@@ -155,6 +164,9 @@ __device__ inline float mma_round(float v) {  // to the storage type and back, a
 // d[4] += A[16 x 16] B[16 x 8] on the tensor cores, fp32 accumulation.
 template <int KIND>
 __device__ inline void mma_16x8x16(float* d, const uint32_t* a, const uint32_t* b) {
+#if !defined(__CUDACC__)
+  simt::mma_m16n8k16<KIND>(d, a, b);
+#else
   if constexpr (KIND == 1)
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
                  "{%0,%1,%2,%3};\n"
@@ -165,6 +177,7 @@ __device__ inline void mma_16x8x16(float* d, const uint32_t* a, const uint32_t* 
                  "{%0,%1,%2,%3};\n"
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
 }
 
 // persist_matmul on the tensor cores (mma.sync m16n8k16, sm_80+): a warp owns a tile of 16 rows of
@@ -201,12 +214,12 @@ __device__ inline void persist_matmul_mma(const float* W, int R, const float* X,
 #endif
 
 // The recurrent product of the persistent kernels: on the tensor cores when `mma` says so (set by
-// the launcher for bfloat16 / float16 with FUSEDRNN_PERSISTENT_MMA=1, on sm_80+ builds), else
-// persist_matmul (float32, float64, the emulator).
+// the launcher for bfloat16 / float16 with FUSEDRNN_PERSISTENT_MMA=1; sm_80+ builds and the
+// emulator), else persist_matmul (float32, float64, older GPUs).
 template <typename T, typename A>
 __device__ inline void persist_product(int mma, const A* W, int R, const A* X, int nb, int K, A* out, int ldo,
                                        A* red) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#if defined(FUSEDRNN_PERSIST_MMA)
   if constexpr (sizeof(T) == 2 && std::is_same<A, float>::value) {  // the half types only
     if (mma == 1) return persist_matmul_mma<1>(W, R, X, nb, K, out, ldo);
     if (mma == 2) return persist_matmul_mma<2>(W, R, X, nb, K, out, ldo);

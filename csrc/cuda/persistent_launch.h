@@ -12,8 +12,8 @@
 //   FUSEDRNN_PERSISTENT_CHUNK=<rows> caps the batch rows of h_{t-1} (forward) / dhw_t (backward)
 //                                    staged in shared memory at once (tests: forces several chunks)
 //   FUSEDRNN_PERSISTENT_MMA=0 | 1    bfloat16/float16: the recurrent product on the tensor cores
-//                                    (persist_matmul_mma, sm_80+; default 0 until a GPU run has
-//                                    verified it; the emulator always runs the FMA product)
+//                                    (persist_matmul_mma, sm_80+ and the emulator; default 0
+//                                    until a GPU run has verified it)
 // Heuristic (auto, the default): persistent when the dtype is float32/float16/bfloat16 (float64
 // always runs per step), the device supports cooperative launches, the W_hh slice of
 // U = ceil(H / SMs) units (G * U rows of H, fp32) plus the staged h fit in the opt-in shared

@@ -9,7 +9,9 @@
 //     thread_local; __global__/__device__/__host__ are no-ops;
 //   * __syncthreads() is a per-block barrier, cooperative_groups::this_grid().sync() a
 //     grid-wide one (only inside simt::launch_cooperative), warp shuffles and __syncwarp go
-//     through a per-warp exchange buffer, atomicAdd through std::atomic_ref;
+//     through a per-warp exchange buffer, atomicAdd through std::atomic_ref; the tensor-core
+//     mma.sync m16n8k16 (bfloat16 / float16 in, float out) through shuffles (simt::mma_m16n8k16),
+//     with the bfloat16 / float16 types and conversions it needs;
 //   * shared memory is declared with SIMT_SHARED(type, name, count) (static) or
 //     SIMT_DYNAMIC_SHARED(type, name) (the launch's dynamic bytes); plain __shared__ is a
 //     compile error. Fresh shared memory is filled with 0xFF bytes (NaN for float/double)
@@ -541,6 +543,90 @@ inline float __fdividef(float a, float b) { return a / b; }
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 inline double rsqrt(double x) { return 1.0 / std::sqrt(x); }
 inline float __saturatef(float x) { return std::min(1.0f, std::max(0.0f, x)); }
+
+// bfloat16 / float16 (the cuda_bf16.h / cuda_fp16.h subset the kernels use). The _rn conversions
+// round to nearest even, as on the GPU; a pair holds `x` in its low 16 bits.
+struct __nv_bfloat16 {
+  uint16_t x;
+};
+struct __nv_bfloat162 {
+  __nv_bfloat16 x, y;
+};
+struct __half {
+  uint16_t x;
+};
+struct __half2 {
+  __half x, y;
+};
+inline __nv_bfloat16 __float2bfloat16_rn(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return {uint16_t((u >> 16) | 0x40u)};  // NaN stays a (quiet) NaN
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return {uint16_t(u >> 16)};
+}
+inline float __bfloat162float(__nv_bfloat16 v) {
+  const uint32_t u = uint32_t(v.x) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline __nv_bfloat162 __floats2bfloat162_rn(float lo, float hi) { return {__float2bfloat16_rn(lo), __float2bfloat16_rn(hi)}; }
+inline __half __float2half_rn(float v) {
+  const _Float16 h = static_cast<_Float16>(v);
+  __half r;
+  std::memcpy(&r.x, &h, 2);
+  return r;
+}
+inline float __half2float(__half v) {
+  _Float16 h;
+  std::memcpy(&h, &v.x, 2);
+  return float(h);
+}
+inline __half2 __floats2half2_rn(float lo, float hi) { return {__float2half_rn(lo), __float2half_rn(hi)}; }
+
+namespace simt {
+// Warp-level tensor-core products executed so far (each counted once per warp): tests read it to
+// tell which product a kernel ran.
+inline std::atomic<long> mma_executed{0};
+
+// mma.sync.aligned.m16n8k16.row.col.f32.X.X.f32 d, a, b, d with X = bf16 (KIND 1) or f16 (KIND 2):
+// D (16 x 8) += A (16 x 16) B (16 x 8), called by all 32 lanes with their fragments. With
+// g = lane / 4, q = lane % 4 (PTX ISA, "Matrix fragments for mma.m16n8k16 with floating point type"):
+//   A: register j of lane 4g + q holds A[g + 8 (j & 1)][2q + 8 (j >> 1) + {0, 1}] (low half first);
+//   B: register j of lane 4g + q holds B[2q + 8j + {0, 1}][g];
+//   D: element e of lane 4g + q is D[g + 8 (e >> 1)][2q + (e & 1)].
+// Each lane gathers the two rows of A and two columns of B its results need through shuffles. The
+// products are exact in float; they are summed in double and rounded once (the hardware's order and
+// intermediate precision are unspecified).
+template <int KIND>
+inline void mma_m16n8k16(float* d, const uint32_t* a, const uint32_t* b) {
+  static_assert(KIND == 1 || KIND == 2, "simt::mma_m16n8k16: KIND 1 (bfloat16) or 2 (float16)");
+  const int lane = detail::self.lane, g = lane >> 2, q = lane & 3;
+  auto value = [](uint32_t bits, int half) {
+    const uint16_t h = uint16_t(bits >> (16 * half));
+    return KIND == 1 ? __bfloat162float({h}) : __half2float({h});
+  };
+  float rows[2][16], cols[2][16];  // A rows g, g + 8; B columns 2q, 2q + 1
+  for (int j = 0; j < 4; ++j)
+    for (int s = 0; s < 4; ++s) {
+      const uint32_t v = __shfl_sync(0xffffffffu, a[j], 4 * g + s);
+      for (int h = 0; h < 2; ++h) rows[j & 1][2 * s + 8 * (j >> 1) + h] = value(v, h);
+    }
+  for (int n = 0; n < 2; ++n)
+    for (int j = 0; j < 2; ++j)
+      for (int s = 0; s < 4; ++s) {
+        const uint32_t v = __shfl_sync(0xffffffffu, b[j], 4 * (2 * q + n) + s);
+        for (int h = 0; h < 2; ++h) cols[n][2 * s + 8 * j + h] = value(v, h);
+      }
+  for (int e = 0; e < 4; ++e) {
+    double s = d[e];
+    for (int k = 0; k < 16; ++k) s += double(rows[e >> 1][k]) * double(cols[e & 1][k]);
+    d[e] = float(s);
+  }
+  if (lane == 0) mma_executed.fetch_add(1);
+}
+}  // namespace simt
 
 namespace cooperative_groups {
 struct grid_group {

@@ -17,9 +17,56 @@ std::string persist_auto_why(int64_t B, int64_t H, int64_t norm) {
   persist_selected("persist_auto_why", PersistMode::kAuto, dev, plan, at::kFloat, norm, 1, B, H, &why);
   return why;
 }
+
+// One CTA of 64 threads runs the persistent kernels' recurrent product (persist_product) on
+// shared-memory copies of W [R, K] and X [nb, K]: out[b * ldo + r] = sum_k W[r, k] X[b, k],
+// rounded to T. Shared memory starts as NaN, so entries the product must not write stay NaN.
+template <typename T>
+__global__ void persist_product_kernel(const T* W, int R, const T* X, int nb, int K, int ldo, int mma, float* out) {
+  using namespace fusedrnn::cuda;
+  SIMT_DYNAMIC_SHARED(float, smem);
+  float *w = smem, *x = w + long(R) * K, *o = x + long(nb) * K, *red = o + long(nb) * ldo;
+  for (long e = threadIdx.x; e < long(R) * K; e += blockDim.x) w[e] = float(W[e]);
+  for (long e = threadIdx.x; e < long(nb) * K; e += blockDim.x) x[e] = float(X[e]);
+  __syncthreads();
+  persist_product<T, float>(mma, w, R, x, nb, K, o, ldo, red);
+  __syncthreads();
+  for (long e = threadIdx.x; e < long(nb) * ldo; e += blockDim.x) out[e] = o[e];
+}
+
+// out [nb, ldo] (float) for W [R, K], X [nb, K] of float32 / float16 / bfloat16; mma as
+// PersistentLstmFwd::mma.
+at::Tensor persist_product_emulated(const at::Tensor& W, const at::Tensor& X, int64_t ldo,
+                                                         int64_t mma) {
+  TORCH_CHECK(W.dim() == 2 && X.dim() == 2 && W.size(1) == X.size(1) && ldo >= W.size(0) &&
+                  W.scalar_type() == X.scalar_type(), "persist_product_emulated: W [R, K], X [nb, K], ldo >= R");
+  const at::Tensor w = W.contiguous(), x = X.contiguous();
+  const int R = int(w.size(0)), nb = int(x.size(0)), K = int(w.size(1)), threads = 64;
+  at::Tensor out = at::empty({nb, ldo}, w.options().dtype(at::kFloat));
+  const size_t smem = sizeof(float) * (size_t(R + nb) * K + size_t(nb) * ldo +
+                                       size_t(threads / 32) * fusedrnn::cuda::kPersistRowTile *
+                                           fusedrnn::cuda::kPersistBatchTile * 33);
+  auto run = [&](auto zero) {
+    using T = decltype(zero);
+    simt::launch(persist_product_kernel<T>, dim3(1), dim3(threads), smem, nullptr, w.data_ptr<T>(), R,
+                 x.data_ptr<T>(), nb, K, int(ldo), int(mma), out.data_ptr<float>());
+  };
+  switch (w.scalar_type()) {
+    case at::kFloat: run(float(0)); break;
+    case at::kHalf: run(c10::Half(0)); break;
+    case at::kBFloat16: run(c10::BFloat16(0)); break;
+    default: TORCH_CHECK(false, "persist_product_emulated: float32, float16 or bfloat16, got ", w.scalar_type());
+  }
+  return out;
+}
+
+// Warp-level mma.sync executions in this process so far (the emulator counts them).
+int64_t mma_executed() { return simt::mma_executed.load(); }
 }  // namespace
 
 TORCH_LIBRARY(fusedrnn_persistent_emulated, m) {
   FUSEDRNN_CUDA_OPS(m);
   m.def("persist_auto_why", &persist_auto_why);
+  m.def("persist_product", &persist_product_emulated);
+  m.def("mma_executed", &mma_executed);
 }
