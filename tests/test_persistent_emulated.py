@@ -222,6 +222,15 @@ def test_persistent_many_ctas(ops, persistent, spec):
     check_ops(ops, spec, T=2, B=3, I=3, H=40, dtype=torch.float64, lengths=[2, 1, 2], training=True)
 
 
+@pytest.mark.parametrize("spec", [CellSpec("lstm", "vanilla", "batch"), CellSpec("lstm", "fgr", "batch")], ids=spec_id)
+def test_persistent_batchnorm_more_rows_than_lanes(ops, persistent, spec):
+    """B = 70: the batch-norm column statistics and sums (a warp per column, its lanes split the
+    batch rows) take three rows in lanes 0-5 and two in the others, and rows 40-69 finish early.
+    fp64 against the reference, forward and backward."""
+    check_ops(ops, spec, T=3, B=70, I=3, H=4, dtype=torch.float64, lengths=[3] * 40 + [2] * 20 + [1] * 10,
+              training=True)
+
+
 @pytest.mark.parametrize("mode", ["0", "require"])
 def test_batchnorm_huge_t0(ops, monkeypatch, mode):
     """t0 >= 2^31 (a long stream fed in chunks): the slot min(t0 + t, S - 1) is S - 1, as for

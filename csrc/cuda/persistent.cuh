@@ -7,7 +7,8 @@
 //   1. stage h_{t-1} (written by every CTA at step t - 1) in chunks of `chunk` batch rows into
 //      shared memory and compute its slice of h_{t-1} W_hh^T (and a_{t-1} W_fgr^T);
 //   2. normalization statistics:
-//        batch:            per column over the batch: CTA-local (the CTA holds every row);
+//        batch:            per column over the batch: CTA-local (the CTA holds every row), a
+//                          warp per column;
 //        layer, per gate:  per row over GH (or H) columns that live in every CTA: each CTA
 //                          writes (mean, M2) of its part, grid sync, every CTA merges them
 //                          (Chan et al.'s pairwise update, numerically stable);
@@ -279,8 +280,27 @@ template <typename A>
 __device__ inline A persist_sum(const A* part, int B, int width, int b, int k) {
   A s = 0;
   for (int c = threadIdx.x & 31; c < int(gridDim.x); c += 32) s += part[(long(c) * B + b) * width + k];
-  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-  return s;
+  return warp_sum(s);
+}
+
+// dst[e] = A(src(e)) for e < n, by the whole block: the weight slices, and every step the rows
+// other CTAs wrote (h_{t-1}, dhw_t). Each thread loads kPersistStageLoads elements into registers before it
+// stores any, so its loads are in flight together instead of one round trip to L2 after another.
+constexpr int kPersistStageLoads = 16;
+template <typename A, typename Src>
+__device__ inline void persist_stage(A* dst, long n, Src src) {
+  const long nthr = blockDim.x;
+  for (long base = threadIdx.x; base < n; base += kPersistStageLoads * nthr) {
+    A v[kPersistStageLoads];
+    for (int i = 0; i < kPersistStageLoads; ++i) {
+      const long e = base + i * nthr;
+      v[i] = e < n ? A(src(e)) : A(0);
+    }
+    for (int i = 0; i < kPersistStageLoads; ++i) {
+      const long e = base + i * nthr;
+      if (e < n) dst[e] = v[i];
+    }
+  }
 }
 
 // Calls f(std::integral_constant<int, NORM>{}) for the runtime norm: the persistent kernels are
@@ -326,14 +346,14 @@ __global__ void __launch_bounds__(256) persistent_lstm_fwd_kernel(PersistentLstm
   };
   auto count_units = [&](int c) { return H - c * U < U ? H - c * U : U; };
 
-  for (long e = tid; e < long(R) * H; e += nthr) {
+  persist_stage<A>(w_s, long(R) * H, [&](long e) {
     const int r = int(e / H), k = int(e % H), q = r / nu, jj = r % nu;
-    w_s[e] = A(p.w_hh[(long(q) * H + j0 + jj) * H + k]);
-  }
-  for (long e = tid; e < long(RF) * 3 * H; e += nthr) {
+    return p.w_hh[(long(q) * H + j0 + jj) * H + k];
+  });
+  persist_stage<A>(wf_s, long(RF) * 3 * H, [&](long e) {
     const int r = int(e / (3 * H)), k = int(e % (3 * H)), q = r / nu, jj = r % nu;
-    wf_s[e] = A(p.w_fgr[(long(q) * H + j0 + jj) * 3 * H + k]);
-  }
+    return p.w_fgr[(long(q) * H + j0 + jj) * 3 * H + k];
+  });
   for (int e = tid; e < B * nu; e += nthr) {
     const int b = e / nu, jj = e % nu;
     c_s[b * U + jj] = A(p.c0[long(b) * H + j0 + jj]);
@@ -355,9 +375,8 @@ __global__ void __launch_bounds__(256) persistent_lstm_fwd_kernel(PersistentLstm
     // 1. recurrent products of the slice, chunk by chunk of batch rows
     for (int b0 = 0; b0 < B; b0 += p.chunk) {
       const int nb = B - b0 < p.chunk ? B - b0 : p.chunk;
-      for (long e = tid; e < long(nb) * H; e += nthr) x_s[e] = A(h_prev[long(b0) * H + e]);
-      if (fl.fgr)
-        for (long e = tid; e < long(nb) * 3 * H; e += nthr) xa_s[e] = A(a_prev[long(b0) * 3 * H + e]);
+      persist_stage<A>(x_s, long(nb) * H, [&](long e) { return h_prev[long(b0) * H + e]; });
+      if (fl.fgr) persist_stage<A>(xa_s, long(nb) * 3 * H, [&](long e) { return a_prev[long(b0) * 3 * H + e]; });
       __syncthreads();
       persist_product<T, A>(p.mma, w_s, R, x_s, nb, H, hw_s + long(b0) * G * U, G * U, red_s);
       if (fl.fgr) persist_product<T, A>(p.mma, wf_s, RF, xa_s, nb, 3 * H, fg_s + long(b0) * 3 * U, 3 * U, red_s);
@@ -398,34 +417,38 @@ __global__ void __launch_bounds__(256) persistent_lstm_fwd_kernel(PersistentLstm
     }
     if (NORM == kNormBatch) {
       const long NB = 2L * GH + H;
-      for (int r = tid; r < R; r += nthr) {
+      for (int r = warp; r < R; r += warps) {  // warp-uniform: a warp per column, its lanes split the batch
         const int q = r / nu, jj = r % nu;
         const long col = long(q) * H + j0 + jj;
         A m_ih, v_ih, m_hh, v_hh;
         if (p.training) {
           A s1 = 0, s2 = 0;
           int n = 0;
-          for (int b = 0; b < B; ++b)
+          for (int b = lane; b < B; b += 32)
             if (active(b)) { s1 += xv(b, q, jj); s2 += hv(b, q, jj); ++n; }
+          s1 = warp_sum(s1); s2 = warp_sum(s2); n = warp_sum(n);
           m_ih = n ? s1 / A(n) : A(0);
           m_hh = n ? s2 / A(n) : A(0);
           A q1 = 0, q2 = 0;
-          for (int b = 0; b < B; ++b)
+          for (int b = lane; b < B; b += 32)
             if (active(b)) {
               const A d1 = xv(b, q, jj) - m_ih, d2 = hv(b, q, jj) - m_hh;
               q1 += d1 * d1;
               q2 += d2 * d2;
             }
+          q1 = warp_sum(q1); q2 = warp_sum(q2);
           v_ih = n ? q1 / A(n) : A(0);
           v_hh = n ? q2 / A(n) : A(0);
         } else {
           m_ih = A(p.rm_ih[long(slot) * GH + col]); v_ih = A(p.rv_ih[long(slot) * GH + col]);
           m_hh = A(p.rm_hh[long(slot) * GH + col]); v_hh = A(p.rv_hh[long(slot) * GH + col]);
         }
-        st[col] = m_ih; st[NB + col] = v_ih;
-        st[GH + col] = m_hh; st[NB + GH + col] = v_hh;
-        cols_s[r] = m_ih; cols_s[G * U + r] = A(1) / sqrt(v_ih + eps);
-        cols_s[2 * G * U + r] = m_hh; cols_s[3 * G * U + r] = A(1) / sqrt(v_hh + eps);
+        if (lane == 0) {
+          st[col] = m_ih; st[NB + col] = v_ih;
+          st[GH + col] = m_hh; st[NB + GH + col] = v_hh;
+          cols_s[r] = m_ih; cols_s[G * U + r] = A(1) / sqrt(v_ih + eps);
+          cols_s[2 * G * U + r] = m_hh; cols_s[3 * G * U + r] = A(1) / sqrt(v_hh + eps);
+        }
       }
     }
     __syncthreads();
@@ -512,27 +535,31 @@ __global__ void __launch_bounds__(256) persistent_lstm_fwd_kernel(PersistentLstm
     }
     if (NORM == kNormBatch) {
       const long NB = 2L * GH + H;
-      for (int jj = tid; jj < nu; jj += nthr) {
+      for (int jj = warp; jj < nu; jj += warps) {  // warp-uniform, as the gate statistics
         const int j = j0 + jj;
         A mc, vc;
         if (p.training) {
           A s = 0;
           int n = 0;
-          for (int b = 0; b < B; ++b)
+          for (int b = lane; b < B; b += 32)
             if (active(b)) { s += c_s[b * U + jj]; ++n; }
+          s = warp_sum(s); n = warp_sum(n);
           mc = n ? s / A(n) : A(0);
           A q = 0;
-          for (int b = 0; b < B; ++b)
+          for (int b = lane; b < B; b += 32)
             if (active(b)) { const A d = c_s[b * U + jj] - mc; q += d * d; }
+          q = warp_sum(q);
           vc = n ? q / A(n) : A(0);
         } else {
           mc = A(p.rm_cell[long(slot) * H + j]);
           vc = A(p.rv_cell[long(slot) * H + j]);
         }
-        st[2L * GH + j] = mc;
-        st[NB + 2L * GH + j] = vc;
-        cols_s[4 * G * U + jj] = mc;
-        cols_s[4 * G * U + U + jj] = A(1) / sqrt(vc + eps);
+        if (lane == 0) {
+          st[2L * GH + j] = mc;
+          st[NB + 2L * GH + j] = vc;
+          cols_s[4 * G * U + jj] = mc;
+          cols_s[4 * G * U + U + jj] = A(1) / sqrt(vc + eps);
+        }
       }
     }
     __syncthreads();

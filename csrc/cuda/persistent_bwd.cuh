@@ -5,7 +5,8 @@
 // stored transposed) and, for FGR, the matching columns of W_fgr in shared memory, and carries
 // the gradients of its slice of h, c (and a) in shared memory. Per step, in reverse time:
 //   1. dh -> d_o, d_cn (lstm_out_bwd), the cell norm's backward (layer norms: row sums over H
-//      through per-CTA partial sums + grid sync; batch norm: column sums, CTA-local);
+//      through per-CTA partial sums + grid sync; batch norm: column sums, CTA-local, a warp per
+//      column);
 //   2. gate backward (lstm_cell_bwd) -> dpre, dc_{t-1}, peephole gradients;
 //   3. the gate norms' backward -> dxw, dhw (same two schemes);
 //   4. grid sync: dhw_t of every unit is visible; dh_{t-1} of the slice = the direct part +
@@ -106,15 +107,15 @@ __global__ void __launch_bounds__(256) persistent_lstm_bwd_kernel(PersistentLstm
   A* cols_s = rows_s + L.rows; // [2, U]   batch norm of c: column means
   A* red_s = cols_s + L.cols;
 
-  for (long e = tid; e < long(nu) * GH; e += nthr) {
+  persist_stage<A>(wt_s, long(nu) * GH, [&](long e) {
     const int jj = int(e / GH), r = int(e % GH);
-    wt_s[e] = A(p.w_hh[long(r) * H + j0 + jj]);
-  }
+    return p.w_hh[long(r) * H + j0 + jj];
+  });
   if (fl.fgr)
-    for (long e = tid; e < 3L * nu * 3 * H; e += nthr) {
+    persist_stage<A>(wft_s, 3L * nu * 3 * H, [&](long e) {
       const int row = int(e / (3 * H)), r = int(e % (3 * H)), k = row / nu, jj = row % nu;
-      wft_s[e] = A(p.w_fgr[long(r) * 3 * H + long(k) * H + j0 + jj]);
-    }
+      return p.w_fgr[long(r) * 3 * H + long(k) * H + j0 + jj];
+    });
   for (int e = tid; e < B * nu; e += nthr) {
     const int b = e / nu, jj = e % nu;
     const long bj = long(b) * H + j0 + jj;
@@ -188,19 +189,22 @@ __global__ void __launch_bounds__(256) persistent_lstm_bwd_kernel(PersistentLstm
       }
     }
     if (NORM == kNormBatch) {
-      for (int jj = tid; jj < nu; jj += nthr) {
+      for (int jj = warp; jj < nu; jj += warps) {  // warp-uniform: a warp per column, lanes split the batch
         A s1 = 0, s2 = 0;
         int n = 0;
         if (train)
-          for (int b = 0; b < B; ++b)
+          for (int b = lane; b < B; b += 32)
             if (active(b)) {
               const A dg = dcn_s[b * U + jj] * A(p.g_cell[j0 + jj]);
               s1 += dg;
               s2 += dg * chat_s[b * U + jj];
               ++n;
             }
-        cols_s[jj] = n ? s1 / A(n) : A(0);
-        cols_s[U + jj] = n ? s2 / A(n) : A(0);
+        s1 = warp_sum(s1); s2 = warp_sum(s2); n = warp_sum(n);
+        if (lane == 0) {
+          cols_s[jj] = n ? s1 / A(n) : A(0);
+          cols_s[U + jj] = n ? s2 / A(n) : A(0);
+        }
       }
     }
     __syncthreads();
@@ -339,7 +343,7 @@ __global__ void __launch_bounds__(256) persistent_lstm_bwd_kernel(PersistentLstm
       }
     }
     if (NORM == kNormBatch) {
-      for (int r = tid; r < G * nu; r += nthr) {
+      for (int r = warp; r < G * nu; r += warps) {  // warp-uniform: a warp per column, lanes split the batch
         const int q = r / nu, jj = r % nu;
         const long col = long(q) * H + j0 + jj;
         const A mx = st[col], rx = A(1) / sqrt(st[NB + col] + eps);
@@ -347,18 +351,20 @@ __global__ void __launch_bounds__(256) persistent_lstm_bwd_kernel(PersistentLstm
         const A gx = A(p.g_ih[col]), gh = A(p.g_hh[col]);
         A sx1 = 0, sx2 = 0, sh1 = 0, sh2 = 0;
         int n = 0;
-        for (int b = 0; b < B; ++b) n += active(b);
+        for (int b = lane; b < B; b += 32) n += active(b);
+        n = warp_sum(n);
         if (train && n > 0) {
-          for (int b = 0; b < B; ++b) {
+          for (int b = lane; b < B; b += 32) {
             if (!active(b)) continue;
             const long i = tBG + long(b) * GH + col;
             const A d = dpv(b, q, jj);
             sx1 += d * gx; sx2 += d * gx * (A(p.xw[i]) - mx) * rx;
             sh1 += d * gh; sh2 += d * gh * (A(p.hw[i]) - mh) * rh;
           }
-          sx1 /= A(n); sx2 /= A(n); sh1 /= A(n); sh2 /= A(n);
+          sx1 = warp_sum(sx1) / A(n); sx2 = warp_sum(sx2) / A(n);
+          sh1 = warp_sum(sh1) / A(n); sh2 = warp_sum(sh2) / A(n);
         }
-        for (int b = 0; b < B; ++b) {
+        for (int b = lane; b < B; b += 32) {
           const long i = tBG + long(b) * GH + col;
           if (!active(b)) {
             p.dxw[i] = T(0);
@@ -381,13 +387,13 @@ __global__ void __launch_bounds__(256) persistent_lstm_bwd_kernel(PersistentLstm
     const T* dpre_t = p.dpre + tBG;
     for (int b0 = 0; b0 < B; b0 += p.chunk) {
       const int nb = B - b0 < p.chunk ? B - b0 : p.chunk;
-      for (long e = tid; e < long(nb) * GH; e += nthr) x_s[e] = A(dhw[long(b0) * GH + e]);
+      persist_stage<A>(x_s, long(nb) * GH, [&](long e) { return dhw[long(b0) * GH + e]; });
       if (fl.fgr)
-        for (long e = tid; e < long(nb) * 3 * H; e += nthr) {
+        persist_stage<A>(xa_s, long(nb) * 3 * H, [&](long e) {
           const int bb = int(e / (3 * H)), r = int(e % (3 * H)), k = r / H, u = r % H;
           const int gate = k == 0 ? fl.gi : k == 1 ? fl.gf : fl.go;
-          xa_s[e] = A(dpre_t[long(b0 + bb) * GH + long(gate) * H + u]);
-        }
+          return dpre_t[long(b0 + bb) * GH + long(gate) * H + u];
+        });
       __syncthreads();
       persist_product<T, A>(p.mma, wt_s, nu, x_s, nb, GH, out_s + long(b0) * U, U, red_s);
       if (fl.fgr)

@@ -136,11 +136,18 @@ __device__ __forceinline__ A ld(const T* p, long i) { return A(p[i]); }
 template <typename T, typename A>
 __device__ __forceinline__ A ld_or(const T* p, long i, A fallback) { return p ? A(p[i]) : fallback; }
 
+// Sum of v over the 32 lanes of a warp, returned to every lane (the whole warp calls it).
+template <typename V>
+__device__ inline V warp_sum(V v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
 // Sum of v over the block, returned to every thread. blockDim.x is a multiple of 32, <= 1024;
 // red: 32 shared accumulators.
 template <typename A>
 __device__ inline A block_sum(A v, A* red) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  v = warp_sum(v);
   __syncthreads();  // red may still be read by the previous call
   if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
   __syncthreads();
