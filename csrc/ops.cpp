@@ -13,8 +13,14 @@
 // w_hr [P, H]: torch.nn.LSTM's projection (proj_size P; vanilla LSTM, norm none): h0, h_n, y,
 // grad_y, grad_h_n and dh0 are then P wide, w_hh is [4H, P], and lstm_fwd's hw result holds
 // m_t = o * tanh(c_t) [T, B, H] (h_t = m_t W_hr^T), which lstm_bwd reads for dW_hr.
+// cuda_path (lstm_fwd, lstm_bwd): which CUDA path runs the recurrence (persistent_launch.h):
+// 0 FUSEDRNN_PERSISTENT's choice (unset: auto), 1 auto, 2 per step, 3 persistent when it fits;
+// the CPU kernels ignore it.
+// The schema strings: csrc/include/fusedrnn/schema.h.
 #include <Python.h>
 #include <torch/library.h>
+
+#include "fusedrnn/schema.h"
 
 extern "C" {
 // `import fusedrnn._C` loads this library, which registers the ops; no Python bindings.
@@ -25,48 +31,15 @@ PyObject* PyInit__C(void) {
 }
 
 TORCH_LIBRARY(fusedrnn, m) {
-  m.def(
-      "lstm_fwd(Tensor x, Tensor? lengths, Tensor h0, Tensor c0, Tensor? a0, Tensor w_ih, "
-      "Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_peep, Tensor? w_fgr, Tensor? g_ih, "
-      "Tensor? g_hh, Tensor? g_cell, Tensor? b_cell, Tensor? g_gates, Tensor? b_gates, "
-      "Tensor? rm_ih, Tensor? rv_ih, Tensor? rm_hh, Tensor? rv_hh, Tensor? rm_cell, "
-      "Tensor? rv_cell, int variant, int norm, bool training, int t0, float eps, "
-      "Tensor? w_hr=None) -> "
-      "(Tensor y, Tensor h_n, Tensor c_n, Tensor a_n, Tensor acts, Tensor cs, Tensor xw, "
-      "Tensor hw, Tensor stats)");
-  m.def(
-      "lstm_bwd(Tensor grad_y, Tensor grad_h_n, Tensor grad_c_n, Tensor grad_a_n, Tensor x, "
-      "Tensor? lengths, Tensor h0, Tensor c0, Tensor? a0, Tensor w_ih, Tensor w_hh, "
-      "Tensor? b_ih, Tensor? b_hh, Tensor? w_peep, Tensor? w_fgr, Tensor? g_ih, Tensor? g_hh, "
-      "Tensor? g_cell, Tensor? b_cell, Tensor? g_gates, Tensor? b_gates, Tensor y, Tensor acts, "
-      "Tensor cs, Tensor xw, Tensor hw, Tensor stats, int variant, int norm, bool training, "
-      "float eps, Tensor? w_hr=None) -> (Tensor dx, Tensor dh0, Tensor dc0, Tensor da0, "
-      "Tensor dw_ih, Tensor dw_hh, Tensor db_ih, Tensor db_hh, Tensor dw_peep, Tensor dw_fgr, "
-      "Tensor dg_ih, Tensor dg_hh, Tensor dg_cell, Tensor db_cell, Tensor dg_gates, "
-      "Tensor db_gates, Tensor dw_hr)");
+  m.def(FUSEDRNN_SCHEMA_LSTM_FWD);
+  m.def(FUSEDRNN_SCHEMA_LSTM_BWD);
   // stats: lstm_fwd's batch-norm statistics [T, 2, 2GH + H]; updates slot min(t0 + t, S - 1)
   // of every running tensor for each step t with more than one active sequence.
-  m.def(
-      "bn_update_(Tensor(a!) rm_ih, Tensor(b!) rv_ih, Tensor(c!) rm_hh, Tensor(d!) rv_hh, "
-      "Tensor(e!) rm_cell, Tensor(f!) rv_cell, Tensor stats, Tensor? lengths, int batch, int t0, "
-      "float momentum) -> ()");
-  m.def(
-      "gru_fwd(Tensor x, Tensor? lengths, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
-      "Tensor? b_hh, Tensor? g_ih, Tensor? g_hh, int norm, float eps) -> (Tensor y, Tensor h_n, "
-      "Tensor acts, Tensor hn, Tensor xw, Tensor hw, Tensor stats)");
-  m.def(
-      "gru_bwd(Tensor grad_y, Tensor grad_h_n, Tensor x, Tensor? lengths, Tensor h0, Tensor w_ih, "
-      "Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? g_ih, Tensor? g_hh, Tensor y, Tensor acts, "
-      "Tensor hn, Tensor xw, Tensor hw, Tensor stats, int norm, float eps) -> (Tensor dx, "
-      "Tensor dh0, Tensor dw_ih, Tensor dw_hh, Tensor db_ih, Tensor db_hh, Tensor dg_ih, "
-      "Tensor dg_hh)");
-  m.def(
-      "rnn_fwd(Tensor x, Tensor? lengths, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
-      "Tensor? b_hh, int kind) -> (Tensor y, Tensor h_n)");
-  m.def(
-      "rnn_bwd(Tensor grad_y, Tensor grad_h_n, Tensor x, Tensor? lengths, Tensor h0, Tensor w_ih, "
-      "Tensor w_hh, Tensor y, int kind, bool has_bias) -> (Tensor dx, Tensor dh0, Tensor dw_ih, "
-      "Tensor dw_hh, Tensor db_ih, Tensor db_hh)");
+  m.def(FUSEDRNN_SCHEMA_BN_UPDATE);
+  m.def(FUSEDRNN_SCHEMA_GRU_FWD);
+  m.def(FUSEDRNN_SCHEMA_GRU_BWD);
+  m.def(FUSEDRNN_SCHEMA_RNN_FWD);
+  m.def(FUSEDRNN_SCHEMA_RNN_BWD);
   // The CPU kernels' cache of large buffers (csrc/cpu/pool.h): [free bytes cached, bytes in
   // use, cap]; release unmaps the free blocks.
   m.def("cpu_cache_info() -> int[]");

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from . import reference
-from .spec import LSTM_VARIANTS, NORMS, CellSpec
+from .spec import CUDA_PATHS, LSTM_VARIANTS, NORMS, CellSpec
 
 LOAD_ERROR = None
 try:
@@ -39,6 +39,7 @@ CPU_DTYPES = (torch.float32, torch.float64)
 _VARIANT = {v: k for k, v in enumerate(LSTM_VARIANTS)}
 _NORM = {n: k for k, n in enumerate(NORMS)}
 _RNN_KIND = {"rnn_tanh": 0, "rnn_relu": 1}
+_CUDA_PATH = {p: k for k, p in enumerate(CUDA_PATHS)}  # the ops' cuda_path argument (csrc/ops.cpp)
 _NUM_GATES = {k: CellSpec("lstm", v).num_gates for v, k in _VARIANT.items()}
 _BN_ROLES = ("rm_ih", "rv_ih", "rm_hh", "rv_hh", "rm_cell", "rv_cell")
 _LSTM_ROLES = ("b_ih", "b_hh", "w_peep", "w_fgr", "g_ih", "g_hh", "g_cell", "b_cell", "g_gates", "b_gates")
@@ -99,14 +100,21 @@ def _c(t):
     return None if t is None else t.contiguous()
 
 
-def run_layer(spec: CellSpec, x, state, p: dict, *, lengths=None, training: bool = False, t0: int = 0):
+def run_layer(spec: CellSpec, x, state, p: dict, *, lengths=None, training: bool = False, t0: int = 0,
+              cuda_path: str | None = None):
     """One layer, one direction, through the fused kernels: reference.run_layer's contract.
 
     x: [T, B, I]; state: tuple of [B, *] (CellSpec.state_names); p: {role: tensor};
     lengths: [B] int64 on x's device or None; training: batch-norm statistics mode (the
     running statistics in p are updated in place); t0: batch-norm slot of x[0].
+    cuda_path: how the CUDA kernels run an LSTM layer, forward and backward: "auto" (the
+    heuristic of csrc/cuda/persistent_launch.h), "step" (a GEMM and a fused kernel per step),
+    "persistent" (one persistent kernel for all steps where it fits, else per step), None
+    (FUSEDRNN_PERSISTENT decides; unset: auto). The CPU kernels, GRU and RNN ignore it.
     Returns y [T, B, H_out] (zero at padded steps) and the final state tuple.
     """
+    if cuda_path not in _CUDA_PATH:
+        raise ValueError(f"fusedrnn: cuda_path must be one of {CUDA_PATHS}, got {cuda_path!r}")
     x = x.contiguous()
     lengths = None if lengths is None else lengths.contiguous()
     ops = torch.ops.fusedrnn
@@ -118,7 +126,7 @@ def run_layer(spec: CellSpec, x, state, p: dict, *, lengths=None, training: bool
                               _c(p["w_ih"]), _c(p["w_hh"]), *(_c(p.get(r)) for r in _LSTM_ROLES),
                               *(_c(p[r]) if bn else None for r in _BN_ROLES),
                               _VARIANT[spec.variant], _NORM[spec.norm], bool(training), int(t0),
-                              float(spec.eps), _c(p["w_hr"]) if spec.proj_size else None)
+                              float(spec.eps), _c(p["w_hr"]) if spec.proj_size else None, _CUDA_PATH[cuda_path])
         if bn and training:
             with torch.no_grad():
                 ops.bn_update_(*(p[r] for r in _BN_ROLES), out[8], lengths, x.shape[1], int(t0),
@@ -201,7 +209,7 @@ def _stats_dtype(dtype):
 
 def _lstm_fwd_fake(x, lengths, h0, c0, a0, w_ih, w_hh, b_ih, b_hh, w_peep, w_fgr, g_ih, g_hh, g_cell, b_cell,
                    g_gates, b_gates, rm_ih, rv_ih, rm_hh, rv_hh, rm_cell, rv_cell, variant, norm, training, t0,
-                   eps, w_hr=None):
+                   eps, w_hr=None, cuda_path=0):
     T, B, _ = x.shape
     R = w_hh.shape[1]  # width of h: H, or P with the projection w_hr [P, H]
     H = R if w_hr is None else w_hr.shape[1]
@@ -222,7 +230,7 @@ def _lstm_fwd_fake(x, lengths, h0, c0, a0, w_ih, w_hh, b_ih, b_hh, w_peep, w_fgr
 
 def _lstm_bwd_fake(grad_y, grad_h_n, grad_c_n, grad_a_n, x, lengths, h0, c0, a0, w_ih, w_hh, b_ih, b_hh, w_peep,
                    w_fgr, g_ih, g_hh, g_cell, b_cell, g_gates, b_gates, y, acts, cs, xw, hw, stats, variant, norm,
-                   training, eps, w_hr=None):
+                   training, eps, w_hr=None, cuda_path=0):
     def like(t):
         return x.new_empty(0) if t is None else torch.empty_like(t)
     return (torch.empty_like(x), torch.empty_like(h0), torch.empty_like(c0), like(a0), torch.empty_like(w_ih),
@@ -232,11 +240,12 @@ def _lstm_bwd_fake(grad_y, grad_h_n, grad_c_n, grad_a_n, x, lengths, h0, c0, a0,
 
 def _lstm_setup(ctx, inputs, output):
     (x, lengths, h0, c0, a0, w_ih, w_hh, b_ih, b_hh, w_peep, w_fgr, g_ih, g_hh, g_cell, b_cell, g_gates, b_gates,
-     *_running, variant, norm, training, t0, eps, w_hr) = inputs
+     *_running, variant, norm, training, t0, eps, w_hr, cuda_path) = inputs
     y, _h, _c_, _a, acts, cs, xw, hw, stats = output
     ctx.save_for_backward(x, lengths, h0, c0, a0, w_ih, w_hh, b_ih, b_hh, w_peep, w_fgr, g_ih, g_hh, g_cell,
                           b_cell, g_gates, b_gates, y, acts, cs, xw, hw, stats, w_hr)
     ctx.args = (variant, norm, training, eps)
+    ctx.cuda_path = cuda_path  # the backward takes the forward's path choice
     ctx.mark_non_differentiable(acts, cs, xw, hw, stats)
     ctx.set_materialize_grads(False)
     ctx.grad_shapes = tuple(t.shape for t in output[:4])
@@ -248,11 +257,11 @@ def _lstm_backward(ctx, gy, gh, gc, ga, *_unused):
      b_gates) = saved[:17]
     w_hr = saved[-1]
     gy, gh, gc, ga = (_dense(g, s, x) for g, s in zip((gy, gh, gc, ga), ctx.grad_shapes))
-    grads = torch.ops.fusedrnn.lstm_bwd(gy, gh, gc, ga, *saved[:-1], *ctx.args, w_hr)
+    grads = torch.ops.fusedrnn.lstm_bwd(gy, gh, gc, ga, *saved[:-1], *ctx.args, w_hr, ctx.cuda_path)
     dx, dh0, dc0, da0, dw_ih, dw_hh, *rest, dw_hr = grads
     roles = (b_ih, b_hh, w_peep, w_fgr, g_ih, g_hh, g_cell, b_cell, g_gates, b_gates)
     return (dx, None, dh0, dc0, _grad(da0, a0), dw_ih, dw_hh, *(_grad(g, r) for g, r in zip(rest, roles)),
-            *([None] * 6), None, None, None, None, None, _grad(dw_hr, w_hr))
+            *([None] * 6), None, None, None, None, None, _grad(dw_hr, w_hr), None)
 
 
 def _gru_fwd_fake(x, lengths, h0, w_ih, w_hh, b_ih, b_hh, g_ih, g_hh, norm, eps):

@@ -16,9 +16,13 @@ and a "_reverse" suffix for the reverse direction, as torch.nn.
 `backend` picks the implementation of the time loop: "reference" (pure PyTorch),
 "cpu" / "cuda" (fused kernels, when built) or "auto" (kernels for the device when
 available, else the reference). After a forward, `module.last_backend` says what ran.
+LSTM's `cuda_path` picks how the CUDA kernels run each layer: "auto", "step" (a GEMM and a
+fused kernel per step), "persistent" (one persistent kernel for all steps, where it fits, else
+per step) or None (FUSEDRNN_PERSISTENT decides; unset: auto); the backward follows the forward.
 """
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 
@@ -27,7 +31,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import reference
-from .spec import CellSpec
+from .spec import CUDA_PATHS, CellSpec
 
 BACKENDS = ("auto", "reference", "cpu", "cuda")
 
@@ -77,12 +81,15 @@ def init_parameters(spec: CellSpec, params: dict, hidden_size: int, generator: t
                 params["b_gates"][f].fill_(1.0)
 
 
-def _layer_runner(backend: str, x: torch.Tensor, spec: CellSpec):
+def _layer_runner(backend: str, x: torch.Tensor, spec: CellSpec, cuda_path: str | None = None):
     """(run_layer function, name of the backend that runs) for this input."""
     if backend == "reference":
         return reference.run_layer, "reference"
     from . import _ops  # noqa: F401  (kernels are optional until built)
-    return _ops.select(backend, x)
+    run, name = _ops.select(backend, x)
+    if cuda_path is not None and run is _ops.run_layer:
+        run = functools.partial(run, cuda_path=cuda_path)
+    return run, name
 
 
 def _register(module: nn.Module, spec: CellSpec, input_size: int, hidden_size: int, bias: bool,
@@ -143,7 +150,7 @@ def _attach_checkpoint_hooks(module: nn.Module) -> None:
     module.register_load_state_dict_pre_hook(_check_cell_name)
 
 
-def _options_repr(spec: CellSpec, backend: str) -> str:
+def _options_repr(spec: CellSpec, backend: str, cuda_path: str | None = None) -> str:
     """The fusedrnn options of a module's repr (what torch.nn has no argument for)."""
     s = ""
     if spec.family == "lstm" and spec.variant != "vanilla":
@@ -154,6 +161,8 @@ def _options_repr(spec: CellSpec, backend: str) -> str:
         s += f", max_bn_steps={spec.max_bn_steps}"
     if backend != "auto":
         s += f", backend={backend!r}"
+    if cuda_path is not None:
+        s += f", cuda_path={cuda_path!r}"
     return s
 
 
@@ -163,7 +172,8 @@ class _RNNBase(nn.Module):
 
     def __init__(self, spec: CellSpec, input_size: int, hidden_size: int, num_layers: int = 1,
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
-                 bidirectional: bool = False, device=None, dtype=None, backend: str = "auto"):
+                 bidirectional: bool = False, device=None, dtype=None, backend: str = "auto",
+                 cuda_path: str | None = None):
         super().__init__()
         for name, value, low in (("input_size", input_size, 1), ("hidden_size", hidden_size, 1),
                                  ("num_layers", num_layers, 1)):
@@ -177,7 +187,10 @@ class _RNNBase(nn.Module):
                           f"num_layers={num_layers}")
         if backend not in BACKENDS:
             raise ValueError(f"{type(self).__name__}: backend must be one of {BACKENDS}, got {backend!r}")
+        if cuda_path not in CUDA_PATHS:
+            raise ValueError(f"{type(self).__name__}: cuda_path must be one of {CUDA_PATHS}, got {cuda_path!r}")
         self.spec = spec
+        self.cuda_path = cuda_path
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
         self.bidirectional = bidirectional
@@ -222,7 +235,7 @@ class _RNNBase(nn.Module):
                               ("bidirectional", False)):
             if getattr(self, name) != default:
                 s += f", {name}={getattr(self, name)}"
-        return s + _options_repr(self.spec, self.backend)
+        return s + _options_repr(self.spec, self.backend, self.cuda_path)
 
     # ------------------------------------------------------------------ forward
     def _check_input(self, x: torch.Tensor, batched: bool):
@@ -301,7 +314,7 @@ class _RNNBase(nn.Module):
                 lengths = lengths.to(x.device)
                 if bool((lengths == T).all()):
                     lengths = None
-            run_layer, self.last_backend = _layer_runner(self.backend, x, self.spec)
+            run_layer, self.last_backend = _layer_runner(self.backend, x, self.spec, self.cuda_path)
             y, final = reference.rnn(self.spec, x.contiguous(), state, self.layer_parameters(),
                                      lengths=lengths, training=self.training, dropout=self.dropout,
                                      run_layer=run_layer)
@@ -328,17 +341,18 @@ class LSTM(_RNNBase):
 
     Extra keyword options: variant ("vanilla"/"np", "peephole", "nig", "nfg", "nog", "niaf",
     "noaf", "cifg", "fgr"), norm ("none", "layer", "layer_per_gate", "batch"), max_bn_steps,
-    bn_momentum, eps, backend. With variant="fgr" the state is (h, c, a), a = the previous
-    i, f, o activations [L * D, B, 3H].
+    bn_momentum, eps, backend, cuda_path (None, "auto", "step", "persistent": the module
+    docstring). With variant="fgr" the state is (h, c, a), a = the previous i, f, o activations
+    [L * D, B, 3H].
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, *,
                  variant="vanilla", norm="none", max_bn_steps=1000, bn_momentum=0.1, eps=1e-5,
-                 backend="auto"):
+                 backend="auto", cuda_path=None):
         spec = CellSpec("lstm", variant, norm, max_bn_steps, bn_momentum, eps, proj_size)
         super().__init__(spec, input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, device, dtype, backend)
+                         bidirectional, device, dtype, backend, cuda_path)
 
 
 class GRU(_RNNBase):

@@ -20,6 +20,10 @@ LSTM_VARIANTS = ("vanilla", "peephole", "nig", "nfg", "nog", "niaf", "noaf", "ci
 VARIANT_ALIASES = {"np": "vanilla", "v": "peephole"}
 
 NORMS = ("none", "layer", "layer_per_gate", "batch")
+# How the CUDA kernels run an LSTM layer (fusedrnn.LSTM(cuda_path=...), _ops.run_layer): None
+# leaves it to FUSEDRNN_PERSISTENT (unset: "auto"); "step": a GEMM and a fused kernel per step;
+# "persistent": one persistent kernel for all steps where it fits (else per step).
+CUDA_PATHS = (None, "auto", "step", "persistent")
 NORMS_BY_FAMILY = {
     "lstm": NORMS,
     "gru": ("none", "layer"),

@@ -451,6 +451,29 @@ def test_repr_shows_fusedrnn_options():
         "LSTMCell(3, 4, variant='cifg', norm='layer_per_gate')"
 
 
+def test_cuda_path_option():
+    """LSTM(cuda_path=...) picks the CUDA path of every layer (None leaves it to FUSEDRNN_PERSISTENT);
+    it is checked, shown in the repr, and reaches the ops' backward as well as their forward. The
+    CPU kernels ignore it: the same results with every value (the CUDA choice is tested in
+    test_persistent_emulated.py and, on a GPU, test_persistent_cuda.py)."""
+    with pytest.raises(ValueError, match="cuda_path must be one of"):
+        fusedrnn.LSTM(3, 4, cuda_path="fast")
+    assert repr(fusedrnn.LSTM(3, 4, cuda_path="step")) == "LSTM(3, 4, cuda_path='step')"
+    torch.manual_seed(0)
+    x = torch.randn(5, 3, 3, dtype=torch.float64)
+    results = []
+    for path in (None, "auto", "step", "persistent"):
+        torch.manual_seed(1)
+        m = fusedrnn.LSTM(3, 4, 2, norm="layer", dtype=torch.float64, cuda_path=path)
+        xx = x.clone().requires_grad_()
+        y, (h, c) = m(xx)
+        (y.sum() + h.sum() + c.sum()).backward()
+        results.append((y, xx.grad, m.weight_hh_l0.grad))
+    for r in results[1:]:
+        for a, b in zip(results[0], r):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_rnn_positional_nonlinearity_and_attribute():
     m = fusedrnn.RNN(3, 4, 2, "relu")
     assert m.nonlinearity == "relu" and m.num_layers == 2 and m.spec.family == "rnn_relu"

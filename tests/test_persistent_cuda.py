@@ -10,6 +10,7 @@ reference (STYLE.md, half types) plus one epsilon (half types) or the table's fl
 import pytest
 import torch
 
+import fusedrnn
 from fusedrnn import _ops, reference
 from fusedrnn.spec import LSTM_VARIANTS, NORMS, CellSpec
 from conftest import TOLERANCES, assert_close, spec_id
@@ -148,3 +149,32 @@ def test_persistent_cuda_auto_and_fallback(monkeypatch):
     argsf = (args[0].float(), tuple(s.float() for s in args[1]), {k: v.float() for k, v in args[2].items()})
     y, _ = _ops.run_layer(spec, *argsf)
     assert_close(y, reference.run_layer(spec, *argsf)[0], msg="auto")
+
+
+def test_persistent_cuda_path_argument(monkeypatch):
+    """fusedrnn.LSTM(cuda_path=...) overrides FUSEDRNN_PERSISTENT, forward and backward: "persistent"
+    under FUSEDRNN_PERSISTENT=0 gives what require gives, bit for bit, and "step" under require
+    what 0 gives; where nothing fits (a 64-byte shared-memory cap) require fails and "persistent"
+    falls back to the per-step path."""
+    torch.manual_seed(0)
+    m = fusedrnn.LSTM(16, 64, 2, norm="batch", device="cuda")
+    x = torch.randn(7, 5, 16, device="cuda")
+
+    def run_module(env, path):
+        monkeypatch.setenv("FUSEDRNN_PERSISTENT", env)
+        m.cuda_path = path
+        m.zero_grad()
+        xx = x.clone().requires_grad_()
+        y, (h, c) = m(xx)
+        (y.square().sum() + h.sum() + c.sum()).backward()
+        return [y, xx.grad, m.weight_hh_l0.grad, m.weight_ih_l1.grad]
+
+    for a, b in ((run_module("require", None), run_module("0", "persistent")),
+                 (run_module("0", None), run_module("require", "step"))):
+        for u, v in zip(a, b):
+            torch.testing.assert_close(u, v, rtol=0, atol=0)
+    monkeypatch.setenv("FUSEDRNN_PERSISTENT_SMEM", "64")
+    with pytest.raises(RuntimeError, match="persistent kernel cannot run"):
+        run_module("require", None)
+    for u, v in zip(run_module("require", "persistent"), run_module("0", None)):
+        torch.testing.assert_close(u, v, rtol=0, atol=0)

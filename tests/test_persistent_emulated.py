@@ -231,6 +231,45 @@ def test_persistent_batchnorm_more_rows_than_lanes(ops, persistent, spec):
               training=True)
 
 
+def test_cuda_path_argument_overrides_the_environment(ops, monkeypatch):
+    """The ops' cuda_path argument (fusedrnn.LSTM(cuda_path=...)): 1 auto, 2 per step, 3 persistent
+    where it fits, 0 (the default) FUSEDRNN_PERSISTENT's choice. Which path ran is seen through the
+    emulated tensor cores: bfloat16 with FUSEDRNN_PERSISTENT_MMA=1 runs mma.sync in the persistent
+    kernels only. Forward and backward alike; a bad value is an error."""
+    spec = CellSpec("lstm")
+    x, state, p, _ = make_case(spec, 3, 4, 3, 8, torch.bfloat16, None)
+    args = (x, None, state[0], state[1], None, p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"], *([None] * 14), 0, 0,
+            False, 0, 1e-5, None)
+    monkeypatch.setenv("FUSEDRNN_PERSISTENT_MMA", "1")
+    monkeypatch.delenv("FUSEDRNN_PERSISTENT_SMEM", raising=False)
+
+    def runs_persistent(path):
+        before = ops.mma_executed()
+        out = ops.lstm_fwd(*args, path) if path is not None else ops.lstm_fwd(*args)
+        fwd = ops.mma_executed() > before
+        g = torch.ones_like(out[0]), torch.ones_like(out[1]), torch.ones_like(out[2]), x.new_zeros(0)
+        bwd_args = (*g, *args[:17], out[0], *out[4:9], 0, 0, False, 1e-5, None)
+        before = ops.mma_executed()
+        ops.lstm_bwd(*bwd_args, path) if path is not None else ops.lstm_bwd(*bwd_args)
+        assert (ops.mma_executed() > before) == fwd, "the backward took another path than the forward"
+        return fwd
+
+    monkeypatch.setenv("FUSEDRNN_PERSISTENT", "0")  # the environment says per step ...
+    assert not runs_persistent(None) and not runs_persistent(0)
+    assert runs_persistent(3)  # ... the argument overrides it
+    assert runs_persistent(1)  # auto: B = 4 is below the threshold
+    monkeypatch.setenv("FUSEDRNN_PERSISTENT", "require")
+    assert runs_persistent(None)
+    assert not runs_persistent(2)  # per step, although the environment would require the persistent kernel
+    monkeypatch.setenv("FUSEDRNN_PERSISTENT_SMEM", "64")  # nothing fits: require fails, the argument falls back
+    with pytest.raises(RuntimeError, match="persistent kernel cannot run"):
+        runs_persistent(None)
+    assert not runs_persistent(3)
+    with pytest.raises(RuntimeError, match=r"cuda_path must be 0 \(FUSEDRNN_PERSISTENT decides\), 1 \(auto\), "
+                                           r"2 \(per step\) or 3 \(persistent\), got 4"):
+        ops.lstm_fwd(*args, 4)
+
+
 @pytest.mark.parametrize("mode", ["0", "require"])
 def test_batchnorm_huge_t0(ops, monkeypatch, mode):
     """t0 >= 2^31 (a long stream fed in chunks): the slot min(t0 + t, S - 1) is S - 1, as for

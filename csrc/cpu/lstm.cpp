@@ -461,7 +461,7 @@ lstm_fwd_cpu(const at::Tensor& x, const c10::optional<at::Tensor>& lengths, cons
              const c10::optional<at::Tensor>& rm_hh, const c10::optional<at::Tensor>& rv_hh,
              const c10::optional<at::Tensor>& rm_cell, const c10::optional<at::Tensor>& rv_cell,
              int64_t variant, int64_t norm, bool training, int64_t t0, double eps,
-             const c10::optional<at::Tensor>& w_hr) {
+             const c10::optional<at::Tensor>& w_hr, int64_t /*cuda_path: the CUDA kernels' choice*/) {
   refresh_simd_level();
   LstmArgs args{x, lengths, h0, c0, a0, w_ih, w_hh, b_ih, b_hh, w_peep, w_fgr, g_ih, g_hh, g_cell, b_cell,
                 g_gates, b_gates, w_hr};
@@ -921,7 +921,7 @@ T17 lstm_bwd_cpu(
     const c10::optional<at::Tensor>& g_gates, const c10::optional<at::Tensor>& b_gates, const at::Tensor& y,
     const at::Tensor& acts, const at::Tensor& cs, const at::Tensor& xw, const at::Tensor& hw,
     const at::Tensor& stats, int64_t variant, int64_t norm, bool training, double eps,
-    const c10::optional<at::Tensor>& w_hr) {
+    const c10::optional<at::Tensor>& w_hr, int64_t /*cuda_path: the CUDA kernels' choice*/) {
   refresh_simd_level();
   LstmArgs args{x, lengths, h0, c0, a0, w_ih, w_hh, b_ih, b_hh, w_peep, w_fgr, g_ih, g_hh, g_cell, b_cell,
                 g_gates, b_gates, w_hr};

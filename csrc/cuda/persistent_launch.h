@@ -2,7 +2,9 @@
 // Included by cuda/rnn_cuda.cu after its FUSEDRNN_* macros (stream, dispatch, launch check),
 // so the same code runs on the GPU and, with FUSEDRNN_EMULATED, under the SIMT emulator.
 //
-// Path selection (environment, read at every call):
+// Path selection: the ops' cuda_path argument (fusedrnn.LSTM(cuda_path=...): "auto", "step",
+// "persistent" = FUSEDRNN_PERSISTENT's auto, 0 and 1 below) or, where it is not given, the
+// environment, read at every call:
 //   FUSEDRNN_PERSISTENT=0 | step     per-step path (cuBLAS GEMM + fused pointwise kernel per step)
 //   FUSEDRNN_PERSISTENT=auto         the heuristic below (the default: unset or empty)
 //   FUSEDRNN_PERSISTENT=1            persistent whenever it fits, else per-step (never fails)
@@ -59,7 +61,18 @@ namespace cuda {
 
 enum class PersistMode { kStep, kAuto, kForce, kRequire };
 
-inline PersistMode persist_mode() {
+// The path of one call: the ops' cuda_path argument (1 auto, 2 per step, 3 persistent when it
+// fits), or where it is 0 (the default) FUSEDRNN_PERSISTENT.
+inline PersistMode persist_mode(int64_t cuda_path) {
+  switch (cuda_path) {
+    case 0: break;
+    case 1: return PersistMode::kAuto;
+    case 2: return PersistMode::kStep;
+    case 3: return PersistMode::kForce;
+    default:
+      TORCH_CHECK(false, "cuda_path must be 0 (FUSEDRNN_PERSISTENT decides), 1 (auto), 2 (per step) or 3 "
+                  "(persistent), got ", cuda_path);
+  }
   const char* e = std::getenv("FUSEDRNN_PERSISTENT");
   if (e == nullptr || !*e || !std::strcmp(e, "auto")) return PersistMode::kAuto;
   if (!std::strcmp(e, "0") || !std::strcmp(e, "step")) return PersistMode::kStep;
@@ -193,8 +206,8 @@ inline bool persistent_lstm_fwd(const at::Tensor& x, const int64_t* lengths, con
                                 const c10::optional<at::Tensor>& rv_cell, int64_t slots, int64_t variant,
                                 int64_t norm, bool training, int64_t t0, double eps, at::Tensor& xw, at::Tensor& hw,
                                 at::Tensor& y, at::Tensor& acts, at::Tensor& cs, at::Tensor& h_n, at::Tensor& a_n,
-                                at::Tensor& stats) {
-  const PersistMode mode = persist_mode();
+                                at::Tensor& stats, int64_t cuda_path) {
+  const PersistMode mode = persist_mode(cuda_path);
   if (mode == PersistMode::kStep) return false;
   const char* op = "fusedrnn::lstm_fwd (CUDA, persistent)";
   const LstmFlags fl = lstm_flags(int(variant));
@@ -267,8 +280,9 @@ inline bool persistent_lstm_bwd(const at::Tensor& grad_y, const at::Tensor& grad
                                 const at::Tensor& acts, const at::Tensor& cs, const at::Tensor& xw,
                                 const at::Tensor& hw, const at::Tensor& stats, int64_t variant, int64_t norm,
                                 bool training, double eps, at::Tensor& dpre, at::Tensor& dxw, at::Tensor& dhw,
-                                at::Tensor& wgrad, at::Tensor& dh, at::Tensor& dc, at::Tensor& da) {
-  const PersistMode mode = persist_mode();
+                                at::Tensor& wgrad, at::Tensor& dh, at::Tensor& dc, at::Tensor& da,
+                                int64_t cuda_path) {
+  const PersistMode mode = persist_mode(cuda_path);
   if (mode == PersistMode::kStep) return false;
   const char* op = "fusedrnn::lstm_bwd (CUDA, persistent)";
   const LstmFlags fl = lstm_flags(int(variant));

@@ -179,8 +179,8 @@ Tensor active_mask(const OptT& lengths, int64_t T) {
 
 // The persistent kernels do not implement the projection: it runs per step, and
 // FUSEDRNN_PERSISTENT=require says so.
-void check_projection_path(const char* op, bool proj) {
-  TORCH_CHECK(!proj || persist_mode() != PersistMode::kRequire, op,
+void check_projection_path(const char* op, bool proj, int64_t cuda_path) {
+  TORCH_CHECK(!proj || persist_mode(cuda_path) != PersistMode::kRequire, op,
               ": FUSEDRNN_PERSISTENT=require, but the persistent kernel does not implement the projection "
               "(proj_size); it runs on the per-step path");
 }
@@ -191,7 +191,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
     const OptT& g_ih, const OptT& g_hh, const OptT& g_cell, const OptT& b_cell, const OptT& g_gates,
     const OptT& b_gates, const OptT& rm_ih, const OptT& rv_ih, const OptT& rm_hh, const OptT& rv_hh,
     const OptT& rm_cell, const OptT& rv_cell, int64_t variant, int64_t norm, bool training, int64_t t0,
-    double eps, const OptT& w_hr) {
+    double eps, const OptT& w_hr, int64_t cuda_path) {
   const char* op = kLstmFwd;
   const int64_t H = check_lstm_params(op, x, h0, c0, a0, w_ih, w_hh, b_ih, b_hh, w_peep, w_fgr, g_ih, g_hh, g_cell,
                                       b_cell, g_gates, b_gates, variant, norm, w_hr);
@@ -200,7 +200,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), G = fl.num_gates, GH = G * H;
   const bool proj = given(w_hr);
   const int64_t R = w_hh.size(1);  // width of h: H, or P with the projection
-  check_projection_path(op, proj);
+  check_projection_path(op, proj, cuda_path);
   int64_t S = 0;
   if (norm == kNormBatch) {
     TORCH_CHECK(rm_ih.has_value() && rm_ih->dim() == 2, op, ": batch norm needs the running statistics rm_ih [S, GH]");
@@ -236,7 +236,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   // One persistent launch for all steps when selected and it fits (persistent_launch.h).
   const bool persistent = !proj && persistent_lstm_fwd(
       x, L, h0, c0, a0, w_hh, w_fgr, b_ih, b_hh, w_peep, g_ih, g_hh, g_cell, b_cell, g_gates, b_gates, rm_ih, rv_ih,
-      rm_hh, rv_hh, rm_cell, rv_cell, S, variant, norm, training, t0, eps, xw, hw, y, acts, cs, h_n, a_n, stats);
+      rm_hh, rv_hh, rm_cell, rv_cell, S, variant, norm, training, t0, eps, xw, hw, y, acts, cs, h_n, a_n, stats,
+      cuda_path);
   if (!persistent) FUSEDRNN_DISPATCH(x.scalar_type(), "fusedrnn_lstm_fwd_cuda", [&] {
     using T_ = scalar_t;
     Tensor h_prev = h0, a_prev = fl.fgr ? *a0 : Tensor();
@@ -298,7 +299,7 @@ lstm_bwd(const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& grad_c_n, c
          const OptT& w_fgr, const OptT& g_ih, const OptT& g_hh, const OptT& g_cell, const OptT& b_cell,
          const OptT& g_gates, const OptT& b_gates, const Tensor& y, const Tensor& acts, const Tensor& cs,
          const Tensor& xw, const Tensor& hw, const Tensor& stats, int64_t variant, int64_t norm, bool training,
-         double eps, const OptT& w_hr) {
+         double eps, const OptT& w_hr, int64_t cuda_path) {
   const char* op = kLstmBwd;
   const int64_t H = check_lstm_params(op, x, h0, c0, a0, w_ih, w_hh, b_ih, b_hh, w_peep, w_fgr, g_ih, g_hh, g_cell,
                                       b_cell, g_gates, b_gates, variant, norm, w_hr);
@@ -307,7 +308,7 @@ lstm_bwd(const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& grad_c_n, c
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), G = fl.num_gates, GH = G * H;
   const bool proj = given(w_hr);
   const int64_t R = w_hh.size(1);  // width of h: H, or P with the projection
-  check_projection_path(op, proj);
+  check_projection_path(op, proj, cuda_path);
   const bool two = norm == kNormLayer || norm == kNormBatch;
   check(op, "grad_y", grad_y, x, {T, B, R});
   check(op, "grad_h_n", grad_h_n, x, {B, R});
@@ -344,7 +345,7 @@ lstm_bwd(const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& grad_c_n, c
   // One persistent launch for all steps when selected and it fits (persistent_launch.h).
   const bool persistent = !proj && persistent_lstm_bwd(
       grad_y, grad_h_n, grad_c_n, grad_a_n, L, c0, w_hh, w_fgr, w_peep, g_ih, g_hh, g_cell, b_cell, g_gates, acts,
-      cs, xw, hw, stats, variant, norm, training, eps, dpre, dxw, dhw, wgrad, dh, dc, da);
+      cs, xw, hw, stats, variant, norm, training, eps, dpre, dxw, dhw, wgrad, dh, dc, da, cuda_path);
   if (!persistent) FUSEDRNN_DISPATCH(dt, "fusedrnn_lstm_bwd_cuda", [&] {
     using T_ = scalar_t;
     const std::vector<Tensor> dc_bufs = dc_buf.unbind(0);
@@ -680,15 +681,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_bwd(
 }  // namespace fusedrnn
 
 #if defined(FUSEDRNN_EMULATED)
-// tests/simt/emulated_ops.cpp registers these under its own namespace.
-#define FUSEDRNN_CUDA_OPS(m)                                  \
-  m.def("lstm_fwd", &fusedrnn::cuda::lstm_fwd);               \
-  m.def("lstm_bwd", &fusedrnn::cuda::lstm_bwd);               \
-  m.def("bn_update_", &fusedrnn::cuda::bn_update_);           \
-  m.def("gru_fwd", &fusedrnn::cuda::gru_fwd);                 \
-  m.def("gru_bwd", &fusedrnn::cuda::gru_bwd);                 \
-  m.def("rnn_fwd", &fusedrnn::cuda::rnn_fwd);                 \
-  m.def("rnn_bwd", &fusedrnn::cuda::rnn_bwd)
+#include "fusedrnn/schema.h"
+// tests/simt/emulated_ops.cpp registers these under its own namespace, with the real schemas.
+#define FUSEDRNN_CUDA_OPS(m)                                               \
+  m.def(FUSEDRNN_SCHEMA_LSTM_FWD, &fusedrnn::cuda::lstm_fwd);              \
+  m.def(FUSEDRNN_SCHEMA_LSTM_BWD, &fusedrnn::cuda::lstm_bwd);              \
+  m.def(FUSEDRNN_SCHEMA_BN_UPDATE, &fusedrnn::cuda::bn_update_);           \
+  m.def(FUSEDRNN_SCHEMA_GRU_FWD, &fusedrnn::cuda::gru_fwd);                \
+  m.def(FUSEDRNN_SCHEMA_GRU_BWD, &fusedrnn::cuda::gru_bwd);                \
+  m.def(FUSEDRNN_SCHEMA_RNN_FWD, &fusedrnn::cuda::rnn_fwd);                \
+  m.def(FUSEDRNN_SCHEMA_RNN_BWD, &fusedrnn::cuda::rnn_bwd)
 #else
 TORCH_LIBRARY_IMPL(fusedrnn, CUDA, m) {
   m.impl("lstm_fwd", &fusedrnn::cuda::lstm_fwd);
