@@ -11,7 +11,8 @@
 // the single-CTA forward's saved tensors, so the backward does not inherit forward differences.
 // Tolerance: without a layer norm every output value is computed by the same sequence of
 // operations whatever the split (the recurrent product sums k = lane, lane + 32, ... then the 32
-// lanes in order; batch-norm columns and parameter-gradient sums belong to one thread), so those
+// lanes in order; a batch-norm column belongs to one warp, whose lanes sum rows b = lane, lane + 32,
+// ... and then each other in a fixed butterfly; parameter-gradient sums belong to one thread), so those
 // cases must match bit for bit. The layer norms merge per-CTA (mean, M2) and partial sums, an
 // order that depends on the split: they use --rtol / --atol (the float32 row of the tests'
 // tolerance table, passed by tests/test_simt.py).
