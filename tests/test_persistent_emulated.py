@@ -92,6 +92,17 @@ def test_persistent_half_precision_rule(ops, persistent, spec, dtype, mma):
     assert (ops.mma_executed() > before) == (mma == "1")
 
 
+@pytest.mark.parametrize("n", [0, 1, 63, 64, 1023, 1024, 2053])
+def test_stage_copy(ops, n):
+    """persist_stage, the persistent kernels' copy into shared memory, on one CTA of 64 threads:
+    batches of 16 loads per thread without bounds checks (n >= 1024 has one or more), then one
+    checked batch for the rest; every element arrives, nothing past n is written (stays NaN)."""
+    src = torch.arange(n, dtype=torch.float32) * 0.5 - 7
+    out = ops.persist_stage(src)
+    torch.testing.assert_close(out[:n], src, rtol=0, atol=0)
+    assert out[n:].isnan().all()
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
 @pytest.mark.parametrize("mma", [0, 1], ids=["fma", "mma"])
 @pytest.mark.parametrize("R,nb,K", [(37, 19, 41), (16, 8, 16), (3, 1, 5)])

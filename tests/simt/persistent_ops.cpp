@@ -60,6 +60,25 @@ at::Tensor persist_product_emulated(const at::Tensor& W, const at::Tensor& X, in
   return out;
 }
 
+// persist_stage on one CTA of 64 threads: shared[e] = src[e] for e < n, shared memory sized for
+// n + 64 floats (the rest stays NaN: the copy must not write past n). Returns the shared memory.
+__global__ void persist_stage_kernel(const float* src, long n, float* out) {
+  SIMT_DYNAMIC_SHARED(float, smem);
+  fusedrnn::cuda::persist_stage<float>(smem, n, [&](long e) { return src[e]; });
+  __syncthreads();
+  for (long e = threadIdx.x; e < n + 64; e += blockDim.x) out[e] = smem[e];
+}
+
+at::Tensor persist_stage_emulated(const at::Tensor& src) {
+  TORCH_CHECK(src.dim() == 1 && src.scalar_type() == at::kFloat, "persist_stage_emulated: a 1-d float32 tensor");
+  const at::Tensor s = src.contiguous();
+  const long n = long(s.numel());
+  at::Tensor out = at::empty({n + 64}, s.options());
+  simt::launch(persist_stage_kernel, dim3(1), dim3(64), sizeof(float) * size_t(n + 64), nullptr, s.data_ptr<float>(),
+               n, out.data_ptr<float>());
+  return out;
+}
+
 // Warp-level mma.sync executions in this process so far (the emulator counts them).
 int64_t mma_executed() { return simt::mma_executed.load(); }
 }  // namespace
@@ -69,4 +88,5 @@ TORCH_LIBRARY(fusedrnn_persistent_emulated, m) {
   m.def("persist_auto_why", &persist_auto_why);
   m.def("persist_product", &persist_product_emulated);
   m.def("mma_executed", &mma_executed);
+  m.def("persist_stage", &persist_stage_emulated);
 }

@@ -6,7 +6,7 @@ loads from global and stores to shared memory is listed as SOURCE:LINE loads-bef
 the line being that of its first shared-memory store. "1/1" copies one element per iteration: the
 store needs the loaded register, so with in-order issue each iteration waits out one global-memory
 round trip before the next load is issued.
-Usage: python ld_runs.py FILE.ptx
+Usage: python ptx_runs.py FILE.ptx
 """
 import re
 import sys
