@@ -113,10 +113,16 @@ __device__ inline void persist_matmul(const A* W, int R, const A* X, int nb, int
     A acc[RB][BB];
     for (int i = 0; i < RB; ++i)
       for (int j = 0; j < BB; ++j) acc[i][j] = A(0);
+    // Row pointers hoisted out of the k loop, the tile's rows past R (batch rows past nb) reading
+    // the last one: their sums are never written, and the loop needs no bounds checks.
+    const A* wr[RB];
+    const A* xr[BB];
+    for (int i = 0; i < RB; ++i) wr[i] = W + long(r0 + i < R ? r0 + i : R - 1) * K;
+    for (int j = 0; j < BB; ++j) xr[j] = X + long(b0 + j < nb ? b0 + j : nb - 1) * K;
     for (int k = lane; k < K; k += 32) {
       A w[RB], x[BB];
-      for (int i = 0; i < RB; ++i) w[i] = r0 + i < R ? W[long(r0 + i) * K + k] : A(0);
-      for (int j = 0; j < BB; ++j) x[j] = b0 + j < nb ? X[long(b0 + j) * K + k] : A(0);
+      for (int i = 0; i < RB; ++i) w[i] = wr[i][k];
+      for (int j = 0; j < BB; ++j) x[j] = xr[j][k];
       for (int i = 0; i < RB; ++i)
         for (int j = 0; j < BB; ++j) acc[i][j] += w[i] * x[j];
     }

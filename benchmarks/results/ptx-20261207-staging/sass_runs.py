@@ -6,13 +6,16 @@ innermost loop (a branch back to an earlier label) with LDG and STS is listed as
 `file:line loads/LDG`: the kernel-source line its first STS comes from (the outermost "inlined
 at"), and the LDG issued before that STS out of all in the loop. With in-order issue an STS waits
 for its register, so a 1/1 loop has one load in flight per thread.
-Usage: python sass_runs.py FILE.dis
+With --fma it lists instead the innermost loops with at least 8 FFMA (the recurrent product's
+k loop): `file:line instructions FFMA LDS`.
+Usage: python sass_runs.py [--fma] FILE.dis
 """
 import re
 import sys
 
+fma = "--fma" in sys.argv[1:]
 funcs, ins, labels, where = {}, None, None, ""
-for line in open(sys.argv[1]):
+for line in open(sys.argv[-1]):
     m = re.match(r"\.text\.(\S+):", line)
     if m:
         ins, labels = [], {}
@@ -45,6 +48,12 @@ for name, (ins, labels) in funcs.items():
     for s, e in loops:
         if any(s <= s2 and e2 < e for s2, e2 in loops if (s2, e2) != (s, e)):
             continue  # not innermost
+        if fma:
+            ffma = sum("FFMA" in ins[k][0] for k in range(s, e + 1))
+            lds = sum(bool(re.match(r"(@!?U?P\w+\s+)?LDS", ins[k][0])) for k in range(s, e + 1))
+            if ffma >= 8:
+                print(f"  {ins[s][1]} {e + 1 - s} instructions, {ffma} FFMA, {lds} LDS")
+            continue
         ldg = [k for k in range(s, e + 1) if re.match(r"(@!?U?P\w+\s+)?LDG", ins[k][0])]
         sts = [k for k in range(s, e + 1) if re.match(r"(@!?U?P\w+\s+)?STS", ins[k][0])]
         if ldg and sts:
