@@ -40,8 +40,9 @@ bench() {  # bench NAME LIMIT_S [ENV=VALUE...] -- BENCHMARK ARGS...: one benchma
   echo "benchmark $name (${envs[*]}): exit $? after $((SECONDS)) s of the session" | tee -a "$work/gpu_check.txt"
 }
 
-# 2. persistent vs per step (the persistent kernels' staging and batch-norm loops changed since the
-#    last GPU run: 601fb2a; the auto thresholds in persistent_launch.h come from before it)
+# 2. persistent vs per step (since the last GPU run the persistent kernels' copies, batch-norm loops
+#    and FMA product changed: 601fb2a, 8fd9e39, 739c597; the auto thresholds in persistent_launch.h
+#    come from before them)
 for mode in 1 0; do
   bench "bench-persistent-$mode" 70 FUSEDRNN_PERSISTENT=$mode -- --cells vanilla,ln,bn --candidates fused,nn \
     --shapes 100x16x256x256,100x32x256x256,100x64x256x256,100x32x1024x1024 --dtype float32 --no-plot
