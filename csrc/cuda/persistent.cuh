@@ -42,9 +42,12 @@
 namespace fusedrnn {
 namespace cuda {
 
-// Batch rows x gate rows computed by one warp at a time in the recurrent product.
+// Gate rows x batch rows computed by one warp at a time in the recurrent product (4 x 4; 2 x 8 for
+// a product of fewer than 4 rows: the backward's with U <= 2 units per CTA, e.g. H = 256 on an
+// H100, where half of a 4-row tile would be padding). kPersistTile values either way.
 constexpr int kPersistRowTile = 4;
 constexpr int kPersistBatchTile = 4;
+constexpr int kPersistTile = kPersistRowTile * kPersistBatchTile;
 
 template <typename T>
 struct PersistentLstmFwd {
@@ -94,17 +97,18 @@ __host__ __device__ inline PersistSmem persist_smem(int norm, bool fgr, int G, i
   const int nq = norm == kNormLayer ? 2 : norm == kNormLayerPerGate ? G : 0;
   s.rows = norm == kNormLayer || norm == kNormLayerPerGate ? long(B) * 2 * (nq + 1) : 0;
   s.cols = norm == kNormBatch ? 4L * G * U + 2L * U : 0;
-  s.red = long(warps) * kPersistRowTile * kPersistBatchTile * 33;
+  s.red = long(warps) * kPersistTile * 33;
   s.total = s.w + s.wf + s.x + s.xa + s.hw + s.fg + s.c + s.rows + s.cols + s.red;
   return s;
 }
 
 // out[b * ldo + r] = sum_k W[r * K + k] * X[b * K + k] for r < R, b < nb (shared memory in,
-// shared memory out). A warp owns a tile of kPersistRowTile rows x kPersistBatchTile batch rows;
-// its lanes split k, and the tile's partial sums are reduced through `red` (one slice per warp).
-template <typename T, typename A>
+// shared memory out). A warp owns a tile of RB rows x BB batch rows (RB x BB = kPersistTile); its
+// lanes split k, and the tile's partial sums are reduced through `red` (one slice per warp).
+template <typename T, typename A, int RB, int BB>
 __device__ inline void persist_matmul(const A* W, int R, const A* X, int nb, int K, A* out, int ldo, A* red) {
-  constexpr int RB = kPersistRowTile, BB = kPersistBatchTile, NV = RB * BB;
+  constexpr int NV = RB * BB;
+  static_assert(NV == kPersistTile, "persist_matmul: the tile's sums fill one reduction slice");
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
   A* rw = red + long(warp) * NV * 33;
   const int ntr = (R + RB - 1) / RB, ntb = (nb + BB - 1) / BB;
@@ -233,7 +237,8 @@ __device__ inline void persist_product(int mma, const A* W, int R, const A* X, i
   }
 #endif
   (void)mma;
-  persist_matmul<T, A>(W, R, X, nb, K, out, ldo, red);
+  if (R >= kPersistRowTile) persist_matmul<T, A, kPersistRowTile, kPersistBatchTile>(W, R, X, nb, K, out, ldo, red);
+  else persist_matmul<T, A, 2, kPersistTile / 2>(W, R, X, nb, K, out, ldo, red);
 }
 
 // Mean and M2 (sum of squared deviations) of get(k), k < n, two-pass, one thread.

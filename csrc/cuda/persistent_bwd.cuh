@@ -67,7 +67,7 @@ __host__ __device__ inline PersistBwdSmem persist_bwd_smem(int norm, bool fgr, i
   const int rw = norm == kNormLayer ? 6 : norm == kNormLayerPerGate ? 2 + 2 * G : 0;
   s.rows = long(B) * rw;
   s.cols = norm == kNormBatch ? 2L * U : 0;
-  s.red = long(warps) * kPersistRowTile * kPersistBatchTile * 33;
+  s.red = long(warps) * kPersistTile * 33;
   s.total = s.wt + s.wft + s.x + s.xa + s.out + s.outa + s.dh + s.dc + s.da + s.tmp + s.dpre + s.rows + s.cols +
             s.red;
   return s;

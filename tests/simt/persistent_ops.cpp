@@ -44,8 +44,7 @@ at::Tensor persist_product_emulated(const at::Tensor& W, const at::Tensor& X, in
   const int R = int(w.size(0)), nb = int(x.size(0)), K = int(w.size(1)), threads = 64;
   at::Tensor out = at::empty({nb, ldo}, w.options().dtype(at::kFloat));
   const size_t smem = sizeof(float) * (size_t(R + nb) * K + size_t(nb) * ldo +
-                                       size_t(threads / 32) * fusedrnn::cuda::kPersistRowTile *
-                                           fusedrnn::cuda::kPersistBatchTile * 33);
+                                       size_t(threads / 32) * fusedrnn::cuda::kPersistTile * 33);
   auto run = [&](auto zero) {
     using T = decltype(zero);
     simt::launch(persist_product_kernel<T>, dim3(1), dim3(threads), smem, nullptr, w.data_ptr<T>(), R,
