@@ -41,7 +41,7 @@ bench() {  # bench NAME LIMIT_S [ENV=VALUE...] -- BENCHMARK ARGS...: one benchma
 }
 
 # 2. persistent vs per step (since the last GPU run the persistent kernels' copies, batch-norm loops
-#    and FMA product changed: 601fb2a, 8fd9e39, 739c597; the auto thresholds in persistent_launch.h
+#    and FMA product changed: 601fb2a, 8fd9e39, 739c597, 1bac13c; the thresholds in persistent_launch.h
 #    come from before them)
 for mode in 1 0; do
   bench "bench-persistent-$mode" 70 FUSEDRNN_PERSISTENT=$mode -- --cells vanilla,ln,bn --candidates fused,nn \
