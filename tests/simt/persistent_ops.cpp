@@ -36,8 +36,7 @@ __global__ void persist_product_kernel(const T* W, int R, const T* X, int nb, in
 
 // out [nb, ldo] (float) for W [R, K], X [nb, K] of float32 / float16 / bfloat16; mma as
 // PersistentLstmFwd::mma.
-at::Tensor persist_product_emulated(const at::Tensor& W, const at::Tensor& X, int64_t ldo,
-                                                         int64_t mma) {
+at::Tensor persist_product_emulated(const at::Tensor& W, const at::Tensor& X, int64_t ldo, int64_t mma) {
   TORCH_CHECK(W.dim() == 2 && X.dim() == 2 && W.size(1) == X.size(1) && ldo >= W.size(0) &&
                   W.scalar_type() == X.scalar_type(), "persist_product_emulated: W [R, K], X [nb, K], ldo >= R");
   const at::Tensor w = W.contiguous(), x = X.contiguous();
